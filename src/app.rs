@@ -1,0 +1,274 @@
+//! Orchestration: read the settings, parse the command line, run the steps within the deadline,
+//! print the report and pick the exit code. `main` only calls [`main_entry`].
+
+use crate::cli::{self, Cli, Command, GlobalArgs, OutputFormat};
+use crate::error::{Exit, Step, UsageError};
+use crate::imds::Imds;
+use crate::report::{Report, StepReport, StepResult};
+use crate::sys::{Root, SystemRunner};
+use crate::{config, envfile, firewall, fsutil, imds, logging};
+use clap::FromArgMatches as _;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Everything `main` does, returning the process exit code.
+pub fn main_entry(args: Vec<OsString>) -> u8 {
+    let root = Root::new(root_from_args(&args));
+    let file = match read_settings(&root) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ecs-bootstrap: {e}");
+            return Exit::Usage.code();
+        }
+    };
+    let (cmd, unused) = cli::command_with_file_defaults(&file);
+    let cli = match cmd
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage.code()
+            } else {
+                Exit::Success.code()
+            };
+        }
+    };
+    logging::init(&cli.global);
+    for name in unused.iter().filter(|n| n.starts_with("ECS_BOOTSTRAP_")) {
+        tracing::warn!(setting = %name, file = %root.join(cli::SETTINGS_FILE).display(), "unknown setting in the settings file; it is ignored");
+    }
+    let plan = match Plan::from_cli(&cli, &root) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Usage.code();
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ecs-bootstrap: cannot start the async runtime: {e}");
+            return Exit::Internal.code();
+        }
+    };
+    let report = rt.block_on(execute(&plan, &cli.global));
+    emit(&report, &cli.global)
+}
+
+/// `--root` from the raw arguments or the environment, needed before the settings file is read.
+fn root_from_args(args: &[OsString]) -> PathBuf {
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        if a == "--root" {
+            if let Some(v) = it.next() {
+                return PathBuf::from(v);
+            }
+        } else if let Some(v) = a.strip_prefix("--root=") {
+            return PathBuf::from(v);
+        }
+    }
+    std::env::var_os("ECS_BOOTSTRAP_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn read_settings(root: &Root) -> Result<BTreeMap<String, String>, UsageError> {
+    let path = root.join(cli::SETTINGS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => envfile::parse(&text).map_err(|e| {
+            UsageError(format!(
+                "settings file {}: {e}; fix the line or remove it",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(UsageError(format!(
+            "cannot read the settings file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The validated work of one invocation.
+struct Plan {
+    command: &'static str,
+    config: Option<config::Options>,
+    firewall: Option<firewall::Options>,
+    check: bool,
+}
+
+impl Plan {
+    fn from_cli(cli: &Cli, root: &Root) -> Result<Self, UsageError> {
+        Ok(match &cli.command {
+            Command::Run(r) => Plan {
+                command: "run",
+                config: (!r.skip_config)
+                    .then(|| config::Options::from_args(&r.config))
+                    .transpose()?,
+                firewall: (!r.skip_firewall)
+                    .then(|| firewall::Options::from_args(&r.firewall, root))
+                    .transpose()?,
+                check: !r.skip_check,
+            },
+            Command::FetchConfig(c) => Plan {
+                command: "fetch-config",
+                config: Some(config::Options::from_args(c)?),
+                firewall: None,
+                check: false,
+            },
+            Command::BlockImds(f) => Plan {
+                command: "block-imds",
+                config: None,
+                firewall: Some(firewall::Options::from_args(f, root)?),
+                check: false,
+            },
+            Command::CheckImds(_) => Plan {
+                command: "check-imds",
+                config: None,
+                firewall: None,
+                check: true,
+            },
+        })
+    }
+}
+
+/// Runs `fut` as `step` before `deadline`, timing it.
+async fn timed<F>(step: Step, deadline: Instant, fut: F) -> StepReport
+where
+    F: Future<Output = anyhow::Result<StepResult>>,
+{
+    let start = Instant::now();
+    let result = match tokio::time::timeout_at(deadline, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "the {} step did not finish before the overall deadline; raise --deadline or look at the log for what it was waiting on",
+            step.name()
+        )),
+    };
+    if let Err(e) = &result {
+        tracing::error!(step = step.name(), "{e:#}");
+    }
+    StepReport::from_result(step, start.elapsed(), result)
+}
+
+async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(global.deadline);
+    let patience = Duration::from_secs(global.deadline);
+    let imds = (plan.config.is_some() || plan.check)
+        .then(|| Imds::new(imds::endpoint_from_env(), patience));
+
+    let firewall = async {
+        match &plan.firewall {
+            None => StepReport::skipped(Step::Firewall),
+            Some(opts) => {
+                let opts = opts.clone();
+                timed(Step::Firewall, deadline, async move {
+                    tokio::task::spawn_blocking(move || {
+                        firewall::run(&opts, &SystemRunner::default())
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?
+                })
+                .await
+            }
+        }
+    };
+    let config = async {
+        match (&plan.config, &imds) {
+            (Some(opts), Some(imds)) => {
+                timed(Step::Config, deadline, async {
+                    let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                    let sdk = sdk_config(imds).await?;
+                    config::run(opts, &sdk, imds).await
+                })
+                .await
+            }
+            _ => StepReport::skipped(Step::Config),
+        }
+    };
+    let (config, firewall) = tokio::join!(config, firewall);
+    let check = match (&imds, plan.check) {
+        (Some(imds), true) => {
+            timed(Step::Check, deadline, async {
+                let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                imds::check::run(imds).await
+            })
+            .await
+        }
+        _ => StepReport::skipped(Step::Check),
+    };
+    let steps = match plan.command {
+        "run" => vec![config, firewall, check],
+        _ => [config, firewall, check]
+            .into_iter()
+            .filter(|s| s.outcome != crate::report::Outcome::Skipped)
+            .collect(),
+    };
+    Report::new(plan.command, steps, start.elapsed())
+}
+
+/// The SDK configuration: region from `AWS_REGION` or IMDS, credentials from the instance role
+/// through the shared IMDS client, endpoints from the standard environment variables.
+async fn sdk_config(imds: &Imds) -> anyhow::Result<aws_config::SdkConfig> {
+    use anyhow::Context as _;
+    let region = match std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+    {
+        Ok(r) if !r.trim().is_empty() => r.trim().to_owned(),
+        _ => imds
+            .region()
+            .await
+            .context("finding the region in instance metadata (set AWS_REGION to skip this)")?,
+    };
+    Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .credentials_provider(imds.credentials_provider())
+        .load()
+        .await)
+}
+
+fn emit(report: &Report, global: &GlobalArgs) -> u8 {
+    let mut code = report.exit_code;
+    match global.output {
+        OutputFormat::Json => println!("{}", report.to_json()),
+        OutputFormat::Text => print!("{}", report.to_text()),
+    }
+    if let Some(path) = &global.report
+        && let Err(e) =
+            fsutil::write_atomic(path, format!("{}\n", report.to_json()).as_bytes(), 0o644)
+    {
+        tracing::error!("cannot write the report: {e}");
+        if code == 0 {
+            code = Exit::Internal.code();
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_found_before_parsing() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            root_from_args(&a(&["x", "run", "--root", "/mnt"])),
+            PathBuf::from("/mnt")
+        );
+        assert_eq!(
+            root_from_args(&a(&["x", "--root=/img", "run"])),
+            PathBuf::from("/img")
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! The command-line contract. Users' scripts and AMIs depend on it: keep it stable.
+//!
+//! Every flag is also read from an environment variable `ECS_BOOTSTRAP_<FLAG>` and from the
+//! settings file `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
+//! then file, then the built-in default. The file is applied in [`command_with_file_defaults`]
+//! by turning its entries into clap defaults, so clap's own precedence does the rest.
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Path of the settings file, relative to the root (see `--root`).
+pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ecs-bootstrap",
+    version,
+    about = "Boot agent for Amazon ECS container instances",
+    long_about = "Boot agent for Amazon ECS container instances (EC2 launch type).\n\n\
+        It fetches ecs.config from a private S3 bucket with the instance role's credentials \
+        (from instance metadata), keeps containers on the Docker bridge away from instance \
+        metadata (169.254.169.254, fd00:ec2::254) with iptables, and checks that the host still \
+        reaches IMDSv2.\n\n\
+        Every flag can also be set with an environment variable ECS_BOOTSTRAP_<FLAG> \
+        (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
+        a flag beats the environment, which beats the file.",
+    after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
+        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed.\n\
+        For `run`, the code names the first step that failed."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log line format: `text` (plain under systemd) or `json` for log shippers.
+    /// Example: --log-format json
+    #[arg(long, value_enum, env = "ECS_BOOTSTRAP_LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// More log output (-v: debug, -vv: trace). Example: -v
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log output: warnings and errors only. Example: -q
+    #[arg(short, long, env = "ECS_BOOTSTRAP_QUIET", global = true)]
+    pub quiet: bool,
+
+    /// Format of the report printed at the end: readable `text` or one `json` document.
+    /// Example: --output json
+    #[arg(long, value_enum, env = "ECS_BOOTSTRAP_OUTPUT", default_value_t = OutputFormat::Text, global = true)]
+    pub output: OutputFormat,
+
+    /// Also write the JSON report to this file (atomically), for fleet tooling.
+    /// Example: --report /run/ecs-bootstrap/report.json
+    #[arg(long, env = "ECS_BOOTSTRAP_REPORT", value_name = "PATH", global = true)]
+    pub report: Option<PathBuf>,
+
+    /// Overall time limit in seconds; no step runs past it. Example: --deadline 60
+    #[arg(long, env = "ECS_BOOTSTRAP_DEADLINE", value_name = "SECS", default_value_t = 120, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub deadline: u64,
+
+    /// Treat PATH as the file system root for default paths (settings file, ecs.config,
+    /// rules files, /etc/os-release, locks under /run). For image builds and tests.
+    /// Example: --root /mnt/image
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_ROOT",
+        value_name = "PATH",
+        default_value = "/",
+        global = true
+    )]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every step: firewall and config fetch concurrently, then the metadata check.
+    Run(RunArgs),
+    /// Fetch ecs.config from S3 and write it atomically (mode 0600).
+    FetchConfig(ConfigArgs),
+    /// Block containers on the Docker bridge from instance metadata, and persist the rule.
+    BlockImds(FirewallArgs),
+    /// Check that the host reaches IMDSv2 and print what it says.
+    CheckImds(CheckArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Where ecs.config lives: s3://BUCKET/KEY, optionally with ?versionId=V.
+    /// Example: --source s3://my-bucket/ecs/prod.config
+    #[arg(long, env = "ECS_BOOTSTRAP_SOURCE", value_name = "S3_URL")]
+    pub source: Option<String>,
+
+    /// Read the source URL from this instance tag through IMDS (instance metadata tags must be
+    /// enabled). Example: --source-from-tag ecs-bootstrap:source
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_SOURCE_FROM_TAG",
+        value_name = "TAG_KEY",
+        conflicts_with = "source"
+    )]
+    pub source_from_tag: Option<String>,
+
+    /// Destination file. Example: --dest /etc/ecs/ecs.config
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_DEST",
+        value_name = "PATH",
+        default_value = "/etc/ecs/ecs.config"
+    )]
+    pub dest: PathBuf,
+
+    /// Required SHA-256 of the object (hex); on mismatch nothing is written.
+    /// Example: --sha256 9f86d081884c7d65...
+    #[arg(long, env = "ECS_BOOTSTRAP_SHA256", value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// Refuse the bucket unless this account owns it (S3 ExpectedBucketOwner).
+    /// Example: --expected-bucket-owner 123456789012
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_EXPECTED_BUCKET_OWNER",
+        value_name = "ACCOUNT_ID"
+    )]
+    pub expected_bucket_owner: Option<String>,
+
+    /// Largest object accepted, in bytes. Example: --max-size 65536
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_MAX_SIZE",
+        value_name = "BYTES",
+        default_value_t = 65536
+    )]
+    pub max_size: u64,
+
+    /// Treat validation warnings (unknown or duplicate keys, ambiguous values) as errors.
+    /// Example: --strict
+    #[arg(long, env = "ECS_BOOTSTRAP_STRICT")]
+    pub strict: bool,
+
+    /// Override or add a key after the fetched content; repeatable.
+    /// Example: --set ECS_CLUSTER=prod --set ECS_LOGLEVEL=debug
+    #[arg(long = "set", env = "ECS_BOOTSTRAP_SET", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FirewallArgs {
+    /// Chain for the DROP rule: DOCKER-USER (survives dockerd restarts) or FORWARD (the
+    /// documented placement, bypassed after dockerd restarts). Example: --chain DOCKER-USER
+    #[arg(long, value_enum, env = "ECS_BOOTSTRAP_CHAIN", default_value_t = ChainChoice::DockerUser)]
+    pub chain: ChainChoice,
+
+    /// Input interface pattern to block; repeatable. User-defined bridge networks use br-*.
+    /// Example: --interface docker+ --interface br-+
+    #[arg(
+        long = "interface",
+        env = "ECS_BOOTSTRAP_INTERFACE",
+        value_name = "PATTERN",
+        default_value = "docker+"
+    )]
+    pub interfaces: Vec<String>,
+
+    /// IPv6 (fd00:ec2::254 with ip6tables): auto (when the host has IPv6 and ip6tables),
+    /// on, or off. Example: --ipv6 off
+    #[arg(long, value_enum, env = "ECS_BOOTSTRAP_IPV6", default_value_t = Ipv6Mode::Auto)]
+    pub ipv6: Ipv6Mode,
+
+    /// iptables binary to run (ip6tables is looked up beside it). Example: --iptables /usr/sbin/iptables-legacy
+    #[arg(long, env = "ECS_BOOTSTRAP_IPTABLES", value_name = "PATH")]
+    pub iptables: Option<PathBuf>,
+
+    /// How to persist: merge our rule into the rules file, full-save (iptables-save output, as
+    /// the AWS documentation does), or none. Example: --persist none
+    #[arg(long, value_enum, env = "ECS_BOOTSTRAP_PERSIST", default_value_t = PersistMode::Merge)]
+    pub persist: PersistMode,
+
+    /// IPv4 rules file; default from the distribution (/etc/sysconfig/iptables on Amazon
+    /// Linux and RHEL, /etc/iptables/rules.v4 on Debian and Ubuntu).
+    /// Example: --persist-file /etc/sysconfig/iptables
+    #[arg(long, env = "ECS_BOOTSTRAP_PERSIST_FILE", value_name = "PATH")]
+    pub persist_file: Option<PathBuf>,
+
+    /// IPv6 rules file; default from the distribution. Example: --persist-file6 /etc/iptables/rules.v6
+    #[arg(long, env = "ECS_BOOTSTRAP_PERSIST_FILE6", value_name = "PATH")]
+    pub persist_file6: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckArgs {}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub firewall: FirewallArgs,
+    #[command(flatten)]
+    pub check: CheckArgs,
+
+    /// Skip fetching ecs.config. Example: --skip-config
+    #[arg(long, env = "ECS_BOOTSTRAP_SKIP_CONFIG")]
+    pub skip_config: bool,
+    /// Skip the firewall step. Example: --skip-firewall
+    #[arg(long, env = "ECS_BOOTSTRAP_SKIP_FIREWALL")]
+    pub skip_firewall: bool,
+    /// Skip the metadata check. Example: --skip-check
+    #[arg(long, env = "ECS_BOOTSTRAP_SKIP_CHECK")]
+    pub skip_check: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChainChoice {
+    #[value(name = "DOCKER-USER", alias = "docker-user")]
+    DockerUser,
+    #[value(name = "FORWARD", alias = "forward")]
+    Forward,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ipv6Mode {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PersistMode {
+    Merge,
+    FullSave,
+    None,
+}
+
+/// The clap command with the settings file's entries applied as defaults, so that a flag beats
+/// the environment, which beats the file. Entries whose name is no flag's variable are returned
+/// so the caller can warn about them.
+pub fn command_with_file_defaults(file: &BTreeMap<String, String>) -> (clap::Command, Vec<String>) {
+    let mut used = std::collections::BTreeSet::new();
+    let mut apply = |arg: clap::Arg| -> clap::Arg {
+        let Some(name) = arg.get_env().and_then(|e| e.to_str()).map(str::to_owned) else {
+            return arg;
+        };
+        match file.get(&name) {
+            Some(value) => {
+                used.insert(name);
+                arg.default_value(value.clone())
+            }
+            None => arg,
+        }
+    };
+    let mut cmd = Cli::command().mut_args(&mut apply);
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |sub| sub.mut_args(&mut apply));
+    }
+    let unused = file
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .collect();
+    (cmd, unused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+
+    fn parse(file: &[(&str, &str)], args: &[&str]) -> Cli {
+        let file = file
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (cmd, _) = command_with_file_defaults(&file);
+        let m = cmd.try_get_matches_from(args).expect("parses");
+        Cli::from_arg_matches(&m).expect("matches")
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn file_gives_defaults_and_flags_win() {
+        let cli = parse(
+            &[
+                ("ECS_BOOTSTRAP_SOURCE", "s3://from-file/key"),
+                ("ECS_BOOTSTRAP_DEST", "/tmp/file-dest"),
+                ("ECS_BOOTSTRAP_DEADLINE", "30"),
+            ],
+            &["ecs-bootstrap", "fetch-config", "--dest", "/tmp/flag-dest"],
+        );
+        assert_eq!(cli.global.deadline, 30);
+        let Command::FetchConfig(c) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(c.source.as_deref(), Some("s3://from-file/key"));
+        assert_eq!(c.dest, PathBuf::from("/tmp/flag-dest"));
+    }
+
+    #[test]
+    fn unknown_file_entries_are_reported() {
+        let file = [
+            ("ECS_BOOTSTRAP_SOURCE".to_string(), "x".to_string()),
+            ("ECS_BOOTSTRAP_SORCE".to_string(), "y".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let (_, unused) = command_with_file_defaults(&file);
+        assert_eq!(unused, vec!["ECS_BOOTSTRAP_SORCE".to_string()]);
+    }
+
+    #[test]
+    fn global_flags_after_subcommand() {
+        let cli = parse(&[], &["ecs-bootstrap", "run", "--output", "json", "-v"]);
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.verbose, 1);
+    }
+}

@@ -1,0 +1,56 @@
+//! Steps and the documented exit codes.
+
+use serde::Serialize;
+
+/// One step of a run. The order is the order of the exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Config,
+    Firewall,
+    Check,
+    Prove,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Config => "config",
+            Step::Firewall => "firewall",
+            Step::Check => "check",
+            Step::Prove => "prove",
+        }
+    }
+
+    pub fn exit_code(self) -> Exit {
+        match self {
+            Step::Config => Exit::Config,
+            Step::Firewall => Exit::Firewall,
+            Step::Check => Exit::Check,
+            Step::Prove => Exit::Prove,
+        }
+    }
+}
+
+/// Documented exit codes (README, `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    Internal = 1,
+    Usage = 2,
+    Config = 3,
+    Firewall = 4,
+    Check = 5,
+    Prove = 6,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A usage or configuration error: bad flag values, an unreadable settings file. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -1,0 +1,13 @@
+//! ecs-bootstrap: boot agent for Amazon ECS container instances. See ARCHITECTURE.md.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod envfile;
+pub mod error;
+pub mod firewall;
+pub mod fsutil;
+pub mod imds;
+pub mod logging;
+pub mod report;
+pub mod sys;

@@ -1,0 +1,184 @@
+//! The boot report: each step's outcome, duration and what changed, as text or one JSON
+//! document, printed at the end of every run and optionally written to a file.
+
+use crate::error::{Exit, Step};
+use serde::Serialize;
+use std::time::Duration;
+
+/// What a step that succeeded did.
+#[derive(Debug, Clone, Default)]
+pub struct StepResult {
+    /// Whether the step changed the system (a file written, a rule added).
+    pub changed: bool,
+    /// Human lines for the text report. Never secret values.
+    pub summary: Vec<String>,
+    /// Structured details for the JSON report. Never secret values.
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: Step,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    pub changed: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<String>,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl StepReport {
+    pub fn from_result(step: Step, elapsed: Duration, result: anyhow::Result<StepResult>) -> Self {
+        let duration_ms = elapsed.as_millis() as u64;
+        match result {
+            Ok(r) => StepReport {
+                step,
+                outcome: Outcome::Ok,
+                duration_ms,
+                changed: r.changed,
+                summary: r.summary,
+                details: r.details,
+                error: None,
+            },
+            Err(e) => StepReport {
+                step,
+                outcome: Outcome::Failed,
+                duration_ms,
+                changed: false,
+                summary: vec![],
+                details: serde_json::Value::Null,
+                error: Some(format!("{e:#}")),
+            },
+        }
+    }
+
+    pub fn skipped(step: Step) -> Self {
+        StepReport {
+            step,
+            outcome: Outcome::Skipped,
+            duration_ms: 0,
+            changed: false,
+            summary: vec![],
+            details: serde_json::Value::Null,
+            error: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: &'static str,
+    pub command: &'static str,
+    pub ok: bool,
+    pub exit_code: u8,
+    pub duration_ms: u64,
+    pub steps: Vec<StepReport>,
+}
+
+impl Report {
+    pub fn new(command: &'static str, steps: Vec<StepReport>, elapsed: Duration) -> Self {
+        let exit = exit_for(&steps);
+        Report {
+            version: env!("CARGO_PKG_VERSION"),
+            command,
+            ok: exit == Exit::Success,
+            exit_code: exit.code(),
+            duration_ms: elapsed.as_millis() as u64,
+            steps,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serializes")
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for st in &self.steps {
+            let outcome = match st.outcome {
+                Outcome::Ok if st.changed => "ok (changed)",
+                Outcome::Ok => "ok (no change)",
+                Outcome::Failed => "FAILED",
+                Outcome::Skipped => "skipped",
+            };
+            s.push_str(&format!(
+                "{:<9} {:<15} {:>6} ms\n",
+                st.step.name(),
+                outcome,
+                st.duration_ms
+            ));
+            for line in &st.summary {
+                s.push_str(&format!("          {line}\n"));
+            }
+            if let Some(e) = &st.error {
+                s.push_str(&format!("          error: {e}\n"));
+            }
+        }
+        s.push_str(&format!(
+            "{} in {} ms (exit {})\n",
+            if self.ok { "done" } else { "failed" },
+            self.duration_ms,
+            self.exit_code
+        ));
+        s
+    }
+}
+
+/// The exit code names the first failed step, in step order.
+pub fn exit_for(steps: &[StepReport]) -> Exit {
+    steps
+        .iter()
+        .filter(|s| s.outcome == Outcome::Failed)
+        .map(|s| s.step)
+        .min()
+        .map(Step::exit_code)
+        .unwrap_or(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(step: Step) -> StepReport {
+        StepReport::from_result(step, Duration::ZERO, Err(anyhow::anyhow!("boom")))
+    }
+
+    #[test]
+    fn exit_code_names_first_failed_step() {
+        let ok = StepReport::from_result(Step::Config, Duration::ZERO, Ok(StepResult::default()));
+        assert_eq!(exit_for(std::slice::from_ref(&ok)), Exit::Success);
+        assert_eq!(
+            exit_for(&[failed(Step::Check), ok.clone(), failed(Step::Firewall)]),
+            Exit::Firewall
+        );
+        assert_eq!(
+            exit_for(&[failed(Step::Config), failed(Step::Firewall)]),
+            Exit::Config
+        );
+        assert_eq!(
+            exit_for(&[StepReport::skipped(Step::Config)]),
+            Exit::Success
+        );
+    }
+
+    #[test]
+    fn json_and_text_render() {
+        let r = Report::new("run", vec![failed(Step::Check)], Duration::from_millis(5));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["exit_code"], 5);
+        assert_eq!(v["steps"][0]["step"], "check");
+        assert_eq!(v["steps"][0]["outcome"], "failed");
+        assert!(r.to_text().contains("check     FAILED"));
+    }
+}
