@@ -113,7 +113,7 @@ impl Plan {
             Command::Run(r) => Plan {
                 command: "run",
                 config: (!r.skip_config)
-                    .then(|| config::Options::from_args(&r.config))
+                    .then(|| config::Options::from_args(&r.config, root))
                     .transpose()?,
                 firewall: (!r.skip_firewall)
                     .then(|| firewall::Options::from_args(&r.firewall, root))
@@ -122,7 +122,7 @@ impl Plan {
             },
             Command::FetchConfig(c) => Plan {
                 command: "fetch-config",
-                config: Some(config::Options::from_args(c)?),
+                config: Some(config::Options::from_args(c, root)?),
                 firewall: None,
                 check: false,
             },
@@ -132,6 +132,9 @@ impl Plan {
                 firewall: Some(firewall::Options::from_args(f, root)?),
                 check: false,
             },
+            Command::Prove(_) | Command::IamPolicy(_) => {
+                return Err(UsageError("not implemented yet".into()));
+            }
             Command::CheckImds(_) => Plan {
                 command: "check-imds",
                 config: None,

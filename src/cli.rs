@@ -89,6 +89,52 @@ pub enum Command {
     BlockImds(FirewallArgs),
     /// Check that the host reaches IMDSv2 and print what it says.
     CheckImds(CheckArgs),
+    /// Prove the block: from a throwaway namespace on docker0, IMDS must be unreachable, and
+    /// from the host reachable.
+    Prove(ProveArgs),
+    /// Print the least-privilege IAM policies for the instance role and its trust policy.
+    IamPolicy(IamPolicyArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProveArgs {
+    /// IPv6 probe of [fd00:ec2::254]:80 as well: auto (when docker0 has an IPv6 address), on, off.
+    /// Example: --ipv6 on
+    #[arg(long = "ipv6", value_enum, env = "ECS_BOOTSTRAP_IPV6", default_value_t = Ipv6Mode::Auto)]
+    pub ipv6: Ipv6Mode,
+
+    /// Bridge to attach the probe namespace to. Example: --bridge docker0
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_BRIDGE",
+        value_name = "NAME",
+        default_value = "docker0"
+    )]
+    pub bridge: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct IamPolicyArgs {
+    /// The config object the role must read: s3://BUCKET/KEY[?versionId=V].
+    /// Example: --source s3://my-bucket/ecs/prod.config
+    #[arg(long, env = "ECS_BOOTSTRAP_SOURCE", value_name = "S3_URL")]
+    pub source: String,
+
+    /// KMS key that encrypts the object (adds kms:Decrypt on it).
+    /// Example: --kms-key arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
+    #[arg(long, env = "ECS_BOOTSTRAP_KMS_KEY", value_name = "ARN")]
+    pub kms_key: Option<String>,
+
+    /// Output format: json (the policy documents) or cloudformation (a template snippet).
+    /// Example: --format cloudformation
+    #[arg(long, value_enum, default_value_t = PolicyFormat::Json)]
+    pub format: PolicyFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyFormat {
+    Json,
+    Cloudformation,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -108,14 +154,10 @@ pub struct ConfigArgs {
     )]
     pub source_from_tag: Option<String>,
 
-    /// Destination file. Example: --dest /etc/ecs/ecs.config
-    #[arg(
-        long,
-        env = "ECS_BOOTSTRAP_DEST",
-        value_name = "PATH",
-        default_value = "/etc/ecs/ecs.config"
-    )]
-    pub dest: PathBuf,
+    /// Destination file [default: /etc/ecs/ecs.config under --root].
+    /// Example: --dest /etc/ecs/ecs.config
+    #[arg(long, env = "ECS_BOOTSTRAP_DEST", value_name = "PATH")]
+    pub dest: Option<PathBuf>,
 
     /// Required SHA-256 of the object (hex); on mismatch nothing is written.
     /// Example: --sha256 9f86d081884c7d65...
@@ -214,6 +256,9 @@ pub struct RunArgs {
     /// Skip the metadata check. Example: --skip-check
     #[arg(long, env = "ECS_BOOTSTRAP_SKIP_CHECK")]
     pub skip_check: bool,
+    /// Add `prove` as a fourth step. Example: --prove
+    #[arg(long, env = "ECS_BOOTSTRAP_PROVE")]
+    pub prove: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -318,7 +363,7 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!(c.source.as_deref(), Some("s3://from-file/key"));
-        assert_eq!(c.dest, PathBuf::from("/tmp/flag-dest"));
+        assert_eq!(c.dest, Some(PathBuf::from("/tmp/flag-dest")));
     }
 
     #[test]

@@ -13,6 +13,9 @@ use serde_json::json;
 use source::S3Url;
 use std::path::PathBuf;
 
+/// Where ecs-init and the ECS agent read their settings.
+pub const DEFAULT_DEST: &str = "/etc/ecs/ecs.config";
+
 /// Where the source URL comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
@@ -28,7 +31,7 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_args(args: &ConfigArgs) -> Result<Self, UsageError> {
+    pub fn from_args(args: &ConfigArgs, root: &crate::sys::Root) -> Result<Self, UsageError> {
         let source = match (&args.source, &args.source_from_tag) {
             (Some(url), _) => SourceSpec::Url(url.parse()?),
             (None, Some(tag)) => SourceSpec::Tag(tag.clone()),
@@ -42,7 +45,7 @@ impl Options {
         };
         Ok(Options {
             source,
-            dest: args.dest.clone(),
+            dest: args.dest.clone().unwrap_or_else(|| root.join(DEFAULT_DEST)),
         })
     }
 }
