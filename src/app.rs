@@ -6,7 +6,7 @@ use crate::error::{Exit, Step, UsageError};
 use crate::imds::Imds;
 use crate::report::{Report, StepReport, StepResult};
 use crate::sys::{Root, SystemRunner};
-use crate::{config, envfile, firewall, fsutil, imds, logging};
+use crate::{config, envfile, firewall, fsutil, imds, logging, prove};
 use clap::FromArgMatches as _;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -61,7 +61,18 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
             return Exit::Internal.code();
         }
     };
-    let report = rt.block_on(execute(&plan, &cli.global));
+    let report = rt.block_on(async {
+        let start = Instant::now();
+        tokio::select! {
+            report = execute(&plan, &cli.global) => report,
+            signal = interrupted() => {
+                // Dropping `execute` drops every step's guards: temp files and probe
+                // namespaces are removed; a file rename either happened or did not.
+                tracing::error!("interrupted by {signal}; stopped before the steps finished");
+                Report::interrupted(plan.command, signal, start.elapsed())
+            }
+        }
+    });
     emit(&report, &cli.global)
 }
 
@@ -105,6 +116,7 @@ struct Plan {
     config: Option<config::Options>,
     firewall: Option<firewall::Options>,
     check: bool,
+    prove: Option<prove::Options>,
 }
 
 impl Plan {
@@ -119,20 +131,33 @@ impl Plan {
                     .then(|| firewall::Options::from_args(&r.firewall, root))
                     .transpose()?,
                 check: !r.skip_check,
+                prove: r.prove.then(|| prove::Options {
+                    bridge: "docker0".into(),
+                    ipv6: r.firewall.ipv6,
+                }),
             },
             Command::FetchConfig(c) => Plan {
                 command: "fetch-config",
                 config: Some(config::Options::from_args(c, root)?),
                 firewall: None,
                 check: false,
+                prove: None,
             },
             Command::BlockImds(f) => Plan {
                 command: "block-imds",
                 config: None,
                 firewall: Some(firewall::Options::from_args(f, root)?),
                 check: false,
+                prove: None,
             },
-            Command::Prove(_) | Command::IamPolicy(_) => {
+            Command::Prove(p) => Plan {
+                command: "prove",
+                config: None,
+                firewall: None,
+                check: false,
+                prove: Some(prove::Options::from_args(p)),
+            },
+            Command::IamPolicy(_) => {
                 return Err(UsageError("not implemented yet".into()));
             }
             Command::CheckImds(_) => Plan {
@@ -140,8 +165,24 @@ impl Plan {
                 config: None,
                 firewall: None,
                 check: true,
+                prove: None,
             },
         })
+    }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => std::future::pending().await,
     }
 }
 
@@ -168,7 +209,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(global.deadline);
     let patience = Duration::from_secs(global.deadline);
-    let imds = (plan.config.is_some() || plan.check)
+    let imds = (plan.config.is_some() || plan.check || plan.prove.is_some())
         .then(|| Imds::new(imds::endpoint_from_env(), patience));
 
     let firewall = async {
@@ -211,9 +252,20 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         }
         _ => StepReport::skipped(Step::Check),
     };
+    let prove = match (&imds, &plan.prove) {
+        (Some(imds), Some(opts)) => {
+            timed(Step::Prove, deadline, async {
+                let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                prove::run(opts, imds, &SystemRunner::default()).await
+            })
+            .await
+        }
+        _ => StepReport::skipped(Step::Prove),
+    };
     let steps = match plan.command {
+        "run" if plan.prove.is_some() => vec![config, firewall, check, prove],
         "run" => vec![config, firewall, check],
-        _ => [config, firewall, check]
+        _ => [config, firewall, check, prove]
             .into_iter()
             .filter(|s| s.outcome != crate::report::Outcome::Skipped)
             .collect(),

@@ -9,5 +9,6 @@ pub mod firewall;
 pub mod fsutil;
 pub mod imds;
 pub mod logging;
+pub mod prove;
 pub mod report;
 pub mod sys;

@@ -83,6 +83,8 @@ pub struct Report {
     pub ok: bool,
     pub exit_code: u8,
     pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<&'static str>,
     pub steps: Vec<StepReport>,
 }
 
@@ -95,7 +97,22 @@ impl Report {
             ok: exit == Exit::Success,
             exit_code: exit.code(),
             duration_ms: elapsed.as_millis() as u64,
+            interrupted_by: None,
             steps,
+        }
+    }
+
+    /// The report of a run stopped by a signal: exit code 128 + the signal number.
+    pub fn interrupted(command: &'static str, signal: &'static str, elapsed: Duration) -> Self {
+        let number = if signal == "SIGINT" { 2 } else { 15 };
+        Report {
+            version: env!("CARGO_PKG_VERSION"),
+            command,
+            ok: false,
+            exit_code: 128 + number,
+            duration_ms: elapsed.as_millis() as u64,
+            interrupted_by: Some(signal),
+            steps: vec![],
         }
     }
 
@@ -124,6 +141,9 @@ impl Report {
             if let Some(e) = &st.error {
                 s.push_str(&format!("          error: {e}\n"));
             }
+        }
+        if let Some(sig) = self.interrupted_by {
+            s.push_str(&format!("interrupted by {sig}\n"));
         }
         s.push_str(&format!(
             "{} in {} ms (exit {})\n",

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this). Run as root on Debian or Ubuntu:
+#   sudo tests/run.sh
+# Installs what the tests need when it is missing (apt packages, the pinned Python peers in a
+# venv), then runs formatting and lint checks, unit tests, and the integration tests that run
+# the real binary in network-namespace sandboxes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/run.sh needs root (network namespaces, iptables): run it with sudo" >&2
+    exit 2
+fi
+
+# Debian packages the tests use.
+need=()
+for pair in iptables:iptables-legacy iproute2:ip curl:curl python3-venv:- time:/usr/bin/time \
+            shellcheck:shellcheck util-linux:unshare kmod:-; do
+    pkg=${pair%%:*} bin=${pair#*:}
+    if [[ $bin == - ]]; then
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    elif ! command -v "$bin" >/dev/null 2>&1 && [[ ! -x $bin ]]; then
+        need+=("$pkg")
+    fi
+done
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+log "python peers (pinned in tests/requirements.txt)"
+ECS_BOOTSTRAP_PYTHON=$(bash tests/sandbox/venv.sh)
+export ECS_BOOTSTRAP_PYTHON
+
+log "leftover sandboxes from killed runs"
+"$ECS_BOOTSTRAP_PYTHON" tests/sandbox/sandbox.py down --all >&2 || true
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (warnings denied)"
+cargo clippy --all-targets --locked -- -D warnings
+
+log "shellcheck"
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+shellcheck "${scripts[@]}"
+
+log "cargo test (unit + integration, real binary in sandboxes)"
+cargo test --locked -- --test-threads "${TEST_THREADS:-4}"
