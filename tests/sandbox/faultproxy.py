@@ -26,10 +26,12 @@ Actions:
                                     dribbled at about N bytes/s.
     {"truncate": N}                 forward; moto's headers with the full
                                     Content-Length, only N body bytes, close.
-    {"body": "...", "status": 200, "content_type": "text/html"}
-                                    forward; keep moto's headers but replace
-                                    the body (correct Content-Length); status
-                                    and content_type default to moto's.
+    {"body": "...", "status": 200, "content_type": "text/html",
+     "keep_headers": true}          forward; replace the body (correct
+                                    Content-Length); status and content_type
+                                    default to moto's. moto's other headers
+                                    (ETag, x-amz-*, checksums) are kept unless
+                                    keep_headers is false.
     {"oversize": N}                 200 with Content-Length N and N bytes of
                                     'A' (moto not contacted).
 
@@ -271,7 +273,9 @@ class Handler(BaseHTTPRequestHandler):
         elif "body" in action:
             new = str(action["body"]).encode()
             st = int(action.get("status", status))
-            hdrs = [(k, v) for k, v in headers if k.lower() != "content-type"]
+            keep = action.get("keep_headers", True)
+            hdrs = [(k, v) for k, v in headers
+                    if k.lower() != "content-type" and (keep or k.lower() in ("date", "server"))]
             ctype = action.get("content_type")
             if ctype is None:
                 ctype = next((v for k, v in headers if k.lower() == "content-type"),

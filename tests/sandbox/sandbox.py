@@ -516,7 +516,7 @@ def _probe(targets):
 def _clients():
     import boto3
     from botocore.config import Config
-    cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+    cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
                  connect_timeout=5, read_timeout=30)
     kw = {"endpoint_url": f"http://127.0.0.1:{MOTO_PORT}", "region_name": REGION,
           "config": cfg}
