@@ -345,7 +345,10 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().contains("tmp"))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().contains("tmp"))
+                })
                 .collect()
         })
         .unwrap_or_default()
