@@ -14,25 +14,8 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 2
 fi
 
-# Debian packages the tests use.
-need=()
-for pair in iptables:iptables-legacy iproute2:ip curl:curl python3-venv:- time:/usr/bin/time \
-            shellcheck:shellcheck util-linux:unshare kmod:-; do
-    pkg=${pair%%:*} bin=${pair#*:}
-    if [[ $bin == - ]]; then
-        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-    elif ! command -v "$bin" >/dev/null 2>&1 && [[ ! -x $bin ]]; then
-        need+=("$pkg")
-    fi
-done
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-log "python peers (pinned in tests/requirements.txt)"
-ECS_BOOTSTRAP_PYTHON=$(bash tests/sandbox/venv.sh)
+log "dependencies (apt packages when missing; pinned Python peers in a venv)"
+ECS_BOOTSTRAP_PYTHON=$(bash tests/deps.sh)
 export ECS_BOOTSTRAP_PYTHON
 
 log "leftover sandboxes from killed runs"

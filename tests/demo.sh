@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Quick start: the main job end to end in a local sandbox (no EC2 needed). As root:
+#   sudo tests/demo.sh
+# Builds ecs-bootstrap, starts a sandbox of real peers (network namespaces with a docker0
+# bridge and a "container" on it, moto as S3 with authentication on, an IMDSv2 emulator on
+# 169.254.169.254 inside the sandbox), runs `ecs-bootstrap run --prove` in the sandbox's host
+# namespace, shows what it did, and tears everything down (also on failure and Ctrl-C).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/demo.sh needs root (network namespaces, iptables): run it with sudo" >&2
+    exit 2
+fi
+py=$(bash tests/deps.sh)
+cargo build --release --locked >&2
+bin=$PWD/target/release/ecs-bootstrap
+
+name=demo$$
+name=${name:0:8}
+root=$(mktemp -d /tmp/ecs-bootstrap-demo.XXXXXX)
+cleanup() {
+    "$py" tests/sandbox/sandbox.py down "$name" >/dev/null 2>&1 || true
+    rm -rf "$root"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== starting the sandbox ($name)"
+state=$("$py" tests/sandbox/sandbox.py up "$name")
+field() { "$py" -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" <<<"$state"; }
+host=ebs-$name-host ctr=ebs-$name-ctr
+source_url="s3://$(field bucket)/$(field key)"
+
+probe() { # namespace -> "reachable" or "blocked"
+    if ip netns exec "$1" curl -s -o /dev/null -m 2 -X PUT \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token; then
+        echo reachable
+    else
+        echo blocked
+    fi
+}
+echo "== before: container -> IMDS: $(probe "$ctr")"
+
+echo "== ecs-bootstrap run --source $source_url --prove"
+ip netns exec "$host" env -i PATH="$PATH" AWS_ENDPOINT_URL_S3="$(field s3_endpoint)" \
+    "$bin" --root "$root" run --source "$source_url" --prove
+
+echo
+echo "== $root/etc/ecs/ecs.config ($(stat -c %a "$root/etc/ecs/ecs.config"))"
+cat "$root/etc/ecs/ecs.config"
+echo "== iptables in the host namespace (filter: FORWARD, DOCKER-USER)"
+ip netns exec "$host" iptables -S FORWARD
+ip netns exec "$host" iptables -S DOCKER-USER
+echo "== persisted rules file: $(find "$root/etc" -name 'iptables' -o -name 'rules.v4' | head -n 1)"
+echo "== after: container -> IMDS: $(probe "$ctr"); host -> IMDS: $(probe "$host")"
