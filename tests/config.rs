@@ -415,12 +415,12 @@ fn secrets_never_appear_in_any_output() {
             assert!(!all.contains(s.as_str()), "{what}: a secret leaked:\n{all}");
         }
     };
-    for fmt in ["text", "json"] {
+    for (fmt, verbose) in [("text", "-v"), ("json", "-v"), ("text", "-vv")] {
         let r = fetch(
             &sb,
             None,
             &[
-                "-v",
+                verbose,
                 "--log-format",
                 fmt,
                 "--output",
@@ -434,7 +434,7 @@ fn secrets_never_appear_in_any_output() {
         r.assert_code(0)
             .assert_contains("ECS_ENGINE_AUTH_DATA is also set on line 3")
             .assert_contains("the value of ECS_ENGINE_AUTH_DATA starts with a quote");
-        check(&r, fmt);
+        check(&r, &format!("{fmt} {verbose}"));
         std::fs::remove_file(sb.dest()).unwrap();
     }
     // The written file does hold them.
