@@ -249,6 +249,17 @@ fn transient_faults_are_retried_within_the_deadline() {
         sb.s("object_content")
     );
 
+    // A bucket in another region: S3's hint is followed once, at once.
+    write_old(&sb);
+    sb.proxy_control(json!({"plan": [{"status": 301, "code": "PermanentRedirect",
+        "message": "The bucket you are attempting to access must be addressed using the specified endpoint.",
+        "headers": {"x-amz-bucket-region": "eu-west-1"}}], "then": "pass"}));
+    let r = fetch(&sb, Some(&fault), &["--output", "json"]);
+    r.assert_code(0)
+        .assert_contains("the bucket is in another region; retrying there");
+    assert_eq!(r.json()["steps"][0]["details"]["region"], "eu-west-1");
+    assert_eq!(r.json()["steps"][0]["details"]["attempts"], 2);
+
     // Persistent resets: bounded, then a clear failure; old file intact.
     write_old(&sb);
     sb.proxy_control(json!({"plan": [], "then": "reset"}));
