@@ -234,7 +234,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
                 timed(Step::Config, deadline, async {
                     let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                     let sdk = sdk_config(imds).await?;
-                    config::run(opts, &sdk, imds).await
+                    config::run(opts, &sdk, imds, deadline).await
                 })
                 .await
             }

@@ -81,11 +81,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome,
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&dir)
-                .map_err(io_err("create the folder", &dir))?;
+            if !dir.is_dir() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&dir)
+                    .map_err(io_err("create the folder", &dir))?;
+                // Make the new folder's entry durable too.
+                if let Some(up) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    File::open(up)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io_err("flush the folder", up))?;
+                }
+            }
         }
         Err(e) => return Err(io_err("inspect", path)(e)),
     }
@@ -115,7 +123,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome,
     result.map(|()| WriteOutcome::Written)
 }
 
-/// Removes temporary files left by an earlier run of ours that was killed (its process is gone).
+/// A temporary file lives for milliseconds; one older than this is stale whatever its PID says
+/// (the PID may have been reused since).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes temporary files left by an earlier run of ours that was killed: its process is gone,
+/// its PID is ours (PIDs repeat from boot to boot, and we are not writing it yet), or it is old.
 fn remove_stale_temps(dir: &Path, name: &str) {
     let prefix = format!(".{name}{TMP_MARK}");
     let Ok(entries) = fs::read_dir(dir) else {
@@ -126,16 +139,19 @@ fn remove_stale_temps(dir: &Path, name: &str) {
         let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        let alive = pid
+        let writer_alive = pid
             .parse::<i32>()
             .ok()
-            .filter(|p| *p > 0)
-            .map(|p| {
-                p as u32 == std::process::id()
-                    || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-            })
+            .filter(|p| *p > 0 && *p as u32 != std::process::id())
+            .map(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
             .unwrap_or(false);
-        if !alive {
+        let young = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < STALE_AFTER);
+        if !(writer_alive && young) {
             let stale = entry.path();
             if fs::remove_file(&stale).is_ok() {
                 tracing::info!(path = %stale.display(), "removed a temporary file left by an interrupted run");
@@ -195,6 +211,64 @@ mod tests {
         fs::create_dir(&folder).unwrap();
         let e = write_atomic(&folder, b"x", 0o600).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn removes_stale_temp_of_own_pid_and_keeps_live_writers() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ecs.config");
+        // A killed run of an earlier boot may have had our PID.
+        let own = d
+            .path()
+            .join(format!(".ecs.config{TMP_MARK}{}", std::process::id()));
+        fs::write(&own, b"half").unwrap();
+        // PID 1 is alive: its fresh temp file is a concurrent writer's and is left alone.
+        let live = d.path().join(format!(".ecs.config{TMP_MARK}1"));
+        fs::write(&live, b"busy").unwrap();
+        assert_eq!(
+            write_atomic(&p, b"A=1\n", 0o600).unwrap(),
+            WriteOutcome::Written
+        );
+        assert!(!own.exists());
+        assert!(live.exists());
+        // Other files in the folder are never touched.
+        assert_eq!(fs::read(&p).unwrap(), b"A=1\n");
+    }
+
+    #[test]
+    fn failure_keeps_old_file_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ecs.config");
+        fs::write(&p, b"OLD=1\n").unwrap();
+        // A folder in the way of the temp name makes creating it fail.
+        let blocker = d
+            .path()
+            .join(format!(".ecs.config{TMP_MARK}{}", std::process::id()));
+        fs::create_dir(&blocker).unwrap();
+        let e = write_atomic(&p, b"NEW=1\n", 0o600).unwrap_err();
+        assert!(e.to_string().contains("temporary file"), "{e}");
+        assert_eq!(fs::read(&p).unwrap(), b"OLD=1\n");
+        fs::remove_dir(&blocker).unwrap();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unchanged_content_fixes_mode_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ecs.config");
+        fs::write(&p, b"A=1\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap());
+        assert_eq!(
+            write_atomic(&p, b"A=1\n", 0o600).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(mode_of(&p), 0o600);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap()),
+            ino,
+            "not rewritten"
+        );
     }
 
     #[test]

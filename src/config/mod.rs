@@ -1,20 +1,34 @@
-//! The config step: fetch ecs.config from S3 with the instance role's credentials and write it
-//! atomically to the destination (mode 0600).
+//! The config step: fetch ecs.config from S3 with the instance role's credentials, check it
+//! (`--sha256`, syntax, known keys), apply `--set`, and write it atomically to the destination
+//! (mode 0600). On any failure the previous file stays as it was.
+//!
+//! Modules: [`source`] the `s3://` URL, [`keys`] the known keys and secret keys, [`parse`] the
+//! pure parser/validator/normaliser/diff, [`retry`] the pure retry policy, [`fetch`] GetObject.
 
+pub mod fetch;
+pub mod keys;
+pub mod parse;
+pub mod retry;
 pub mod source;
 
 use crate::cli::ConfigArgs;
 use crate::error::UsageError;
 use crate::fsutil::{self, WriteOutcome};
-use crate::imds::Imds;
+use crate::imds::{Imds, MetadataError};
 use crate::report::StepResult;
 use anyhow::Context as _;
+use parse::{Config, Finding, SetArg, Severity};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use source::S3Url;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use tokio::time::Instant;
 
 /// Where ecs-init and the ECS agent read their settings.
 pub const DEFAULT_DEST: &str = "/etc/ecs/ecs.config";
+
+/// The largest `--max-size` accepted: ecs.config is a few hundred bytes in practice.
+pub const MAX_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Where the source URL comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,17 +38,32 @@ pub enum SourceSpec {
     Tag(String),
 }
 
+/// The validated options of the step. `Debug` shows no `--set` value.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub source: SourceSpec,
     pub dest: PathBuf,
+    /// Lower-case hex.
+    pub sha256: Option<String>,
+    pub expected_owner: Option<String>,
+    pub max_size: u64,
+    pub strict: bool,
+    pub sets: Vec<SetArg>,
 }
 
 impl Options {
     pub fn from_args(args: &ConfigArgs, root: &crate::sys::Root) -> Result<Self, UsageError> {
         let source = match (&args.source, &args.source_from_tag) {
             (Some(url), _) => SourceSpec::Url(url.parse()?),
-            (None, Some(tag)) => SourceSpec::Tag(tag.clone()),
+            (None, Some(tag)) => {
+                if tag.is_empty() || tag.contains('/') {
+                    return Err(UsageError(format!(
+                        "--source-from-tag {tag:?}: give the tag key, which cannot be empty or hold `/` \
+                         (instance metadata cannot serve such tags)"
+                    )));
+                }
+                SourceSpec::Tag(tag.clone())
+            }
             (None, None) => {
                 return Err(UsageError(
                     "no source for ecs.config: give --source s3://BUCKET/KEY (or ECS_BOOTSTRAP_SOURCE, \
@@ -43,54 +72,359 @@ impl Options {
                 ));
             }
         };
+        let sha256 = match &args.sha256 {
+            None => None,
+            Some(h) => {
+                let h = h.trim().to_ascii_lowercase();
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(UsageError(
+                        "--sha256 must be 64 hexadecimal digits: the SHA-256 of the object, as printed by \
+                         `sha256sum ecs.config`"
+                            .into(),
+                    ));
+                }
+                Some(h)
+            }
+        };
+        let expected_owner = match &args.expected_bucket_owner {
+            None => None,
+            Some(o) => {
+                let o = o.trim();
+                if o.len() != 12 || !o.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(UsageError(format!(
+                        "--expected-bucket-owner {o:?}: give the 12-digit AWS account ID that owns the bucket"
+                    )));
+                }
+                Some(o.to_owned())
+            }
+        };
+        if args.max_size == 0 || args.max_size > MAX_SIZE_LIMIT {
+            return Err(UsageError(format!(
+                "--max-size {}: give a size in bytes from 1 to {MAX_SIZE_LIMIT}",
+                args.max_size
+            )));
+        }
+        let sets = args
+            .set
+            .iter()
+            .map(|s| parse::parse_set(s).map_err(UsageError))
+            .collect::<Result<Vec<_>, _>>()?;
+        if args.strict {
+            let mut probe = Config::default();
+            if let Some(f) = parse::apply_sets(&mut probe, &sets).first() {
+                return Err(UsageError(format!("{f} (--strict)")));
+            }
+        }
         Ok(Options {
             source,
             dest: args.dest.clone().unwrap_or_else(|| root.join(DEFAULT_DEST)),
+            sha256,
+            expected_owner,
+            max_size: args.max_size,
+            strict: args.strict,
+            sets,
         })
     }
 }
 
+/// Runs the step; `deadline` is the overall deadline (retries never sleep past it).
 pub async fn run(
     opts: &Options,
     sdk: &aws_config::SdkConfig,
     imds: &Imds,
+    deadline: Instant,
 ) -> anyhow::Result<StepResult> {
     let url = match &opts.source {
         SourceSpec::Url(u) => u.clone(),
-        SourceSpec::Tag(tag) => {
-            let raw = imds
-                .get(&format!("/latest/meta-data/tags/instance/{tag}"))
-                .await
-                .with_context(|| format!("reading the source URL from instance tag {tag:?}"))?;
-            raw.trim()
-                .parse()
-                .with_context(|| format!("instance tag {tag:?}"))?
-        }
+        SourceSpec::Tag(tag) => url_from_tag(imds, tag).await?,
     };
-    let s3 = aws_sdk_s3::Client::new(sdk);
-    let mut req = s3.get_object().bucket(&url.bucket).key(&url.key);
-    if let Some(v) = &url.version_id {
-        req = req.version_id(v);
+    let keep = format!(
+        "nothing was written; {} keeps its previous content",
+        opts.dest.display()
+    );
+    let fetched = fetch::fetch(
+        &fetch::Request {
+            url: &url,
+            expected_owner: opts.expected_owner.as_deref(),
+            max_size: opts.max_size,
+            deadline,
+        },
+        sdk,
+        imds,
+    )
+    .await
+    .with_context(|| keep.clone())?;
+    let digest = hex(&Sha256::digest(&fetched.bytes));
+    tracing::info!(
+        source = %url,
+        bytes = fetched.bytes.len(),
+        attempts = fetched.attempts,
+        region = %fetched.region,
+        sha256 = %digest,
+        "fetched the config object"
+    );
+    if let Some(want) = &opts.sha256
+        && *want != digest
+    {
+        anyhow::bail!(
+            "{url} has SHA-256 {digest}, but --sha256 expects {want}: the object is not the one expected \
+             (changed or replaced?); upload the expected content or update --sha256; {keep}"
+        );
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!(crate::imds::error_chain(&e)))
-        .with_context(|| format!("fetching {url}"))?;
-    let body = out
-        .body
-        .collect()
-        .await
-        .with_context(|| format!("reading the body of {url}"))?
-        .into_bytes();
-    let outcome = fsutil::write_atomic(&opts.dest, &body, 0o600)?;
+
+    let (config, findings) = validate(&fetched.bytes, &opts.sets, opts.strict);
+    let warnings: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .map(ToString::to_string)
+        .collect();
+    for w in &warnings {
+        tracing::warn!(source = %url, "{w}");
+    }
+    let errors: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "{url} is not a valid ecs.config{}: {}; {keep}",
+            if opts.strict { " (--strict)" } else { "" },
+            summarize(&errors)
+        );
+    }
+
+    let content = config.render();
+    let old = read_old(&opts.dest);
+    let outcome = fsutil::write_atomic(&opts.dest, content.as_bytes(), 0o600)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("writing ecs.config from {url}; the previous file is intact"))?;
+    let d = parse::diff(&old.unwrap_or_default(), &config);
     let state = match outcome {
         WriteOutcome::Written => "written",
         WriteOutcome::Unchanged => "unchanged",
     };
+    tracing::info!(
+        dest = %opts.dest.display(),
+        file = state,
+        keys = config.len(),
+        added = ?d.added,
+        changed = ?d.changed,
+        removed = ?d.removed,
+        "ecs.config {state}"
+    );
+    let mut summary = vec![format!(
+        "{} {state} from {url} ({} keys)",
+        opts.dest.display(),
+        config.len()
+    )];
+    for (label, keys) in [
+        ("added", &d.added),
+        ("changed", &d.changed),
+        ("removed", &d.removed),
+    ] {
+        if !keys.is_empty() {
+            summary.push(format!("{label}: {}", keys.join(", ")));
+        }
+    }
+    for w in &warnings {
+        summary.push(format!("warning: {w}"));
+    }
     Ok(StepResult {
         changed: outcome == WriteOutcome::Written,
-        summary: vec![format!("{} {state} from {url}", opts.dest.display())],
-        details: json!({"dest": opts.dest, "source": url.to_string(), "file": state}),
+        summary,
+        details: json!({
+            "dest": opts.dest,
+            "source": url.to_string(),
+            "file": state,
+            "sha256": digest,
+            "bytes": fetched.bytes.len(),
+            "attempts": fetched.attempts,
+            "region": fetched.region,
+            "version_id": fetched.version_id,
+            "etag": fetched.etag,
+            "keys": config.keys().collect::<Vec<_>>(),
+            "added": d.added,
+            "changed": d.changed,
+            "removed": d.removed,
+            "warnings": warnings,
+        }),
     })
+}
+
+/// Parses the fetched bytes, applies `--set`, and escalates warnings under `strict`. Pure.
+pub fn validate(bytes: &[u8], sets: &[SetArg], strict: bool) -> (Config, Vec<Finding>) {
+    let parsed = parse::parse(bytes);
+    let mut findings = parsed.findings;
+    let mut config = Config::from_entries(&parsed.entries);
+    findings.extend(parse::apply_sets(&mut config, sets));
+    parse::escalate(&mut findings, strict);
+    (config, findings)
+}
+
+/// At most 20 errors, joined, with a count of the rest.
+fn summarize(errors: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = errors
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if errors.len() > SHOWN {
+        s.push_str(&format!("; and {} more", errors.len() - SHOWN));
+    }
+    s
+}
+
+/// The current destination, for the diff; `None` when absent or not a readable regular file.
+fn read_old(dest: &Path) -> Option<Config> {
+    let meta = std::fs::symlink_metadata(dest).ok()?;
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    let bytes = std::fs::read(dest).ok()?;
+    Some(Config::from_entries(&parse::parse(&bytes).entries))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The source URL from instance tag `tag`, with clear errors when tags are off or absent.
+async fn url_from_tag(imds: &Imds, tag: &str) -> anyhow::Result<S3Url> {
+    let raw = match imds
+        .get(&format!("/latest/meta-data/tags/instance/{tag}"))
+        .await
+    {
+        Ok(r) => r,
+        Err(MetadataError::NotFound { .. }) => {
+            return Err(match imds.get("/latest/meta-data/tags/instance").await {
+                Err(MetadataError::NotFound { .. }) => anyhow::anyhow!(
+                    "--source-from-tag {tag}: instance metadata tags are off (meta-data/tags/instance is 404); \
+                     enable them with `aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled` \
+                     (InstanceMetadataTags=enabled in the launch template's MetadataOptions), or give --source"
+                ),
+                Ok(list) => anyhow::anyhow!(
+                    "--source-from-tag {tag}: the instance has no tag {tag:?} (its tags: {}); tag the instance \
+                     (in the launch template's TagSpecifications) or give --source",
+                    list.lines().collect::<Vec<_>>().join(", ")
+                ),
+                Err(e) => anyhow::anyhow!(
+                    "--source-from-tag {tag}: the instance has no tag {tag:?} ({e})"
+                ),
+            });
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading the source URL from instance tag {tag:?}")));
+        }
+    };
+    raw.trim()
+        .parse::<S3Url>()
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("the value of instance tag {tag:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Root;
+
+    fn args(extra: &[&str]) -> ConfigArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            c: ConfigArgs,
+        }
+        let mut v = vec!["t"];
+        v.extend_from_slice(extra);
+        T::try_parse_from(v).unwrap().c
+    }
+
+    fn opts(extra: &[&str]) -> Result<Options, UsageError> {
+        Options::from_args(&args(extra), &Root::new("/r"))
+    }
+
+    #[test]
+    fn options_validate() {
+        let o = opts(&[
+            "--source",
+            "s3://bkt/k",
+            "--sha256",
+            &"AB".repeat(32),
+            "--expected-bucket-owner",
+            "123456789012",
+            "--set",
+            "ECS_CLUSTER=prod",
+        ])
+        .unwrap();
+        assert_eq!(o.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(o.dest, PathBuf::from("/r/etc/ecs/ecs.config"));
+        assert_eq!(o.max_size, 65536);
+        assert_eq!(o.sets.len(), 1);
+        for (a, why) in [
+            (vec!["--sha256", "abc"], "64 hexadecimal"),
+            (vec!["--expected-bucket-owner", "12345"], "12-digit"),
+            (vec!["--max-size", "0"], "--max-size"),
+            (vec!["--set", "noequals"], "KEY=VALUE"),
+            (vec!["--set", "bad key=x"], "invalid key"),
+            (
+                vec!["--set", "ECS_CLUSTR=x", "--strict"],
+                "did you mean ECS_CLUSTER",
+            ),
+            (vec!["--source-from-tag", "a/b"], "tag key"),
+        ] {
+            let mut full = vec!["--source", "s3://bkt/k"];
+            if a[0] == "--source-from-tag" {
+                full.clear();
+            }
+            full.extend(a.iter().copied());
+            let e = opts(&full).unwrap_err().to_string();
+            assert!(e.contains(why), "{a:?}: {e}");
+        }
+        // Unknown --set key is only a warning without --strict.
+        assert!(opts(&["--source", "s3://bkt/k", "--set", "ECS_CLUSTR=x"]).is_ok());
+        // A secret --set value never shows in Debug.
+        let o = opts(&[
+            "--source",
+            "s3://bkt/k",
+            "--set",
+            "ECS_ENGINE_AUTH_DATA=hunter2",
+        ])
+        .unwrap();
+        assert!(!format!("{o:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn validate_applies_sets_and_strict() {
+        let sets = vec![parse::parse_set("ECS_CLUSTER=prod").unwrap()];
+        let (c, f) = validate(b"ECS_CLUSTER=dev\nECS_LOGLEVEL=info\n", &sets, false);
+        assert!(f.is_empty(), "{f:?}");
+        assert_eq!(c.render(), "ECS_CLUSTER=prod\nECS_LOGLEVEL=info\n");
+        let (_, f) = validate(b"ECS_CLUSTR=dev\n", &[], false);
+        assert_eq!(f[0].severity, Severity::Warning);
+        let (_, f) = validate(b"ECS_CLUSTR=dev\n", &[], true);
+        assert_eq!(f[0].severity, Severity::Error);
+    }
+
+    #[test]
+    fn summarize_caps() {
+        let errs: Vec<String> = (1..=25).map(|i| format!("line {i}: x")).collect();
+        let s = summarize(&errs);
+        assert!(s.contains("line 20: x") && !s.contains("line 21:") && s.ends_with("and 5 more"));
+    }
+
+    #[test]
+    fn old_config_is_read_for_the_diff() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ecs.config");
+        assert!(read_old(&p).is_none());
+        std::fs::write(&p, "A_=1\n").unwrap();
+        assert_eq!(read_old(&p).unwrap().get("A_"), Some("1"));
+        let l = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &l).unwrap();
+        assert!(read_old(&l).is_none());
+    }
 }

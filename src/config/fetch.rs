@@ -1,0 +1,470 @@
+//! GetObject with the instance role's credentials: our own bounded retry loop (the SDK's retry is
+//! off so that every attempt is logged once), per-attempt time limits, the size cap, the region
+//! hint, the expected bucket owner. The decisions are in [`super::retry`].
+
+use super::retry::{Backoff, Decision, Failure, Stop, decide};
+use super::source::S3Url;
+use crate::imds::Imds;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::config::{Credentials, ProvideCredentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What to fetch and within which limits.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub url: &'a S3Url,
+    pub expected_owner: Option<&'a str>,
+    pub max_size: u64,
+    pub deadline: Instant,
+}
+
+/// The object.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub region: String,
+    pub attempts: u32,
+    pub version_id: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// Why the fetch failed, with what to do. Never holds credentials or object content.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "access denied reading {url} ({detail}): the instance role needs {action} on arn:aws:s3:::{bucket}/{key} \
+         (instance profile: {profile}){owner_hint}; check the role's policy and the bucket policy, and for a \
+         KMS-encrypted object kms:Decrypt on its key"
+    )]
+    AccessDenied {
+        url: String,
+        bucket: String,
+        key: String,
+        action: &'static str,
+        profile: String,
+        owner_hint: String,
+        detail: String,
+    },
+    #[error("{what} ({detail}); nothing was retried")]
+    NotFound { what: String, detail: String },
+    #[error(
+        "{url} is {size} bytes, larger than --max-size {max}: refused without reading it; raise --max-size if the \
+         object is right"
+    )]
+    TooLarge { url: String, size: u64, max: u64 },
+    #[error(
+        "cannot get credentials of the instance role to read {url}: {detail}; attach an instance profile with a role \
+         that may read the object"
+    )]
+    NoCredentials { url: String, detail: String },
+    #[error("giving up on {url} after {attempts} attempt(s) ({why}); last failure: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        why: &'static str,
+        last: String,
+    },
+    #[error("reading {url} failed: {detail}")]
+    Failed { url: String, detail: String },
+}
+
+/// Connect and first-byte limits of one attempt, and the longest pause inside a body.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one attempt may take (the deadline may cut it shorter).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stop this much before the overall deadline so our own message says what happened.
+const MARGIN: Duration = Duration::from_millis(300);
+
+struct AttemptError {
+    failure: Failure,
+    detail: String,
+}
+
+impl AttemptError {
+    fn new(failure: Failure, detail: impl Into<String>) -> Self {
+        AttemptError {
+            failure,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Fetches the object, retrying transient failures within `req.deadline`.
+pub async fn fetch(
+    req: &Request<'_>,
+    sdk: &aws_config::SdkConfig,
+    imds: &Imds,
+) -> Result<Fetched, FetchError> {
+    let url = req.url.to_string();
+    let deadline = req.deadline.checked_sub(MARGIN).unwrap_or(req.deadline);
+    let backoff = Backoff::default();
+    let mut region = sdk
+        .region()
+        .map(|r| r.as_ref().to_owned())
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    let mut redirected = false;
+    let mut creds: Option<Credentials> = None;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = one_attempt(req, sdk, &region, &mut creds, deadline).await;
+        let err = match result {
+            Ok(mut f) => {
+                f.region = region;
+                f.attempts = attempt;
+                return Ok(f);
+            }
+            Err(e) => e,
+        };
+        let what = format!("{}: {}", err.failure, err.detail);
+        match decide(&err.failure, &region, redirected) {
+            Decision::Redirect(to) => {
+                tracing::warn!(
+                    attempt,
+                    source = %url,
+                    error = %what,
+                    from_region = %region,
+                    to_region = %to,
+                    next_delay_ms = 0u64,
+                    "the bucket is in another region; retrying there"
+                );
+                region = to;
+                redirected = true;
+                continue;
+            }
+            Decision::Fail => return Err(fatal(req, err, imds, deadline).await),
+            Decision::Retry => {}
+        }
+        if matches!(err.failure, Failure::CredentialsTransient)
+            || matches!(&err.failure, Failure::Http { code: Some(c), .. } if c == "ExpiredToken")
+        {
+            creds = None;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match backoff.next(attempt, remaining, fastrand::f64()) {
+            Ok(delay) => {
+                tracing::warn!(
+                    attempt,
+                    source = %url,
+                    error = %what,
+                    next_delay_ms = delay.as_millis() as u64,
+                    "fetch attempt failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(stop) => {
+                let why = match stop {
+                    Stop::Attempts => "no attempts left",
+                    Stop::Deadline => {
+                        "the deadline leaves no time for another attempt; raise --deadline"
+                    }
+                };
+                tracing::warn!(attempt, source = %url, error = %what, "fetch attempt failed; {why}");
+                return Err(FetchError::GaveUp {
+                    url,
+                    attempts: attempt,
+                    why,
+                    last: what,
+                });
+            }
+        }
+    }
+}
+
+async fn one_attempt(
+    req: &Request<'_>,
+    sdk: &aws_config::SdkConfig,
+    region: &str,
+    creds: &mut Option<Credentials>,
+    deadline: Instant,
+) -> Result<Fetched, AttemptError> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(AttemptError::new(
+            Failure::Timeout,
+            "the overall deadline has passed",
+        ));
+    }
+    let attempt_deadline = deadline.min(now + ATTEMPT_TIMEOUT);
+    let c = match creds {
+        Some(c) => c.clone(),
+        None => {
+            let c = credentials(sdk, attempt_deadline).await?;
+            *creds = Some(c.clone());
+            c
+        }
+    };
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(c)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .build(),
+        )
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    let send = client
+        .get_object()
+        .bucket(&req.url.bucket)
+        .key(&req.url.key)
+        .set_version_id(req.url.version_id.clone())
+        .set_expected_bucket_owner(req.expected_owner.map(str::to_owned))
+        .send();
+    let out = match tokio::time::timeout_at(attempt_deadline, send).await {
+        Err(_) => {
+            return Err(AttemptError::new(
+                Failure::Timeout,
+                format!(
+                    "no answer within {:.1}s",
+                    (attempt_deadline - now).as_secs_f64()
+                ),
+            ));
+        }
+        Ok(Err(e)) => return Err(classify(&e)),
+        Ok(Ok(out)) => out,
+    };
+    let announced = out.content_length().and_then(|n| u64::try_from(n).ok());
+    if let Some(n) = announced
+        && n > req.max_size
+    {
+        return Err(AttemptError::new(
+            Failure::TooLarge,
+            format!("Content-Length {n}"),
+        ));
+    }
+    let version_id = out.version_id().map(str::to_owned);
+    let etag = out.e_tag().map(str::to_owned);
+    let mut body = out.body;
+    let mut bytes = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    loop {
+        let chunk_deadline = attempt_deadline.min(Instant::now() + READ_TIMEOUT);
+        let next = match tokio::time::timeout_at(chunk_deadline, body.next()).await {
+            Err(_) => {
+                return Err(AttemptError::new(
+                    Failure::Timeout,
+                    format!(
+                        "the body stalled or was too slow: {} of {} bytes after {:.1}s",
+                        bytes.len(),
+                        announced.map_or("?".to_owned(), |n| n.to_string()),
+                        now.elapsed().as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(n) => n,
+        };
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                if (bytes.len() + chunk.len()) as u64 > req.max_size {
+                    return Err(AttemptError::new(
+                        Failure::TooLarge,
+                        format!("more than {} bytes in the body", req.max_size),
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => {
+                return Err(AttemptError::new(
+                    Failure::Truncated,
+                    format!(
+                        "the body broke off after {} bytes: {}",
+                        bytes.len(),
+                        DisplayErrorContext(&e)
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(n) = announced
+        && n != bytes.len() as u64
+    {
+        return Err(AttemptError::new(
+            Failure::Truncated,
+            format!("{} of {n} bytes received", bytes.len()),
+        ));
+    }
+    Ok(Fetched {
+        bytes,
+        region: String::new(),
+        attempts: 0,
+        version_id,
+        etag,
+    })
+}
+
+/// The instance role's credentials, classified: no instance profile is fatal, anything else
+/// (metadata slow, 5xx, token refused) transient.
+async fn credentials(
+    sdk: &aws_config::SdkConfig,
+    until: Instant,
+) -> Result<Credentials, AttemptError> {
+    let Some(provider) = sdk.credentials_provider() else {
+        return Err(AttemptError::new(
+            Failure::CredentialsFatal,
+            "no credentials provider configured",
+        ));
+    };
+    match tokio::time::timeout_at(until, provider.provide_credentials()).await {
+        Err(_) => Err(AttemptError::new(
+            Failure::CredentialsTransient,
+            "instance metadata did not hand out credentials in time",
+        )),
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            let detail = DisplayErrorContext(&e).to_string();
+            let fatal = match &e {
+                CredentialsError::CredentialsNotLoaded(_) => {
+                    detail.contains("404") || detail.contains("disabled")
+                }
+                CredentialsError::InvalidConfiguration(_) => true,
+                _ => false,
+            };
+            let failure = if fatal {
+                Failure::CredentialsFatal
+            } else {
+                Failure::CredentialsTransient
+            };
+            let detail = if detail.contains("404") {
+                "the instance has no instance profile (iam/security-credentials/ is 404)".to_owned()
+            } else {
+                format!("credentials from instance metadata: {detail}")
+            };
+            Err(AttemptError::new(failure, detail))
+        }
+    }
+}
+
+type GetError = SdkError<
+    aws_sdk_s3::operation::get_object::GetObjectError,
+    aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+>;
+
+fn classify(e: &GetError) -> AttemptError {
+    let text = DisplayErrorContext(e).to_string();
+    match e {
+        SdkError::ServiceError(ctx) => {
+            let raw = ctx.raw();
+            let region_hint = raw
+                .headers()
+                .get("x-amz-bucket-region")
+                .map(|h| h.trim().to_owned());
+            let err = ctx.err();
+            let message = err.message().unwrap_or("").to_owned();
+            AttemptError::new(
+                Failure::Http {
+                    status: raw.status().as_u16(),
+                    code: err.code().map(str::to_owned),
+                    region_hint,
+                },
+                if message.is_empty() {
+                    "S3 refused the request".to_owned()
+                } else {
+                    message
+                },
+            )
+        }
+        SdkError::TimeoutError(_) => AttemptError::new(Failure::Timeout, text),
+        SdkError::DispatchFailure(d) => {
+            let f = if d.is_timeout() {
+                Failure::Timeout
+            } else if d.is_user() {
+                Failure::Other
+            } else {
+                Failure::Connection
+            };
+            AttemptError::new(f, text)
+        }
+        SdkError::ResponseError(_) => AttemptError::new(Failure::Truncated, text),
+        _ => AttemptError::new(Failure::Other, text),
+    }
+}
+
+/// The error of a fatal failure, naming the bucket, key, IAM action and instance profile.
+async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Instant) -> FetchError {
+    let url = req.url.to_string();
+    let detail = format!("{}: {}", err.failure, err.detail);
+    match &err.failure {
+        Failure::Http {
+            status: 403, code, ..
+        } => {
+            let profile = instance_profile(imds, deadline).await;
+            let action = if req.url.version_id.is_some() {
+                "s3:GetObjectVersion"
+            } else {
+                "s3:GetObject"
+            };
+            let mut owner_hint = String::new();
+            if let Some(owner) = req.expected_owner {
+                owner_hint = format!(
+                    "; or bucket {} is not owned by account {owner} (--expected-bucket-owner), which S3 also \
+                     answers with 403",
+                    req.url.bucket
+                );
+            }
+            if code.as_deref() == Some("RequestTimeTooSkewed") {
+                owner_hint.push_str("; the instance clock is off: check chrony/NTP");
+            }
+            FetchError::AccessDenied {
+                url,
+                bucket: req.url.bucket.clone(),
+                key: req.url.key.clone(),
+                action,
+                profile,
+                owner_hint,
+                detail,
+            }
+        }
+        Failure::Http {
+            status: 404, code, ..
+        } => {
+            let what = match code.as_deref() {
+                Some("NoSuchBucket") => format!(
+                    "bucket {} does not exist (source {url}): check the bucket name",
+                    req.url.bucket
+                ),
+                Some("NoSuchVersion") => format!(
+                    "bucket {} has no version {} of key {} (source {url}): check the versionId",
+                    req.url.bucket,
+                    req.url.version_id.as_deref().unwrap_or(""),
+                    req.url.key
+                ),
+                _ => format!(
+                    "bucket {} has no key {} (source {url}): upload the object or fix --source",
+                    req.url.bucket, req.url.key
+                ),
+            };
+            FetchError::NotFound { what, detail }
+        }
+        Failure::TooLarge => FetchError::TooLarge {
+            url,
+            size: err
+                .detail
+                .strip_prefix("Content-Length ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(req.max_size + 1),
+            max: req.max_size,
+        },
+        Failure::CredentialsFatal => FetchError::NoCredentials {
+            url,
+            detail: err.detail,
+        },
+        _ => FetchError::Failed { url, detail },
+    }
+}
+
+/// The instance profile ARN for error messages, best effort and quick.
+async fn instance_profile(imds: &Imds, deadline: Instant) -> String {
+    let until = deadline.min(Instant::now() + Duration::from_secs(2));
+    match tokio::time::timeout_at(until, imds.iam_info()).await {
+        Ok(Ok(Some(info))) => info.instance_profile_arn,
+        Ok(Ok(None)) => "none attached".to_owned(),
+        Ok(Err(e)) => format!("unknown, iam/info not readable: {e}"),
+        Err(_) => "unknown, iam/info did not answer in time".to_owned(),
+    }
+}

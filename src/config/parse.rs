@@ -1,0 +1,734 @@
+//! ecs.config as text: parse, validate, normalise, diff. Pure: no I/O, no logging.
+//!
+//! ecs.config is read by two parsers. ecs-init splits each line on its first `=` with no
+//! unquoting and no comments; systemd's EnvironmentFile unquotes, handles backslash escapes,
+//! strips surrounding whitespace and treats `#`/`;` lines as comments. So the source may hold
+//! blank lines and comments, and what is written is only plain `KEY=VALUE` lines that both read
+//! alike; values that the two would read differently are flagged.
+//!
+//! No message built here contains a value: values may be secrets (see [`super::keys`]).
+
+use super::keys;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The key syntax: `^[A-Z_][A-Z0-9_]*$`.
+pub fn valid_key(k: &str) -> bool {
+    let mut b = k.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_uppercase() || c == b'_')
+        && b.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+}
+
+pub const KEY_SYNTAX: &str = "^[A-Z_][A-Z0-9_]*$";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// Where a finding is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// The whole source.
+    File,
+    /// A line of the source (1-based).
+    Line(usize),
+    /// A `--set` argument, by key.
+    Set(String),
+}
+
+/// A validation warning or error. The message never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub at: At,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.at {
+            At::File => write!(f, "{}", self.message),
+            At::Line(n) => write!(f, "line {n}: {}", self.message),
+            At::Set(k) => write!(f, "--set {k}: {}", self.message),
+        }
+    }
+}
+
+/// One `KEY=VALUE` line of the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub line: usize,
+}
+
+/// What [`parse`] found. When any finding is an error, `entries` must not be written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub entries: Vec<Entry>,
+    pub findings: Vec<Finding>,
+}
+
+impl Parsed {
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// Normalised ecs.config: keys in order of first appearance, each with its last value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    entries: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Sets `key`, keeping its position when present.
+    pub fn set(&mut self, key: &str, value: &str) {
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some(e) => e.1 = value.to_owned(),
+            None => self.entries.push((key.to_owned(), value.to_owned())),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn from_entries(entries: &[Entry]) -> Self {
+        let mut c = Config::default();
+        for e in entries {
+            c.set(&e.key, &e.value);
+        }
+        c
+    }
+
+    /// The file content: `KEY=VALUE\n` per key.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in &self.entries {
+            s.push_str(k);
+            s.push('=');
+            s.push_str(v);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Key names added, changed and removed between two configs (never values).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+pub fn diff(old: &Config, new: &Config) -> Diff {
+    let o: BTreeMap<&str, &str> = old
+        .entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let n: BTreeMap<&str, &str> = new
+        .entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut d = Diff::default();
+    for (k, v) in &n {
+        match o.get(k) {
+            None => d.added.push((*k).to_owned()),
+            Some(ov) if ov != v => d.changed.push((*k).to_owned()),
+            Some(_) => {}
+        }
+    }
+    d.removed = o
+        .keys()
+        .filter(|k| !n.contains_key(*k))
+        .map(|k| (*k).to_owned())
+        .collect();
+    d
+}
+
+fn line_of(bytes: &[u8], pos: usize) -> usize {
+    bytes[..pos].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+fn error(at: At, message: impl Into<String>) -> Finding {
+    Finding {
+        at,
+        severity: Severity::Error,
+        message: message.into(),
+    }
+}
+
+fn warning(at: At, message: impl Into<String>) -> Finding {
+    Finding {
+        at,
+        severity: Severity::Warning,
+        message: message.into(),
+    }
+}
+
+const HTML_HINT: &str = "the content looks like HTML or XML (an error page or a proxy's login page instead of the object?), not ecs.config";
+
+/// Why a key is not valid, with a fix, without echoing text that could be a secret: the text
+/// before `=` is shown only when a fix turns it into a valid key.
+fn bad_key_message(key: &str) -> String {
+    let base = format!("invalid key: keys must match {KEY_SYNTAX}");
+    let trimmed = key.trim();
+    if let Some(rest) = trimmed.strip_prefix("export ")
+        && valid_key(rest.trim())
+    {
+        return format!(
+            "{base}; remove `export ` before {} (write plain KEY=VALUE lines)",
+            rest.trim()
+        );
+    }
+    if trimmed != key && valid_key(trimmed) {
+        return format!("{base}; remove the spaces around {trimmed}");
+    }
+    if key.is_empty() {
+        return format!("{base}; the line starts with `=`");
+    }
+    let upper = trimmed.to_ascii_uppercase();
+    if upper != trimmed && keys::is_known(&upper) {
+        return format!("{base}; keys are upper case: did you mean {upper}?");
+    }
+    let mut why = Vec::new();
+    if key.chars().any(|c| c.is_ascii_lowercase()) {
+        why.push("lower-case letters");
+    }
+    if key.chars().any(char::is_whitespace) {
+        why.push("spaces");
+    }
+    if key.starts_with(|c: char| c.is_ascii_digit()) {
+        why.push("a leading digit");
+    }
+    if key
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || c == '_' || c.is_whitespace()))
+    {
+        why.push("characters other than letters, digits and _");
+    }
+    if why.is_empty() {
+        base
+    } else {
+        format!("{base}; the text before `=` has {}", why.join(", "))
+    }
+}
+
+/// Warnings about a value the two parsers would read differently. Names the key, never the value.
+pub fn value_warnings(key: &str, value: &str) -> Vec<String> {
+    let mut w = Vec::new();
+    if value.starts_with(['"', '\'']) {
+        w.push(format!(
+            "the value of {key} starts with a quote: systemd removes quotes and ecs-init keeps them; \
+             write the value without quotes (values are taken literally)"
+        ));
+    }
+    if value.contains('\\') {
+        w.push(format!(
+            "the value of {key} has a backslash: systemd reads it as an escape and ecs-init keeps it; \
+             avoid backslashes"
+        ));
+    }
+    if value != value.trim() {
+        w.push(format!(
+            "the value of {key} has leading or trailing whitespace: systemd removes it and ecs-init keeps it"
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && c != '\r')
+    {
+        w.push(format!("the value of {key} has control characters"));
+    }
+    w
+}
+
+/// Warning for a key the agent does not read, with the nearest known key.
+pub fn unknown_key_message(key: &str) -> Option<String> {
+    if keys::is_known(key) {
+        return None;
+    }
+    Some(match keys::suggest(key) {
+        Some(s) => format!("unknown key {key}: did you mean {s}?"),
+        None => format!(
+            "unknown key {key}: the ECS agent does not read it (a typo, or a newer agent's setting?)"
+        ),
+    })
+}
+
+/// Parses and validates the source. Errors stop the write; warnings do not (unless strict, see
+/// [`escalate`]).
+pub fn parse(bytes: &[u8]) -> Parsed {
+    let mut out = Parsed::default();
+    if let Some(pos) = bytes.iter().position(|b| *b == 0) {
+        out.findings.push(error(
+            At::Line(line_of(bytes, pos)),
+            "NUL byte: the object is binary, not ecs.config text (a wrong object uploaded?)",
+        ));
+        return out;
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            out.findings.push(error(
+                At::Line(line_of(bytes, e.valid_up_to())),
+                "not UTF-8 text: ecs.config must be plain UTF-8 (a binary or a file in another encoding?)",
+            ));
+            return out;
+        }
+    };
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(t) => {
+            out.findings.push(warning(
+                At::Line(1),
+                "a byte order mark (BOM) starts the file; it is removed",
+            ));
+            t
+        }
+        None => text,
+    };
+    let html = text.trim_start().starts_with('<');
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let n = i + 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+            continue;
+        }
+        let hint = if html {
+            format!("; {HTML_HINT}")
+        } else {
+            String::new()
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            out.findings.push(error(
+                At::Line(n),
+                format!("no `=`: expected KEY=VALUE{hint}"),
+            ));
+            continue;
+        };
+        if !valid_key(key) {
+            out.findings.push(error(
+                At::Line(n),
+                format!("{}{hint}", bad_key_message(key)),
+            ));
+            continue;
+        }
+        if let Some(m) = unknown_key_message(key) {
+            out.findings.push(warning(At::Line(n), m));
+        }
+        if let Some(first) = seen.insert(key.to_owned(), n) {
+            out.findings.push(warning(
+                At::Line(n),
+                format!("{key} is also set on line {first}; the last one (line {n}) wins"),
+            ));
+        }
+        for w in value_warnings(key, value) {
+            out.findings.push(warning(At::Line(n), w));
+        }
+        out.entries.push(Entry {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            line: n,
+        });
+    }
+    if out.entries.is_empty() && !out.has_errors() {
+        out.findings.push(warning(
+            At::File,
+            "the source has no settings: the ECS agent will use its defaults (cluster `default`)",
+        ));
+    }
+    out
+}
+
+/// Under `--strict`, warnings become errors.
+pub fn escalate(findings: &mut [Finding], strict: bool) {
+    if strict {
+        for f in findings {
+            f.severity = Severity::Error;
+        }
+    }
+}
+
+/// A `--set KEY=VALUE` argument. Its `Debug` hides the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SetArg {
+    pub key: String,
+    pub value: String,
+}
+
+impl fmt::Debug for SetArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SetArg({}=<hidden>)", self.key)
+    }
+}
+
+/// Parses a `--set` argument; the error never echoes the value.
+pub fn parse_set(arg: &str) -> Result<SetArg, String> {
+    let Some((key, value)) = arg.split_once('=') else {
+        return Err(format!(
+            "--set expects KEY=VALUE (no `=` in the argument), for example --set ECS_CLUSTER=prod; keys must match {KEY_SYNTAX}"
+        ));
+    };
+    if !valid_key(key) {
+        return Err(format!("--set: {}", bad_key_message(key)));
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(format!(
+            "--set {key}: the value has a line break or NUL byte, which ecs.config cannot hold"
+        ));
+    }
+    Ok(SetArg {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// Applies `--set` arguments over `cfg`, returning findings (unknown keys, odd values).
+pub fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut warned = BTreeSet::new();
+    for s in sets {
+        if warned.insert(s.key.clone()) {
+            if let Some(m) = unknown_key_message(&s.key) {
+                findings.push(warning(At::Set(s.key.clone()), m));
+            }
+            for w in value_warnings(&s.key, &s.value) {
+                findings.push(warning(At::Set(s.key.clone()), w));
+            }
+        }
+        cfg.set(&s.key, &s.value);
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msgs(p: &Parsed, sev: Severity) -> Vec<String> {
+        p.findings
+            .iter()
+            .filter(|f| f.severity == sev)
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn key_syntax() {
+        for k in ["A", "_", "ECS_CLUSTER", "A1_B2", "_X"] {
+            assert!(valid_key(k), "{k}");
+        }
+        for k in ["", "a", "1A", "A-B", "A B", "É", "A.B", " A"] {
+            assert!(!valid_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn parses_comments_blanks_crlf_and_normalises() {
+        let p = parse(
+            b"# comment\n\n  ; other\r\nECS_CLUSTER=prod\r\nECS_LOGLEVEL=debug\nECS_CLUSTER=x=y\n",
+        );
+        assert_eq!(msgs(&p, Severity::Error), Vec::<String>::new());
+        assert_eq!(p.entries.len(), 3);
+        assert_eq!(p.entries[0].line, 4);
+        let c = Config::from_entries(&p.entries);
+        assert_eq!(c.render(), "ECS_CLUSTER=x=y\nECS_LOGLEVEL=debug\n");
+        let w = msgs(&p, Severity::Warning);
+        assert_eq!(
+            w,
+            vec!["line 6: ECS_CLUSTER is also set on line 4; the last one (line 6) wins"]
+        );
+    }
+
+    #[test]
+    fn empty_value_is_fine() {
+        let p = parse(b"ECS_RESERVED_PORTS=\n");
+        assert!(p.findings.is_empty(), "{:?}", p.findings);
+        assert_eq!(
+            Config::from_entries(&p.entries).get("ECS_RESERVED_PORTS"),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let p = parse(b"ECS_CLUSTER=a\nno equals here\necs_cluster=b\n export ECS_LOGLEVEL=info\nECS_CLUSTER =c\n=x\n9A=1\n");
+        let e = msgs(&p, Severity::Error);
+        assert_eq!(e.len(), 6, "{e:?}");
+        assert!(e[0].starts_with("line 2: no `=`"), "{}", e[0]);
+        assert!(
+            e[1].starts_with("line 3: invalid key") && e[1].contains("did you mean ECS_CLUSTER?"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("line 4: ") && e[2].contains("remove `export `"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].starts_with("line 5: ") && e[3].contains("remove the spaces around ECS_CLUSTER"),
+            "{}",
+            e[3]
+        );
+        assert!(
+            e[4].starts_with("line 6: ") && e[4].contains("starts with `=`"),
+            "{}",
+            e[4]
+        );
+        assert!(
+            e[5].starts_with("line 7: ") && e[5].contains("leading digit"),
+            "{}",
+            e[5]
+        );
+        assert!(
+            e.iter()
+                .all(|m| m.contains(KEY_SYNTAX) || m.contains("KEY=VALUE"))
+        );
+    }
+
+    #[test]
+    fn bad_key_is_not_echoed_unless_fixable() {
+        // Base64 padding makes a secret look like KEY=: the text before `=` must not be shown.
+        let p = parse(b"  \"auth\": \"dXNlcjpwYXNzd29yZA==\"\n");
+        let e = msgs(&p, Severity::Error);
+        assert_eq!(e.len(), 1);
+        assert!(!e[0].contains("dXNlcjpwYXNzd29yZA"), "{}", e[0]);
+    }
+
+    #[test]
+    fn nul_and_non_utf8_are_errors_with_line() {
+        let p = parse(b"ECS_CLUSTER=a\nB=\0\n");
+        assert_eq!(msgs(&p, Severity::Error).len(), 1);
+        assert!(msgs(&p, Severity::Error)[0].starts_with("line 2: NUL byte"));
+        let p = parse(b"A=1\n\nECS_CLUSTER=\xff\xfe\n");
+        let e = msgs(&p, Severity::Error);
+        assert!(e[0].starts_with("line 3: not UTF-8"), "{e:?}");
+        assert!(p.entries.is_empty());
+    }
+
+    #[test]
+    fn html_error_page_is_named() {
+        let p = parse(b"<!DOCTYPE html>\n<html lang=\"en\"><body>Forbidden</body></html>\n");
+        let e = msgs(&p, Severity::Error);
+        assert_eq!(e.len(), 2);
+        assert!(
+            e[0].starts_with("line 1:") && e[0].contains("looks like HTML"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("line 2:") && e[1].contains("looks like HTML"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let p = parse(b"ECS_CLUSTR=prod\nMY_OWN_THING=1\n");
+        let w = msgs(&p, Severity::Warning);
+        assert_eq!(
+            w[0],
+            "line 1: unknown key ECS_CLUSTR: did you mean ECS_CLUSTER?"
+        );
+        assert!(
+            w[1].starts_with("line 2: unknown key MY_OWN_THING: the ECS agent does not read it")
+        );
+        assert!(!p.has_errors());
+    }
+
+    #[test]
+    fn ambiguous_values_warn() {
+        let p = parse(b"ECS_CLUSTER=\"prod\"\nECS_LOGLEVEL='x'\nECS_DATADIR=C:\\data\nECS_LOGFILE= /x \nECS_ENGINE_AUTH_DATA=\"s3cr3t\\v\"\n");
+        let w = msgs(&p, Severity::Warning);
+        assert_eq!(w.len(), 6, "{w:?}");
+        assert!(w[0].starts_with("line 1: the value of ECS_CLUSTER starts with a quote"));
+        assert!(w[1].starts_with("line 2: the value of ECS_LOGLEVEL starts with a quote"));
+        assert!(w[2].starts_with("line 3: the value of ECS_DATADIR has a backslash"));
+        assert!(
+            w[3].starts_with("line 4: the value of ECS_LOGFILE has leading or trailing whitespace")
+        );
+        assert!(w.iter().all(|m| !m.contains("s3cr3t")));
+        // The values are kept as they are.
+        let c = Config::from_entries(&p.entries);
+        assert_eq!(c.get("ECS_CLUSTER"), Some("\"prod\""));
+    }
+
+    #[test]
+    fn empty_source_warns_and_strict_escalates() {
+        let mut p = parse(b"# nothing\n\n");
+        assert!(!p.has_errors());
+        assert_eq!(msgs(&p, Severity::Warning).len(), 1);
+        escalate(&mut p.findings, true);
+        assert!(p.has_errors());
+        let mut q = parse(b"ECS_CLUSTR=x\n");
+        escalate(&mut q.findings, false);
+        assert!(!q.has_errors());
+        escalate(&mut q.findings, true);
+        assert!(q.has_errors());
+    }
+
+    #[test]
+    fn bom_is_removed() {
+        let p = parse("\u{feff}ECS_CLUSTER=a\n".as_bytes());
+        assert!(!p.has_errors());
+        assert_eq!(p.entries[0].key, "ECS_CLUSTER");
+    }
+
+    #[test]
+    fn sets_parse_and_apply() {
+        assert_eq!(
+            parse_set("ECS_CLUSTER=a=b").unwrap(),
+            SetArg {
+                key: "ECS_CLUSTER".into(),
+                value: "a=b".into()
+            }
+        );
+        let e = parse_set("hunter2secret").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("KEY=VALUE"));
+        assert!(
+            parse_set("ecs cluster=x")
+                .unwrap_err()
+                .contains("invalid key")
+        );
+        assert!(parse_set("A=x\ny").is_err());
+        let s = parse_set("ECS_ENGINE_AUTH_DATA=topsecret").unwrap();
+        assert!(!format!("{s:?}").contains("topsecret"));
+
+        let mut c = Config::from_entries(&parse(b"ECS_CLUSTER=a\nECS_LOGLEVEL=info\n").entries);
+        let f = apply_sets(
+            &mut c,
+            &[
+                parse_set("ECS_CLUSTER=prod").unwrap(),
+                parse_set("ECS_CLUSTR=oops").unwrap(),
+            ],
+        );
+        assert_eq!(
+            c.render(),
+            "ECS_CLUSTER=prod\nECS_LOGLEVEL=info\nECS_CLUSTR=oops\n"
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].to_string(),
+            "--set ECS_CLUSTR: unknown key ECS_CLUSTR: did you mean ECS_CLUSTER?"
+        );
+    }
+
+    #[test]
+    fn diff_names_keys_only() {
+        let old = Config::from_entries(&parse(b"A_=1\nB_=2\nC_=3\n").entries);
+        let new = Config::from_entries(&parse(b"B_=2\nC_=4\nD_=5\n").entries);
+        let d = diff(&old, &new);
+        assert_eq!(d.added, vec!["D_"]);
+        assert_eq!(d.changed, vec!["C_"]);
+        assert_eq!(d.removed, vec!["A_"]);
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Z_][A-Z0-9_]{0,20}",
+            proptest::sample::select(keys::known().to_vec()).prop_map(str::to_owned),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        // Anything a line can hold: no line breaks, no NUL, no trailing CR.
+        "[^\n\r\0]{0,40}"
+    }
+
+    proptest! {
+        #[test]
+        fn parse_render_roundtrip(entries in proptest::collection::vec((key(), value()), 0..12)) {
+            let mut c = Config::default();
+            for (k, v) in &entries {
+                c.set(k, v);
+            }
+            let p = parse(c.render().as_bytes());
+            prop_assert!(!p.has_errors(), "{:?}", p.findings);
+            prop_assert_eq!(Config::from_entries(&p.entries), c.clone());
+            // Rendering is a fixed point.
+            prop_assert_eq!(Config::from_entries(&p.entries).render(), c.render());
+        }
+
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let p = parse(&bytes);
+            for f in &p.findings {
+                let _ = f.to_string();
+            }
+        }
+
+        #[test]
+        fn never_panics_on_text(text in "(?s).{0,300}") {
+            let _ = parse(text.as_bytes());
+            let _ = parse_set(&text);
+        }
+
+        #[test]
+        fn no_secret_value_in_any_message(
+            noise in proptest::collection::vec((key(), value()), 0..6),
+            secret in "[A-Za-z0-9+/\"'{}:,_-][A-Za-z0-9+/=\"'\\\\ {}:,_-]{10,38}[A-Za-z0-9+/=}]",
+            secret_key in proptest::sample::select(vec!["ECS_ENGINE_AUTH_DATA", "HTTP_PROXY", "HTTPS_PROXY", "MY_TOKEN", "DB_PASSWORD"]),
+            garbage in proptest::collection::vec("[^\n]{0,30}", 0..4),
+            dup in any::<bool>(),
+        ) {
+            let mut text = String::new();
+            for (k, v) in &noise {
+                text.push_str(&format!("{k}={v}\n"));
+            }
+            text.push_str(&format!("{secret_key}={secret}\n"));
+            if dup {
+                text.push_str(&format!("{secret_key}={secret}\n"));
+            }
+            // Broken lines holding the secret: a bare secret line, and one with a bad key.
+            text.push_str(&format!("{secret}\n"));
+            text.push_str(&format!("bad key {secret}={secret}\n"));
+            for g in &garbage {
+                text.push_str(g);
+                text.push('\n');
+            }
+            let mut p = parse(text.as_bytes());
+            escalate(&mut p.findings, true);
+            for f in &p.findings {
+                let m = f.to_string();
+                prop_assert!(!m.contains(secret.trim()), "{m}");
+            }
+            let e = parse_set(&secret).err().unwrap_or_default();
+            prop_assert!(!e.contains(secret.trim()), "{e}");
+        }
+    }
+}
