@@ -526,3 +526,48 @@ fn bad_interface_is_a_usage_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not a valid interface pattern"), "{err}");
 }
+
+/// The docker.service drop-in's command, run after dockerd's layout was replayed (a dockerd
+/// restart that also lost our rule): the block is back, and the rules file is not written.
+#[test]
+fn docker_dropin_reasserts_without_persisting() {
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/docker.service.d/10-ecs-bootstrap.conf"
+    ))
+    .unwrap();
+    let exec: Vec<&str> = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPost="))
+        .expect("an ExecStartPost= line")
+        .split_whitespace()
+        .collect();
+    assert!(exec[0].ends_with("/ecs-bootstrap"), "{exec:?}");
+    assert!(
+        exec.windows(2).any(|w| w == ["--persist", "none"]),
+        "{exec:?}"
+    );
+
+    let t = Topo::new();
+    let root = tempdir();
+    write(&root.path().join("etc/os-release"), "ID=debian\n");
+    let root_s = root.path().to_str().unwrap();
+    // Boot: block-imds has run, then someone flushed DOCKER-USER, then dockerd restarted.
+    let r = block(&t.host, root.path(), NFT, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let rules_v4 = root.path().join("etc/iptables/rules.v4");
+    std::fs::remove_file(&rules_v4).unwrap();
+    t.host.exec_ok(NFT, &["-w", "10", "-F", "DOCKER-USER"]);
+    replay_dockerd(&t.host, NFT, DockerLayout::V20To27);
+    assert_reaches(&t.ctr, IMDS4, "rule flushed");
+
+    let mut args: Vec<&str> = exec[1..].to_vec();
+    args.extend(["--root", root_s, "--iptables", NFT, "--ipv6", "off"]);
+    let mut full = vec![BIN];
+    full.extend(args);
+    let o = parse_run(t.host.exec(full[0], &full[1..]));
+    assert_eq!(o.code, 0, "{}", o.text());
+    assert_blocked(&t.ctr, IMDS4, "re-asserted by the drop-in command");
+    assert_reaches(&t.ctr, OTHER4, "docker's rules intact");
+    assert!(!rules_v4.exists(), "--persist none writes no file");
+}
