@@ -1,157 +1,455 @@
-//! The firewall step: keep containers on the Docker bridge away from instance metadata with a
-//! DROP rule at the top of DOCKER-USER (which dockerd never rewrites), `-j DOCKER-USER` first in
-//! FORWARD, and the rule persisted to the distribution's rules file.
+//! The firewall step (`block-imds`): keep containers on the Docker bridge away from instance
+//! metadata (169.254.169.254, and fd00:ec2::254 with ip6tables).
 //!
-//! Walking skeleton: IPv4 only, default placement; the production version is tracked in the
-//! firewall issue.
+//! Placement. dockerd (20.10 to 27, and 28.x) deletes and re-inserts its own jump and ACCEPT
+//! rules at the top of FORWARD whenever it starts, so a DROP at FORWARD position 1 (the AWS
+//! documentation's rule) is silently bypassed after any dockerd (re)start. dockerd never
+//! touches the rules inside DOCKER-USER and keeps `-j DOCKER-USER` first in FORWARD. So by
+//! default we create DOCKER-USER when missing, insert the DROP rule at its top when absent, and
+//! make `-j DOCKER-USER` the first rule of FORWARD (so the block holds before dockerd ever ran
+//! too). `--chain FORWARD` reproduces the documented placement, with a warning.
+//!
+//! Concurrency. All of it runs under an exclusive lock in /run ([`lock`]) plus iptables' own
+//! `-w` lock wait ([`iptables`]), so concurrent runs end with exactly one rule; every check is
+//! made before any change, so a second run changes nothing.
+//!
+//! Modules: [`rules`] (pure rendering), [`iptables`] (the runner over the binaries, and why it
+//! is ours rather than the `iptables` crate), [`persist`] (merge into the distribution's rules
+//! file, and what happens to the iptables-services sample file), [`lock`].
 
-use crate::cli::FirewallArgs;
+pub mod iptables;
+pub mod lock;
+pub mod persist;
+pub mod rules;
+
+use crate::cli::{ChainChoice, FirewallArgs, Ipv6Mode, PersistMode};
 use crate::error::UsageError;
-use crate::fsutil;
+use crate::fsutil::WriteOutcome;
 use crate::report::StepResult;
-use crate::sys::{CmdOutput, CommandRunner, Root};
-use anyhow::{Context as _, bail};
-use serde_json::json;
-use std::ffi::OsString;
+use crate::sys::{CommandRunner, Root};
+use iptables::{Ipt, IptError, Presence};
+use persist::Distro;
+use rules::{DOCKER_USER, FORWARD, Family, Placement, RuleSet};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub const IMDS_V4: &str = "169.254.169.254/32";
-pub const CHAIN: &str = "DOCKER-USER";
+pub use rules::{IMDS_V4, IMDS_V6};
+
+/// The warning `--chain FORWARD` prints.
+pub const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start.";
+
+/// How long a run waits for another run's lock.
+pub const LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub iptables: PathBuf,
+    /// `--iptables`; None: `iptables` from PATH or the sbin folders.
+    pub iptables: Option<PathBuf>,
+    pub placement: Placement,
     pub interfaces: Vec<String>,
+    pub ipv6: Ipv6Mode,
+    pub persist: PersistMode,
     pub persist_file: Option<PathBuf>,
+    pub persist_file6: Option<PathBuf>,
+    pub root: Root,
 }
 
 impl Options {
     pub fn from_args(args: &FirewallArgs, root: &Root) -> Result<Self, UsageError> {
-        let persist_file = match args.persist {
-            crate::cli::PersistMode::None => None,
-            _ => args
-                .persist_file
-                .clone()
-                .or_else(|| Some(root.join("/etc/sysconfig/iptables"))),
-        };
+        let mut interfaces: Vec<String> = vec![];
+        for i in &args.interfaces {
+            rules::validate_interface(i).map_err(UsageError)?;
+            if !interfaces.contains(i) {
+                interfaces.push(i.clone());
+            }
+        }
+        if interfaces.is_empty() {
+            interfaces.push("docker+".into());
+        }
+        if let Some(p) = &args.iptables
+            && p.as_os_str().is_empty()
+        {
+            return Err(UsageError(
+                "--iptables is empty; give the path of an iptables binary, e.g. /usr/sbin/iptables-nft".into(),
+            ));
+        }
+        if args.ipv6 == Ipv6Mode::On
+            && let Some(p) = &args.iptables
+            && iptables::ip6tables_beside(p).is_none()
+        {
+            return Err(UsageError(format!(
+                "--ipv6 on needs ip6tables beside --iptables {}, but its name does not start with `iptables`; use --ipv6 off or a binary named iptables*",
+                p.display()
+            )));
+        }
         Ok(Options {
-            iptables: args
-                .iptables
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("iptables")),
-            interfaces: args.interfaces.clone(),
-            persist_file,
+            iptables: args.iptables.clone(),
+            placement: match args.chain {
+                ChainChoice::DockerUser => Placement::DockerUser,
+                ChainChoice::Forward => Placement::Forward,
+            },
+            interfaces,
+            ipv6: args.ipv6,
+            persist: args.persist,
+            persist_file: args.persist_file.clone(),
+            persist_file6: args.persist_file6.clone(),
+            root: root.clone(),
         })
     }
-}
 
-struct Ipt<'a> {
-    bin: &'a Path,
-    runner: &'a dyn CommandRunner,
-}
-
-impl Ipt<'_> {
-    fn run(&self, args: &[&str]) -> anyhow::Result<CmdOutput> {
-        let mut argv: Vec<OsString> = vec!["-w".into(), "5".into()];
-        argv.extend(args.iter().map(OsString::from));
-        self.runner
-            .run(self.bin, &argv, None)
-            .with_context(|| format!("running {} {}", self.bin.display(), args.join(" ")))
-    }
-
-    fn must(&self, args: &[&str]) -> anyhow::Result<CmdOutput> {
-        let out = self.run(args)?;
-        if !out.success() {
-            bail!(
-                "`{} -w 5 {}` failed: {}",
-                self.bin.display(),
-                args.join(" "),
-                out.stderr.trim()
-            );
+    fn rule_set(&self, family: Family) -> RuleSet {
+        RuleSet {
+            family,
+            placement: self.placement,
+            interfaces: self.interfaces.clone(),
         }
-        Ok(out)
+    }
+}
+
+/// What one family's rules looked like and what we did.
+#[derive(Debug, Default)]
+struct Applied {
+    changed: bool,
+    chain_created: bool,
+    rules: Vec<Value>,
+    jump: Option<&'static str>,
+    duplicate_jumps_removed: usize,
+    summary: Vec<String>,
+}
+
+fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
+    let mut a = Applied::default();
+    let chain = set.chain();
+    let fam = set.family.name();
+    if set.placement == Placement::DockerUser {
+        match ipt.list(DOCKER_USER) {
+            Ok(_) => {}
+            Err(e) if e.is_chain_missing() => {
+                a.chain_created = ipt.new_chain(DOCKER_USER)?;
+                if a.chain_created {
+                    a.summary
+                        .push(format!("{fam}: created chain {DOCKER_USER}"));
+                    a.changed = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // In reverse, each at position 1: the rules end up in the order given, at the top.
+    let mut states = vec![];
+    for iface in set.interfaces.iter().rev() {
+        let spec = set.spec(iface);
+        let state = match ipt.check(chain, &spec)? {
+            Presence::Present => "present",
+            Presence::Absent => {
+                ipt.insert(chain, 1, &spec)?;
+                a.changed = true;
+                "added"
+            }
+        };
+        states.push((iface, state));
+    }
+    states.reverse();
+    for (iface, state) in states {
+        let line = set.save_line(iface);
+        a.summary.push(match state {
+            "added" => format!("{fam}: added {line} at the top of {chain}"),
+            _ => format!("{fam}: {line} already present"),
+        });
+        a.rules
+            .push(json!({"interface": iface, "destination": set.family.imds(), "state": state}));
+    }
+    if let Some(jump) = set.jump_line() {
+        let forward = ipt.list(FORWARD)?;
+        if forward.first() != Some(&jump) {
+            ipt.insert(FORWARD, 1, &["-j".into(), DOCKER_USER.into()])?;
+            a.jump = Some("placed");
+            a.changed = true;
+            a.summary
+                .push(format!("{fam}: placed -j {DOCKER_USER} first in {FORWARD}"));
+        } else {
+            a.jump = Some("present");
+        }
+        // Exactly one jump: remove later copies, highest position first so that the lower
+        // positions stay valid. Bounded by the listing's length.
+        let forward = ipt.list(FORWARD)?;
+        let extra: Vec<usize> = forward
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, l)| **l == jump)
+            .map(|(i, _)| i + 1)
+            .collect();
+        for pos in extra.iter().rev() {
+            ipt.delete_at(FORWARD, *pos)?;
+        }
+        if !extra.is_empty() {
+            a.duplicate_jumps_removed = extra.len();
+            a.changed = true;
+            a.summary.push(format!(
+                "{fam}: removed {} later -j {DOCKER_USER} from {FORWARD}",
+                extra.len()
+            ));
+        }
+    }
+    Ok(a)
+}
+
+/// Whether the host has IPv6: an address in /proc/net/if_inet6, or IPv6 not disabled.
+fn host_has_ipv6() -> bool {
+    let addrs = std::fs::read_to_string("/proc/net/if_inet6")
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+    let enabled = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false);
+    addrs || enabled
+}
+
+fn resolve_iptables(opts: &Options) -> Result<PathBuf, IptError> {
+    match &opts.iptables {
+        Some(p) if p.components().count() > 1 || p.is_absolute() => {
+            if iptables::is_executable(p) {
+                Ok(p.clone())
+            } else {
+                Err(IptError::Missing {
+                    bin: p.display().to_string(),
+                })
+            }
+        }
+        Some(name) => {
+            let name = name.to_string_lossy();
+            iptables::find_binary(&name, std::env::var_os("PATH").as_deref())
+                .ok_or_else(|| IptError::Missing { bin: name.into() })
+        }
+        None => iptables::find_binary("iptables", std::env::var_os("PATH").as_deref()).ok_or(
+            IptError::Missing {
+                bin: "iptables".into(),
+            },
+        ),
+    }
+}
+
+/// Which rules file a family persists to, or why none.
+fn persist_target(opts: &Options, distro: &Distro, family: Family) -> Result<PathBuf, String> {
+    let explicit = match family {
+        Family::V4 => &opts.persist_file,
+        Family::V6 => &opts.persist_file6,
+    };
+    if let Some(p) = explicit {
+        return Ok(p.clone());
+    }
+    match distro.default_files() {
+        Some((v4, v6)) => Ok(opts.root.join(match family {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        })),
+        None => Err(format!(
+            "nothing persists the {} rule on {}: ecs-bootstrap re-asserts it at every boot, but until it runs the rule is absent; pass --persist-file{} to write a rules file that your boot loads",
+            family.name(),
+            distro.name(),
+            if family == Family::V6 { "6" } else { "" }
+        )),
     }
 }
 
 pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepResult> {
-    let ipt = Ipt {
-        bin: &opts.iptables,
-        runner,
-    };
-    let mut summary = vec![];
+    let mut summary: Vec<String> = vec![];
+    let mut warnings: Vec<String> = vec![];
     let mut changed = false;
-    if !ipt.run(&["-S", CHAIN])?.success() {
-        ipt.must(&["-N", CHAIN])?;
-        summary.push(format!("created chain {CHAIN}"));
-        changed = true;
+
+    let bin4 = resolve_iptables(opts)?;
+    let ipt4 = Ipt::new(bin4.clone(), Family::V4, runner);
+    let backend = ipt4.backend()?;
+    summary.push(format!(
+        "iptables {} ({} backend)",
+        bin4.display(),
+        backend.name()
+    ));
+
+    let bin6 = iptables::ip6tables_beside(&bin4);
+    let bin6_found = bin6.as_deref().filter(|p| iptables::is_executable(p));
+    let (v6, v6_reason): (Option<PathBuf>, String) = match opts.ipv6 {
+        Ipv6Mode::Off => (None, "--ipv6 off".into()),
+        Ipv6Mode::On => match bin6_found {
+            Some(p) => (Some(p.to_owned()), "--ipv6 on".into()),
+            None => {
+                return Err(IptError::Missing {
+                    bin: bin6
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "ip6tables".into()),
+                }
+                .into());
+            }
+        },
+        Ipv6Mode::Auto => match (host_has_ipv6(), bin6_found) {
+            (true, Some(p)) => (Some(p.to_owned()), "auto: the host has IPv6".into()),
+            (false, _) => (None, "auto: the host has no IPv6".into()),
+            (true, None) => {
+                let w = format!(
+                    "the host has IPv6 but {} is missing: fd00:ec2::254 is not blocked; install ip6tables (package iptables) or pass --ipv6 off",
+                    bin6.map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "ip6tables".into())
+                );
+                warnings.push(w);
+                (None, "auto: ip6tables missing".into())
+            }
+        },
+    };
+
+    if opts.placement == Placement::Forward {
+        warnings.push(FORWARD_WARNING.into());
     }
-    for iface in &opts.interfaces {
-        let rule = ["-i", iface.as_str(), "-d", IMDS_V4, "-j", "DROP"];
-        let mut check = vec!["-C", CHAIN];
-        check.extend(rule);
-        if ipt.run(&check)?.success() {
-            summary.push(format!(
-                "rule -i {iface} -d {IMDS_V4} -j DROP already present in {CHAIN}"
-            ));
-        } else {
-            let mut insert = vec!["-I", CHAIN, "1"];
-            insert.extend(rule);
-            ipt.must(&insert)?;
-            summary.push(format!(
-                "rule -i {iface} -d {IMDS_V4} -j DROP added to {CHAIN}"
-            ));
-            changed = true;
-        }
+
+    let lock_path = opts.root.join(lock::LOCK_FILE);
+    let lock = lock::acquire(&lock_path, LOCK_PATIENCE)?;
+
+    let mut families = vec![(Family::V4, bin4.clone())];
+    if let Some(b) = &v6 {
+        families.push((Family::V6, b.clone()));
     }
-    let forward = ipt.must(&["-S", "FORWARD"])?.stdout;
-    let first = forward.lines().find(|l| l.starts_with("-A FORWARD"));
-    if first != Some("-A FORWARD -j DOCKER-USER") {
-        while ipt.run(&["-C", "FORWARD", "-j", CHAIN])?.success() {
-            ipt.must(&["-D", "FORWARD", "-j", CHAIN])?;
-        }
-        ipt.must(&["-I", "FORWARD", "1", "-j", CHAIN])?;
-        summary.push(format!("jump to {CHAIN} placed first in FORWARD"));
-        changed = true;
+    let distro = (opts.persist != PersistMode::None).then(|| Distro::detect(&opts.root));
+    let mut fam_details = vec![];
+    for (family, bin) in families {
+        let ipt = Ipt::new(bin.clone(), family, runner);
+        let set = opts.rule_set(family);
+        let applied = apply(&ipt, &set)?;
+        changed |= applied.changed;
+        summary.extend(applied.summary);
+        let (persisted, written) = persist_family(
+            opts,
+            distro.as_ref(),
+            &ipt,
+            &set,
+            &mut summary,
+            &mut warnings,
+        )?;
+        changed |= written;
+        fam_details.push(json!({
+            "family": family,
+            "binary": bin,
+            "chain": set.chain(),
+            "chain_created": applied.chain_created,
+            "rules": applied.rules,
+            "jump": applied.jump,
+            "duplicate_jumps_removed": applied.duplicate_jumps_removed,
+            "persist": persisted,
+        }));
     }
-    if let Some(path) = &opts.persist_file {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let merged = merge_minimal(&old, &opts.interfaces);
-        let outcome = fsutil::write_atomic(path, merged.as_bytes(), 0o600)?;
-        summary.push(format!("persisted to {} ({outcome:?})", path.display()));
+    drop(lock);
+
+    for w in &warnings {
+        tracing::warn!("{w}");
+        summary.push(format!("warning: {w}"));
     }
     Ok(StepResult {
         changed,
         summary,
-        details: json!({"chain": CHAIN, "persist_file": opts.persist_file}),
+        details: json!({
+            "backend": backend,
+            "iptables": bin4,
+            "chain": opts.placement,
+            "interfaces": opts.interfaces,
+            "ipv6": {"enabled": v6.is_some(), "reason": v6_reason},
+            "persist_mode": match opts.persist {
+                PersistMode::Merge => "merge",
+                PersistMode::FullSave => "full-save",
+                PersistMode::None => "none",
+            },
+            "families": fam_details,
+            "warnings": warnings,
+        }),
     })
 }
 
-fn merge_minimal(old: &str, interfaces: &[String]) -> String {
-    let mut lines: Vec<String> = old.lines().map(str::to_owned).collect();
-    if !lines.iter().any(|l| l == "*filter") {
-        lines.extend(
-            [
-                "*filter",
-                ":INPUT ACCEPT [0:0]",
-                ":FORWARD ACCEPT [0:0]",
-                ":OUTPUT ACCEPT [0:0]",
-                "COMMIT",
-            ]
-            .map(String::from),
-        );
-    }
-    let at = lines.iter().position(|l| l == "*filter").expect("present") + 1;
-    let mut want = vec![
-        format!(":{CHAIN} - [0:0]"),
-        format!("-A FORWARD -j {CHAIN}"),
-    ];
-    for i in interfaces {
-        want.push(format!("-A {CHAIN} -i {i} -d {IMDS_V4} -j DROP"));
-    }
-    for (n, w) in want.into_iter().enumerate() {
-        if !lines.contains(&w) {
-            lines.insert(at + n, w);
+/// Persists one family per `--persist`; returns the JSON details and whether a file was written.
+fn persist_family(
+    opts: &Options,
+    distro: Option<&Distro>,
+    ipt: &Ipt,
+    set: &RuleSet,
+    summary: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(Value, bool)> {
+    let fam = set.family.name();
+    let Some(distro) = distro else {
+        return Ok((
+            json!({"outcome": "skipped", "reason": "--persist none"}),
+            false,
+        ));
+    };
+    let path = match persist_target(opts, distro, set.family) {
+        Ok(p) => p,
+        Err(w) => {
+            warnings.push(w);
+            let reason = format!("no rules file known for {}", distro.name());
+            return Ok((json!({"outcome": "skipped", "reason": reason}), false));
         }
+    };
+    let p = match opts.persist {
+        PersistMode::Merge => persist::merge_into(ipt, &path, set)?,
+        PersistMode::FullSave => persist::full_save_into(ipt, &path)?,
+        PersistMode::None => unreachable!("handled above"),
+    };
+    summary.push(format!(
+        "{fam}: persisted to {} ({})",
+        p.file.display(),
+        outcome_name(p.outcome)
+    ));
+    for n in &p.notes {
+        summary.push(format!("{fam}: {}: {n}", p.file.display()));
     }
-    lines.join("\n") + "\n"
+    warnings.extend(p.warnings.iter().cloned());
+    let loader = loader_state(opts, distro, &path);
+    if let Some(w) = &loader.1 {
+        warnings.push(w.clone());
+    }
+    let details = json!({
+        "file": p.file,
+        "outcome": outcome_name(p.outcome),
+        "backup": p.backup,
+        "notes": p.notes,
+        "loaded_at_boot_by": loader.0,
+    });
+    Ok((details, p.outcome == WriteOutcome::Written))
+}
+
+/// The unit that loads `path` at boot, or a warning that none does.
+fn loader_state(
+    opts: &Options,
+    distro: &Distro,
+    path: &Path,
+) -> (Option<&'static str>, Option<String>) {
+    let Some((units, package)) = distro.loader() else {
+        return (None, None);
+    };
+    let default = distro
+        .default_files()
+        .map(|(a, b)| [opts.root.join(a), opts.root.join(b)].contains(&path.to_path_buf()))
+        .unwrap_or(false);
+    if !default {
+        return (None, None);
+    }
+    match units
+        .iter()
+        .find(|u| persist::unit_installed(&opts.root, u))
+    {
+        Some(u) => (Some(u), None),
+        None => (
+            None,
+            Some(format!(
+                "nothing loads {} at boot: install {package} and enable {} (ecs-bootstrap re-asserts the rule at every boot regardless)",
+                path.display(),
+                units[0]
+            )),
+        ),
+    }
+}
+
+fn outcome_name(o: WriteOutcome) -> &'static str {
+    match o {
+        WriteOutcome::Written => "written",
+        WriteOutcome::Unchanged => "unchanged",
+    }
 }

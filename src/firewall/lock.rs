@@ -1,0 +1,84 @@
+//! One firewall run at a time: an exclusive `flock` on `/run/ecs-bootstrap/firewall.lock`
+//! (under `--root`). iptables' own `-w` lock only covers a single command (and the nft backend
+//! takes none); our check-then-insert spans several commands, so without this lock twenty
+//! concurrent runs could each see "absent" and insert twenty rules. The lock lives in /run
+//! (tmpfs), so it never outlives a boot, and the kernel drops it when the process dies.
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The lock file, relative to the root.
+pub const LOCK_FILE: &str = "/run/ecs-bootstrap/firewall.lock";
+
+/// Held until dropped.
+#[derive(Debug)]
+pub struct FirewallLock {
+    _flock: Flock<File>,
+    pub path: PathBuf,
+    pub waited: Duration,
+}
+
+/// Takes the lock, waiting at most `patience`. The error names the path and what to do.
+pub fn acquire(path: &Path, patience: Duration) -> anyhow::Result<FirewallLock> {
+    if let Some(dir) = path.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the lock folder {}: {e}", dir.display()))?;
+    }
+    let start = Instant::now();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
+    // Bounded: at most patience / 20 ms attempts.
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => {
+                return Ok(FirewallLock {
+                    _flock: flock,
+                    path: path.to_owned(),
+                    waited: start.elapsed(),
+                });
+            }
+            Err((f, Errno::EWOULDBLOCK)) | Err((f, Errno::EINTR)) => {
+                if start.elapsed() >= patience {
+                    anyhow::bail!(
+                        "another ecs-bootstrap firewall run has held {} for more than {:?}; find it with `fuser {}` and let it finish or stop it",
+                        path.display(),
+                        patience,
+                        path.display()
+                    );
+                }
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_waits_then_gives_up() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("run/ecs-bootstrap/firewall.lock");
+        let held = acquire(&p, Duration::from_secs(1)).unwrap();
+        let e = acquire(&p, Duration::from_millis(100)).unwrap_err();
+        assert!(e.to_string().contains("held"), "{e}");
+        drop(held);
+        acquire(&p, Duration::from_millis(100)).unwrap();
+    }
+}

@@ -1,0 +1,573 @@
+//! The firewall step with real iptables (nft and legacy backends) in network namespaces the
+//! tests create: effects are proven with TCP connections from a "container" namespace on the
+//! docker0 bridge to listeners on 169.254.169.254, fd00:ec2::254 and 198.51.100.10.
+
+mod firewall_net;
+
+use ecs_bootstrap::firewall::iptables::{Ipt, IptError, Presence};
+use ecs_bootstrap::firewall::rules::Family;
+use ecs_bootstrap::sys::SystemRunner;
+use firewall_net::*;
+use std::path::Path;
+
+/// Declares one test per backend.
+macro_rules! both_backends {
+    ($($name:ident => $body:ident;)*) => {
+        mod nft {
+            $( #[test] fn $name() { super::$body(super::NFT) } )*
+        }
+        mod legacy {
+            $( #[test] fn $name() { super::$body(super::LEGACY) } )*
+        }
+    };
+}
+
+both_backends! {
+    blocks_container_keeps_host_and_second_run_changes_nothing => blocks_and_is_idempotent;
+    twenty_concurrent_runs_leave_exactly_one_rule => twenty_concurrent_runs;
+    restored_persisted_file_blocks_in_fresh_namespace_and_al2_sample_is_replaced => restore_after_al2_sample;
+    docker_layouts_replayed_after_and_before_us_keep_the_block => docker_replay_keeps_block;
+    forward_placement_is_bypassed_by_docker_replay => forward_placement_bypassed;
+    runner_tells_absent_chain_missing_and_failed_apart => runner_kinds;
+    full_save_writes_a_restorable_stable_file => full_save;
+    invalid_existing_rules_file_is_left_alone_with_a_clear_error => invalid_file_untouched;
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn blocks_and_is_idempotent(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, f6) = files(root.path());
+    // Before: the container reaches IMDS (v4 and v6), so the test can fail.
+    assert_reaches(&t.ctr, IMDS4, "no rule yet");
+    assert_reaches(&t.ctr, IMDS6, "no rule yet");
+
+    let r = block(
+        &t.host,
+        root.path(),
+        bin,
+        &[
+            "--persist-file",
+            &f4,
+            "--persist-file6",
+            &f6,
+            "--ipv6",
+            "on",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(r.changed(), "{}", r.text());
+    let d = &r.step()["details"];
+    let want_backend = if bin.ends_with("nft") {
+        "nft"
+    } else {
+        "legacy"
+    };
+    assert_eq!(d["backend"], want_backend, "{}", r.text());
+    assert_eq!(d["families"][0]["chain_created"], true);
+    assert_eq!(d["families"][0]["rules"][0]["state"], "added");
+    assert_eq!(d["families"][0]["jump"], "placed");
+    assert_eq!(d["families"][0]["persist"]["outcome"], "written");
+    assert_eq!(d["families"][1]["family"], "v6");
+
+    assert_blocked(&t.ctr, IMDS4, "after block-imds");
+    assert_blocked(&t.ctr, IMDS6, "after block-imds");
+    assert_reaches(&t.ctr, OTHER4, "only IMDS is blocked");
+    assert_reaches(&t.host, IMDS4, "the host keeps IMDS");
+    assert_reaches(&t.host, IMDS6, "the host keeps IMDS");
+
+    let rules4 = t.host.rules(bin);
+    assert_eq!(count(&rules4, RULE4), 1, "{rules4:?}");
+    let fwd: Vec<&String> = rules4
+        .iter()
+        .filter(|l| l.starts_with("-A FORWARD"))
+        .collect();
+    assert_eq!(fwd.first().map(|s| s.as_str()), Some(JUMP), "{rules4:?}");
+    assert_eq!(count(&t.host.rules(&six(bin)), RULE6), 1);
+
+    // Second run: nothing changes, in the kernel or on disk.
+    let file4 = std::fs::read(&f4).unwrap();
+    let mtime = std::fs::metadata(&f4).unwrap().modified().unwrap();
+    let r2 = block(
+        &t.host,
+        root.path(),
+        bin,
+        &[
+            "--persist-file",
+            &f4,
+            "--persist-file6",
+            &f6,
+            "--ipv6",
+            "on",
+        ],
+    );
+    assert_eq!(r2.code, 0, "{}", r2.text());
+    assert!(!r2.changed(), "{}", r2.text());
+    let d2 = &r2.step()["details"]["families"][0];
+    assert_eq!(d2["rules"][0]["state"], "present");
+    assert_eq!(d2["jump"], "present");
+    assert_eq!(d2["persist"]["outcome"], "unchanged");
+    assert_eq!(t.host.rules(bin), rules4);
+    assert_eq!(std::fs::read(&f4).unwrap(), file4);
+    assert_eq!(std::fs::metadata(&f4).unwrap().modified().unwrap(), mtime);
+}
+
+fn twenty_concurrent_runs(bin: &str) {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let (f4, f6) = files(root.path());
+    let root_s = root.path().to_str().unwrap().to_owned();
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", host.name(), BIN, "--output", "json"])
+                .args(["--deadline", "60", "block-imds", "--root", &root_s])
+                .args(["--iptables", bin, "--ipv6", "on"])
+                .args(["--persist-file", &f4, "--persist-file6", &f6])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut changed = 0;
+    for c in children {
+        let r = parse_run(c.wait_with_output().unwrap());
+        assert_eq!(r.code, 0, "{}", r.text());
+        changed += usize::from(r.changed());
+    }
+    assert_eq!(changed, 1, "exactly one run adds the rules");
+    let rules4 = host.rules(bin);
+    assert_eq!(count(&rules4, RULE4), 1, "{rules4:?}");
+    assert_eq!(count(&rules4, JUMP), 1, "{rules4:?}");
+    let rules6 = host.rules(&six(bin));
+    assert_eq!(count(&rules6, RULE6), 1, "{rules6:?}");
+    assert_eq!(count(&rules6, JUMP), 1, "{rules6:?}");
+    let file: Vec<String> = std::fs::read_to_string(&f4)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(count(&file, RULE4), 1);
+    assert_eq!(count(&file, JUMP), 1);
+}
+
+/// Amazon Linux 2's /etc/sysconfig/iptables from iptables-services.
+const AL2_SAMPLE: &str = "# sample configuration for iptables service
+# you can edit this manually or use system-config-firewall
+# please do not ask us to add additional ports/services to this default configuration
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p icmp -j ACCEPT
+-A INPUT -i lo -j ACCEPT
+-A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT
+-A INPUT -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn restore_into(ns: &Ns, bin: &str, text: &[u8]) {
+    let o = ns.exec_stdin(&restore_bin(bin), &["-w", "10"], text);
+    assert!(
+        o.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn restore_after_al2_sample(bin: &str) {
+    // An Amazon Linux root with the iptables-services sample in place.
+    let root = tempdir();
+    write(
+        &root.path().join("etc/os-release"),
+        "NAME=\"Amazon Linux\"\nVERSION=\"2\"\nID=\"amzn\"\nID_LIKE=\"centos rhel fedora\"\n",
+    );
+    let sysconfig = root.path().join("etc/sysconfig/iptables");
+    write(&sysconfig, AL2_SAMPLE);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&sysconfig, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write(
+        &root.path().join("usr/lib/systemd/system/iptables.service"),
+        "[Service]\n",
+    );
+
+    let first = Topo::new();
+    let r = block(&first.host, root.path(), bin, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let p = &r.step()["details"]["families"][0]["persist"];
+    assert_eq!(p["file"], sysconfig.to_str().unwrap(), "{}", r.text());
+    assert_eq!(p["outcome"], "written");
+    assert_eq!(p["loaded_at_boot_by"], "iptables.service");
+    let backup = root
+        .path()
+        .join("etc/sysconfig/iptables.ecs-bootstrap.orig");
+    assert_eq!(p["backup"], backup.to_str().unwrap());
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), AL2_SAMPLE);
+    assert!(
+        r.stdout.contains("iptables-services sample"),
+        "a warning says what happened: {}",
+        r.text()
+    );
+    let persisted = std::fs::read_to_string(&sysconfig).unwrap();
+    assert!(!persisted.contains("REJECT"), "{persisted}");
+    // The mode of the sample (0600 as iptables-services ships it) is kept.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&sysconfig), 0o600);
+    assert_eq!(mode(&backup), 0o600);
+    drop(first);
+
+    // "Reboot": a fresh topology, the persisted file restored as iptables.service would.
+    let fresh = Topo::new();
+    assert_reaches(&fresh.ctr, IMDS4, "fresh namespace, nothing restored yet");
+    restore_into(&fresh.host, bin, persisted.as_bytes());
+    assert_blocked(&fresh.ctr, IMDS4, "restored persisted file");
+    assert_reaches(&fresh.ctr, OTHER4, "containers still reach other addresses");
+    assert_reaches(&fresh.host, IMDS4, "the host keeps IMDS");
+    // ecs-bootstrap at boot finds everything in place.
+    let again = block(&fresh.host, root.path(), bin, &["--ipv6", "off"]);
+    assert_eq!(again.code, 0, "{}", again.text());
+    assert!(!again.changed(), "{}", again.text());
+
+    // The sample itself, restored, would have cut the container off: the replacement matters.
+    let sample = Topo::new();
+    restore_into(&sample.host, bin, AL2_SAMPLE.as_bytes());
+    assert_blocked(
+        &sample.ctr,
+        OTHER4,
+        "the sample REJECTs all forwarded traffic",
+    );
+}
+
+fn docker_replay_keeps_block(bin: &str) {
+    for layout in [DockerLayout::V20To27, DockerLayout::V28] {
+        for dockerd_first in [false, true] {
+            let why = format!("{layout:?}, dockerd first: {dockerd_first}");
+            let t = Topo::new();
+            let root = tempdir();
+            let args = ["--persist", "none", "--ipv6", "off"];
+            if dockerd_first {
+                replay_dockerd(&t.host, bin, layout);
+                assert_reaches(&t.ctr, IMDS4, &format!("{why}: dockerd alone"));
+            }
+            let r = block(&t.host, root.path(), bin, &args);
+            assert_eq!(r.code, 0, "{}", r.text());
+            if !dockerd_first {
+                assert_blocked(&t.ctr, IMDS4, &why);
+                replay_dockerd(&t.host, bin, layout);
+            }
+            let rules = t.host.rules(bin);
+            let fwd: Vec<&String> = rules
+                .iter()
+                .filter(|l| l.starts_with("-A FORWARD"))
+                .collect();
+            assert_eq!(fwd[0], JUMP, "{why}: {rules:?}");
+            assert!(
+                fwd.len() > 1,
+                "{why}: docker's rules are in place: {rules:?}"
+            );
+            assert_blocked(&t.ctr, IMDS4, &format!("{why}: after dockerd"));
+            assert_reaches(
+                &t.ctr,
+                OTHER4,
+                &format!("{why}: docker's ACCEPT rules work"),
+            );
+            assert_reaches(&t.host, IMDS4, &why);
+            // Running again (as the docker.service drop-in does) changes nothing.
+            let r2 = block(&t.host, root.path(), bin, &args);
+            assert_eq!(r2.code, 0, "{}", r2.text());
+            assert!(!r2.changed(), "{why}: {}", r2.text());
+            assert_eq!(t.host.rules(bin), rules, "{why}");
+        }
+    }
+}
+
+fn forward_placement_bypassed(bin: &str) {
+    for layout in [DockerLayout::V20To27, DockerLayout::V28] {
+        let t = Topo::new();
+        let root = tempdir();
+        let r = block(
+            &t.host,
+            root.path(),
+            bin,
+            &["--chain", "FORWARD", "--persist", "none", "--ipv6", "off"],
+        );
+        assert_eq!(r.code, 0, "{}", r.text());
+        assert!(
+            r.stdout
+                .contains("dockerd re-inserts its own ACCEPT rules above it"),
+            "{}",
+            r.text()
+        );
+        let rules = t.host.rules(bin);
+        assert_eq!(
+            rules.iter().find(|l| l.starts_with("-A FORWARD")).unwrap(),
+            "-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP"
+        );
+        assert!(
+            !rules.iter().any(|l| l.contains("DOCKER-USER")),
+            "{rules:?}"
+        );
+        assert_blocked(&t.ctr, IMDS4, "FORWARD placement before dockerd");
+        replay_dockerd(&t.host, bin, layout);
+        assert_reaches(
+            &t.ctr,
+            IMDS4,
+            &format!("{layout:?}: the documented FORWARD-1 rule is bypassed after dockerd starts"),
+        );
+    }
+}
+
+fn runner_kinds(bin: &str) {
+    let host = Ns::new("h");
+    let bin = bin.to_owned();
+    host.within(move || {
+        let runner = SystemRunner::default();
+        let ipt = Ipt::new(bin.clone().into(), Family::V4, &runner);
+        let spec: Vec<String> = ["-d", "169.254.169.254/32", "-i", "docker+", "-j", "DROP"]
+            .map(String::from)
+            .to_vec();
+        // Chain missing.
+        let e = ipt.list("DOCKER-USER").unwrap_err();
+        assert!(matches!(e, IptError::ChainMissing { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("`{bin} -w 10 -t filter -S DOCKER-USER`")),
+            "{e}"
+        );
+        // Created; rule absent; then present.
+        assert!(ipt.new_chain("DOCKER-USER").unwrap());
+        assert!(
+            !ipt.new_chain("DOCKER-USER").unwrap(),
+            "already exists is not an error"
+        );
+        assert_eq!(ipt.check("DOCKER-USER", &spec).unwrap(), Presence::Absent);
+        ipt.insert("DOCKER-USER", 1, &spec).unwrap();
+        assert_eq!(ipt.check("DOCKER-USER", &spec).unwrap(), Presence::Present);
+        // Failed: a bad target is neither "absent" nor "chain missing"; stderr is named.
+        let bad: Vec<String> = ["-j", "NO-SUCH-TARGET"].map(String::from).to_vec();
+        let e = ipt.check("DOCKER-USER", &bad).unwrap_err();
+        assert!(matches!(e, IptError::Failed { .. }), "{e:?}");
+        let m = e.to_string();
+        assert!(m.contains("-C DOCKER-USER -j NO-SUCH-TARGET`"), "{m}");
+        assert!(m.contains("NO-SUCH-TARGET"), "{m}");
+        // Backend.
+        let b = ipt.backend().unwrap();
+        assert_eq!(
+            b.name(),
+            if bin.ends_with("nft") {
+                "nft"
+            } else {
+                "legacy"
+            }
+        );
+    });
+}
+
+fn full_save(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    replay_dockerd(&t.host, bin, DockerLayout::V20To27);
+    let args = [
+        "--persist",
+        "full-save",
+        "--persist-file",
+        &f4,
+        "--ipv6",
+        "off",
+    ];
+    let r = block(&t.host, root.path(), bin, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let saved = std::fs::read_to_string(&f4).unwrap();
+    // As documented: full-save does persist Docker's run-time rules.
+    assert!(saved.contains("-A FORWARD -o docker0 -j DOCKER"), "{saved}");
+    assert!(saved.contains(RULE4), "{saved}");
+    assert!(!saved.contains("# Generated by"), "{saved}");
+    // Traffic changes counters and the clock moves: the file stays the same.
+    assert_reaches(&t.ctr, OTHER4, "docker rules");
+    let r2 = block(&t.host, root.path(), bin, &args);
+    assert!(!r2.changed(), "{}", r2.text());
+    assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
+    let fresh = Topo::new();
+    restore_into(&fresh.host, bin, saved.as_bytes());
+    assert_blocked(&fresh.ctr, IMDS4, "restored full save");
+    assert_reaches(&fresh.ctr, OTHER4, "restored full save");
+}
+
+fn invalid_file_untouched(bin: &str) {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    // An unknown option: iptables-restore --test rejects the file with both backends. (An
+    // undeclared chain would pass iptables-nft-restore --test, which only parses.)
+    let broken = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT --no-such-option -j ACCEPT\nCOMMIT\n";
+    write(Path::new(&f4), broken);
+    let r = block(
+        &host,
+        root.path(),
+        bin,
+        &["--persist-file", &f4, "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 4, "{}", r.text());
+    assert!(
+        r.stdout.contains("does not pass iptables-restore --test") && r.stdout.contains(&f4),
+        "{}",
+        r.text()
+    );
+    assert_eq!(std::fs::read_to_string(&f4).unwrap(), broken);
+    // The rule itself is in place: persistence failing does not undo the block.
+    assert_eq!(count(&host.rules(bin), RULE4), 1);
+}
+
+#[test]
+fn missing_iptables_names_the_package() {
+    let root = tempdir();
+    let o = std::process::Command::new(BIN)
+        .args(["block-imds", "--root", root.path().to_str().unwrap()])
+        .args([
+            "--iptables",
+            "/nonexistent/sbin/iptables",
+            "--persist",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.contains("/nonexistent/sbin/iptables not found"),
+        "{out}"
+    );
+    assert!(out.contains("install the package `iptables`"), "{out}");
+}
+
+#[test]
+fn unknown_distribution_warns_that_nothing_persists() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    write(&root.path().join("etc/os-release"), "ID=bottlerocket\n");
+    let r = block(&host, root.path(), NFT, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stdout
+            .contains("nothing persists the IPv4 rule on bottlerocket"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.step()["details"]["families"][0]["persist"]["outcome"],
+        "skipped"
+    );
+    assert_eq!(count(&host.rules(NFT), RULE4), 1);
+}
+
+#[test]
+fn debian_default_file_without_loader_warns() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    write(&root.path().join("etc/os-release"), "ID=debian\n");
+    let r = block(
+        &host,
+        root.path(),
+        LEGACY,
+        &[
+            "--ipv6",
+            "on",
+            "--interface",
+            "docker+",
+            "--interface",
+            "br-+",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    let v4 = std::fs::read_to_string(root.path().join("etc/iptables/rules.v4")).unwrap();
+    let v6 = std::fs::read_to_string(root.path().join("etc/iptables/rules.v6")).unwrap();
+    assert!(
+        v4.contains(RULE4) && v4.contains("-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -j DROP"),
+        "{v4}"
+    );
+    assert!(v6.contains(RULE6), "{v6}");
+    assert!(r.stdout.contains("nothing loads"), "{}", r.text());
+    let rules = host.rules(LEGACY);
+    let du: Vec<&String> = rules
+        .iter()
+        .filter(|l| l.starts_with("-A DOCKER-USER"))
+        .collect();
+    assert_eq!(
+        du,
+        [
+            RULE4,
+            "-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -j DROP"
+        ],
+        "interfaces in the order given"
+    );
+}
+
+#[test]
+fn bad_interface_is_a_usage_error() {
+    let root = tempdir();
+    let o = std::process::Command::new(BIN)
+        .args(["block-imds", "--root", root.path().to_str().unwrap()])
+        .args(["--interface", "not a name", "--persist", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a valid interface pattern"), "{err}");
+}
+
+/// The docker.service drop-in's command, run after dockerd's layout was replayed (a dockerd
+/// restart that also lost our rule): the block is back, and the rules file is not written.
+#[test]
+fn docker_dropin_reasserts_without_persisting() {
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/docker.service.d/10-ecs-bootstrap.conf"
+    ))
+    .unwrap();
+    let exec: Vec<&str> = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPost="))
+        .expect("an ExecStartPost= line")
+        .split_whitespace()
+        .collect();
+    assert!(exec[0].ends_with("/ecs-bootstrap"), "{exec:?}");
+    assert!(
+        exec.windows(2).any(|w| w == ["--persist", "none"]),
+        "{exec:?}"
+    );
+
+    let t = Topo::new();
+    let root = tempdir();
+    write(&root.path().join("etc/os-release"), "ID=debian\n");
+    let root_s = root.path().to_str().unwrap();
+    // Boot: block-imds has run, then someone flushed DOCKER-USER, then dockerd restarted.
+    let r = block(&t.host, root.path(), NFT, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let rules_v4 = root.path().join("etc/iptables/rules.v4");
+    std::fs::remove_file(&rules_v4).unwrap();
+    t.host.exec_ok(NFT, &["-w", "10", "-F", "DOCKER-USER"]);
+    replay_dockerd(&t.host, NFT, DockerLayout::V20To27);
+    assert_reaches(&t.ctr, IMDS4, "rule flushed");
+
+    let mut args: Vec<&str> = exec[1..].to_vec();
+    args.extend(["--root", root_s, "--iptables", NFT, "--ipv6", "off"]);
+    let mut full = vec![BIN];
+    full.extend(args);
+    let o = parse_run(t.host.exec(full[0], &full[1..]));
+    assert_eq!(o.code, 0, "{}", o.text());
+    assert_blocked(&t.ctr, IMDS4, "re-asserted by the drop-in command");
+    assert_reaches(&t.ctr, OTHER4, "docker's rules intact");
+    assert!(!rules_v4.exists(), "--persist none writes no file");
+}
