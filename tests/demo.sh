@@ -19,6 +19,7 @@ bin=$PWD/target/release/ecs-bootstrap
 name=demo$$
 name=${name:0:8}
 root=$(mktemp -d /tmp/ecs-bootstrap-demo.XXXXXX)
+# shellcheck disable=SC2317  # called by the trap
 cleanup() {
     "$py" tests/sandbox/sandbox.py down "$name" >/dev/null 2>&1 || true
     rm -rf "$root"
@@ -43,8 +44,9 @@ probe() { # namespace -> "reachable" or "blocked"
 echo "== before: container -> IMDS: $(probe "$ctr")"
 
 echo "== ecs-bootstrap run --source $source_url --prove"
+rc=0
 ip netns exec "$host" env -i PATH="$PATH" AWS_ENDPOINT_URL_S3="$(field s3_endpoint)" \
-    "$bin" --root "$root" run --source "$source_url" --prove
+    "$bin" --root "$root" run --source "$source_url" --prove || rc=$?
 
 echo
 echo "== $root/etc/ecs/ecs.config ($(stat -c %a "$root/etc/ecs/ecs.config"))"
@@ -52,5 +54,11 @@ cat "$root/etc/ecs/ecs.config"
 echo "== iptables in the host namespace (filter: FORWARD, DOCKER-USER)"
 ip netns exec "$host" iptables -S FORWARD
 ip netns exec "$host" iptables -S DOCKER-USER
-echo "== persisted rules file: $(find "$root/etc" -name 'iptables' -o -name 'rules.v4' | head -n 1)"
+echo "== ip6tables in the host namespace (DOCKER-USER)"
+ip netns exec "$host" ip6tables -S DOCKER-USER 2>/dev/null || true
+for f in "$root"/etc/sysconfig/iptables "$root"/etc/iptables/rules.v4; do
+    [[ -f $f ]] && { echo "== persisted: $f"; cat "$f"; }
+done
 echo "== after: container -> IMDS: $(probe "$ctr"); host -> IMDS: $(probe "$host")"
+echo "== ecs-bootstrap exited with $rc"
+exit "$rc"
