@@ -119,9 +119,9 @@ def read_state(name, override=None):
 
 def venv_python():
     """Create/update the venv via venv.sh (idempotent) and return its python."""
-    env = os.environ.get("ECS_BOOTSTRAP_SANDBOX_PYTHON")
-    if env:
-        return env
+    for var in ("ECS_BOOTSTRAP_SANDBOX_PYTHON", "ECS_BOOTSTRAP_PYTHON"):
+        if os.environ.get(var):
+            return os.environ[var]
     p = subprocess.run(["bash", str(HERE / "venv.sh")], stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, text=True, timeout=900)
     if p.returncode != 0:
