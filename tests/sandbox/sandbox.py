@@ -54,11 +54,13 @@ READY_TIMEOUT_S = 20.0
 
 
 class Fail(Exception):
-    pass
+    code = 1
 
 
 class Interrupted(BaseException):
-    pass
+    def __init__(self, signum):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 def log(msg):
@@ -117,9 +119,9 @@ def read_state(name, override=None):
 
 def venv_python():
     """Create/update the venv via venv.sh (idempotent) and return its python."""
-    env = os.environ.get("ECS_BOOTSTRAP_SANDBOX_PYTHON")
-    if env:
-        return env
+    for var in ("ECS_BOOTSTRAP_SANDBOX_PYTHON", "ECS_BOOTSTRAP_PYTHON"):
+        if os.environ.get(var):
+            return os.environ[var]
     p = subprocess.run(["bash", str(HERE / "venv.sh")], stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, text=True, timeout=900)
     if p.returncode != 0:
@@ -376,15 +378,17 @@ def up(args):
         sd = link
     py = venv_python()
 
-    def on_term(signum, frame):
-        raise Interrupted(f"signal {signum}")
+    def on_signal(signum, frame):
+        raise Interrupted(signum)
 
-    old = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell starts background jobs with SIGINT ignored.
+    old = {s: signal.signal(s, on_signal)
+           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     created = False
     try:
+        created = True  # from here on, failure tears down (down is idempotent)
         RUN_ROOT.mkdir(parents=True, exist_ok=True)
         sd.mkdir(parents=True, exist_ok=True)
-        created = True
         (sd / MARKER_FILE).write_text(name + "\n")
         if args.state_dir:
             os.symlink(sd, link)
@@ -476,7 +480,8 @@ def up(args):
             },
         })
         write_json_atomic(sd / "state.json", state)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in old:  # up is done: from here on a signal must not tear down
+            signal.signal(s, signal.SIG_IGN)
         print(json.dumps(state, indent=2, sort_keys=True), flush=True)
         log(f"{name}: up")
     except BaseException as e:
@@ -491,10 +496,12 @@ def up(args):
                 log(f"{name}: teardown error: {e2}")
         if isinstance(e, Fail):
             raise
-        raise Fail(f"up {what}: {e!r}")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        err = Fail(f"up {what}: {e}")
+        if isinstance(e, Interrupted):
+            err.code = 128 + e.signum
+        elif isinstance(e, KeyboardInterrupt):
+            err.code = 130
+        raise err from None
 
 
 # ------------------------------------------------ helpers run inside svc ns
@@ -660,7 +667,7 @@ def main(argv=None):
             return _put(a.state_dir, a.key, a.file)
     except Fail as e:
         log(f"error: {e}")
-        return 1
+        return e.code
     except KeyboardInterrupt:
         log("interrupted")
         return 130

@@ -14,6 +14,11 @@ stamp="$venv/.requirements.sha256"
 
 log() { printf 'venv.sh: %s\n' "$*" >&2; }
 
+# Serialize concurrent callers (parallel tests) on a lock beside the venv.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock -w 900 9 || { log "timed out waiting for $venv.lock"; exit 1; }
+
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 have=""
 if [[ -f "$stamp" ]]; then
@@ -22,7 +27,6 @@ fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
     log "creating venv at $venv"
-    mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv" >&2
     have=""
 fi
