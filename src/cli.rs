@@ -200,13 +200,15 @@ pub struct FirewallArgs {
     #[arg(long, value_enum, env = "ECS_BOOTSTRAP_CHAIN", default_value_t = ChainChoice::DockerUser)]
     pub chain: ChainChoice,
 
-    /// Input interface pattern to block; repeatable. User-defined bridge networks use br-*.
+    /// Input interface pattern to block; repeatable or comma-separated. User-defined bridge
+    /// networks use br-* interfaces, which docker+ does not match: add br-+ to cover them.
     /// Example: --interface docker+ --interface br-+
     #[arg(
         long = "interface",
         env = "ECS_BOOTSTRAP_INTERFACE",
         value_name = "PATTERN",
-        default_value = "docker+"
+        default_value = "docker+",
+        value_delimiter = ','
     )]
     pub interfaces: Vec<String>,
 

@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
 for pair in iptables:iptables-legacy iproute2:ip curl:curl python3-venv:- time:/usr/bin/time \
-            shellcheck:shellcheck util-linux:unshare; do
+            shellcheck:shellcheck util-linux:unshare docker.io:/usr/sbin/dockerd; do
     pkg=${pair%%:*} bin=${pair#*:}
     if [[ $bin == - ]]; then
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

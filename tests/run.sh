@@ -20,6 +20,7 @@ export ECS_BOOTSTRAP_PYTHON
 
 log "leftover sandboxes from killed runs"
 "$ECS_BOOTSTRAP_PYTHON" tests/sandbox/sandbox.py down --all >&2 || true
+ip netns list | awk '$1 ~ /^ebs-(fw|prove)-/ {print $1}' | xargs -r -n1 ip netns del
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
