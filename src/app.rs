@@ -208,9 +208,8 @@ where
 async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(global.deadline);
-    let patience = Duration::from_secs(global.deadline);
     let imds = (plan.config.is_some() || plan.check || plan.prove.is_some())
-        .then(|| Imds::new(imds::endpoint_from_env(), patience));
+        .then(|| Imds::new(imds::endpoint_from_env(), deadline));
 
     let firewall = async {
         match &plan.firewall {

@@ -1,17 +1,29 @@
 //! Instance metadata (IMDSv2): one client and one session token for the whole run, shared by
 //! the region lookup, the instance role's credentials and the check.
 //!
-//! The SDK's client fetches and caches the token and retries 5xx and 401; we add bounded
-//! retries with backoff around connection failures (refused, timed out), which the SDK does not
-//! retry, so a slow IMDS at boot is waited for within the overall deadline.
+//! The SDK's client fetches and caches the token; it makes one attempt per request and we own
+//! the retries: connection failures (refused, reset, timed out) and 5xx answers are retried with
+//! backoff and jitter until shortly before the overall deadline, one log line per retry. A 401
+//! after a token was issued (the token was invalidated) makes us fetch a new token once and
+//! retry; the SDK alone would retry with the same cached token.
 
 use anyhow::Context as _;
-use aws_config::imds::client::error::ImdsError;
-use aws_config::imds::credentials::ImdsCredentialsProvider;
+use aws_config::imds::client::error::{ImdsError, TokenError};
+use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
+use aws_sdk_s3::config::Credentials;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 use serde::Deserialize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+/// Upper bound on attempts of one request (the deadline usually ends them first).
+const MAX_ATTEMPTS: u32 = 40;
+const FIRST_DELAY: Duration = Duration::from_millis(200);
+const MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// The endpoint the standard way: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the IPv6 address
 /// when `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`, else `http://169.254.169.254`.
@@ -36,114 +48,192 @@ pub struct IamInfo {
     pub instance_profile_id: String,
 }
 
+/// What to look at when the host cannot reach instance metadata.
+const UNREACHABLE_HINT: &str = "look for a rule on the OUTPUT chain (iptables -S OUTPUT, nft list ruleset) that drops or \
+     rejects the host's own traffic to 169.254.169.254, an HTTP proxy in the environment (NO_PROXY must include \
+     169.254.169.254), and the instance's metadata options (HttpEndpoint=enabled; a hop limit, \
+     HttpPutResponseHopLimit, of 1 stops the token at the first hop, so an agent in a container needs 2)";
+
 /// How a metadata request failed, for callers that branch on it.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error(
-        "instance metadata at {endpoint} did not answer ({detail}); check for rules on the OUTPUT chain or in DOCKER-USER that catch the host's own traffic, an HTTP proxy in the environment (NO_PROXY must include 169.254.169.254), and, for containers, the hop limit"
-    )]
+    #[error("the host cannot reach instance metadata at {endpoint} ({detail}); {UNREACHABLE_HINT}")]
     Unreachable { endpoint: String, detail: String },
     #[error("instance metadata has no {path} (HTTP 404)")]
     NotFound { path: String },
-    #[error("instance metadata answered HTTP {status} for {path}")]
-    Status { path: String, status: u16 },
+    #[error("instance metadata answered HTTP {status} for {path}{hint}")]
+    Status {
+        path: String,
+        status: u16,
+        hint: String,
+    },
     #[error("instance metadata request for {path} failed: {detail}")]
     Other { path: String, detail: String },
 }
 
-/// The shared IMDS handle.
+/// The shared IMDS handle; clones share the client, the token and the region.
 #[derive(Debug, Clone)]
 pub struct Imds {
-    client: aws_config::imds::Client,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The SDK client (it holds the cached token) and its generation; replaced on a 401.
+    client: Mutex<(u64, aws_config::imds::Client)>,
     endpoint: String,
-    /// Upper bound on the time spent retrying connection failures.
-    patience: Duration,
-    region: std::sync::Arc<OnceCell<String>>,
+    /// No request or retry runs past this instant.
+    deadline: Instant,
+    region: OnceCell<String>,
+}
+
+/// One failed attempt, classified.
+enum Attempt {
+    /// Not answering, or answering 5xx: worth another try.
+    Transient {
+        detail: String,
+        status: Option<u16>,
+    },
+    /// The token was refused.
+    Unauthorized,
+    Fatal(MetadataError),
+}
+
+fn build_client(endpoint: &str) -> anyhow::Result<aws_config::imds::Client> {
+    Ok(aws_config::imds::Client::builder()
+        .endpoint(endpoint)
+        .map_err(|e| anyhow::anyhow!("invalid IMDS endpoint {endpoint:?}: {e}"))?
+        .max_attempts(1)
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(2))
+        .build())
 }
 
 impl Imds {
-    /// A client for `endpoint` that gives up retrying connection failures after `patience`.
-    pub fn new(endpoint: String, patience: Duration) -> anyhow::Result<Self> {
-        let classifier = aws_config::imds::client::ImdsResponseRetryClassifier::default()
-            .with_retry_connect_timeouts(true);
-        let client = aws_config::imds::Client::builder()
-            .endpoint(&endpoint)
-            .map_err(|e| anyhow::anyhow!("invalid IMDS endpoint {endpoint:?}: {e}"))?
-            .max_attempts(3)
-            .connect_timeout(Duration::from_secs(1))
-            .read_timeout(Duration::from_secs(2))
-            .retry_classifier(
-                aws_smithy_runtime_api::client::retries::classifiers::SharedRetryClassifier::new(
-                    classifier,
-                ),
-            )
-            .build();
+    /// A client for `endpoint` whose requests and retries all end before `deadline` (less a
+    /// small margin, so that the caller still has time to report why).
+    pub fn new(endpoint: String, deadline: Instant) -> anyhow::Result<Self> {
+        let client = build_client(&endpoint)?;
+        let now = Instant::now();
+        let margin = (deadline.saturating_duration_since(now) / 10).min(Duration::from_millis(500));
         Ok(Imds {
-            client,
-            endpoint,
-            patience,
-            region: Default::default(),
+            inner: Arc::new(Inner {
+                client: Mutex::new((0, client)),
+                endpoint,
+                deadline: deadline - margin,
+                region: OnceCell::new(),
+            }),
         })
     }
 
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.inner.endpoint
     }
 
-    /// GET `path` (for example `/latest/meta-data/instance-id`) with the shared token,
-    /// retrying connection failures with exponential backoff and jitter within the patience.
+    /// The instant by which every metadata request gives up.
+    pub fn deadline(&self) -> Instant {
+        self.inner.deadline
+    }
+
+    fn client(&self) -> (u64, aws_config::imds::Client) {
+        let g = self.inner.client.lock().unwrap_or_else(|p| p.into_inner());
+        (g.0, g.1.clone())
+    }
+
+    /// Drops the cached token (a new client, so the next request PUTs for a new one), unless
+    /// another request already did since `seen`.
+    fn renew_token(&self, seen: u64) {
+        let mut g = self.inner.client.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == seen
+            && let Ok(c) = build_client(&self.inner.endpoint)
+        {
+            *g = (seen + 1, c);
+        }
+    }
+
+    async fn attempt(&self, path: &str) -> (u64, Result<String, Attempt>) {
+        let (generation, client) = self.client();
+        let r = match tokio::time::timeout_at(self.inner.deadline, client.get(path)).await {
+            Err(_) => Err(Attempt::Transient {
+                detail: "no answer before the deadline".into(),
+                status: None,
+            }),
+            Ok(Ok(v)) => Ok(v.as_ref().to_owned()),
+            Ok(Err(e)) => Err(classify(path, &e)),
+        };
+        (generation, r)
+    }
+
+    /// GET `path` (for example `/latest/meta-data/instance-id`) with the shared token.
     pub async fn get(&self, path: &str) -> Result<String, MetadataError> {
-        let start = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let start = Instant::now();
+        let mut delay = FIRST_DELAY;
+        let mut renewed = false;
         let mut attempt = 1u32;
         loop {
-            match self.client.get(path).await {
-                Ok(v) => return Ok(v.as_ref().to_owned()),
-                Err(ImdsError::ErrorResponse(r)) => {
-                    let status = r.response().status().as_u16();
-                    return Err(if status == 404 {
-                        MetadataError::NotFound { path: path.into() }
-                    } else {
-                        MetadataError::Status {
-                            path: path.into(),
-                            status,
-                        }
+            let (generation, r) = self.attempt(path).await;
+            let (detail, status) = match r {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Unauthorized) if !renewed => {
+                    tracing::warn!(
+                        path,
+                        "instance metadata refused the session token (HTTP 401); fetching a new token"
+                    );
+                    self.renew_token(generation);
+                    renewed = true;
+                    continue;
+                }
+                Err(Attempt::Unauthorized) => {
+                    return Err(MetadataError::Status {
+                        path: path.into(),
+                        status: 401,
+                        hint: "; a new session token was refused too: is something between the host and IMDS \
+                               (a proxy adding X-Forwarded-For) or is the clock far off?"
+                            .into(),
                     });
                 }
-                Err(e) => {
-                    let detail = error_chain(&e);
-                    let transient =
-                        matches!(e, ImdsError::IoError(_) | ImdsError::FailedToLoadToken(_));
-                    let elapsed = start.elapsed();
-                    if !transient || attempt >= 8 || elapsed + delay > self.patience {
-                        return Err(if transient {
-                            MetadataError::Unreachable {
-                                endpoint: self.endpoint.clone(),
-                                detail: format!(
-                                    "{detail}; {attempt} attempts in {:.1}s",
-                                    elapsed.as_secs_f64()
-                                ),
-                            }
-                        } else {
-                            MetadataError::Other {
-                                path: path.into(),
-                                detail,
-                            }
-                        });
-                    }
-                    let sleep = jitter(delay);
-                    tracing::warn!(attempt, path, error = %detail, next_delay_ms = sleep.as_millis() as u64, "instance metadata not reachable yet; retrying");
-                    tokio::time::sleep(sleep).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    attempt += 1;
-                }
+                Err(Attempt::Transient { detail, status }) => (detail, status),
+            };
+            let now = Instant::now();
+            let sleep = jitter(delay);
+            if attempt >= MAX_ATTEMPTS || now + sleep >= self.inner.deadline {
+                let tried = format!(
+                    "{attempt} attempt{} in {:.1}s",
+                    if attempt == 1 { "" } else { "s" },
+                    (now - start).as_secs_f64()
+                );
+                return Err(match status {
+                    Some(status) => MetadataError::Status {
+                        path: path.into(),
+                        status,
+                        hint: format!(
+                            " ({tried}): instance metadata is not serving; wait and retry, or raise --deadline"
+                        ),
+                    },
+                    None => MetadataError::Unreachable {
+                        endpoint: self.inner.endpoint.clone(),
+                        detail: format!("{detail}; {tried}"),
+                    },
+                });
             }
+            tracing::warn!(
+                attempt,
+                path,
+                error = %detail,
+                retry_in_ms = sleep.as_millis() as u64,
+                "instance metadata did not answer; retrying"
+            );
+            tokio::time::sleep(sleep).await;
+            delay = (delay * 2).min(MAX_DELAY);
+            attempt += 1;
         }
     }
 
     /// The instance's region (`placement/region`), fetched once per run.
     pub async fn region(&self) -> Result<String, MetadataError> {
-        self.region
+        self.inner
+            .region
             .get_or_try_init(|| async {
                 self.get("/latest/meta-data/placement/region")
                     .await
@@ -167,24 +257,190 @@ impl Imds {
         }
     }
 
-    /// The SDK credentials provider for the instance role, on the shared client and token.
-    pub fn credentials_provider(&self) -> ImdsCredentialsProvider {
-        ImdsCredentialsProvider::builder()
-            .imds_client(self.client.clone())
-            .build()
+    /// The role of the instance profile (first line of `iam/security-credentials/`), or `None`
+    /// when the instance has no instance profile (404 or empty).
+    pub async fn role_name(&self) -> Result<Option<String>, MetadataError> {
+        match self
+            .get("/latest/meta-data/iam/security-credentials/")
+            .await
+        {
+            Ok(body) => Ok(body
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_owned)),
+            Err(MetadataError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A credentials provider for the instance role on the shared client, token and retries.
+    pub fn credentials_provider(&self) -> RoleCredentials {
+        RoleCredentials { imds: self.clone() }
     }
 
     /// Whether IMDSv1 is still open: a GET without a token succeeds. Best effort, one attempt.
     pub async fn v1_open(&self) -> bool {
+        let timeout = self
+            .inner
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
         matches!(
             raw_get(
-                &self.endpoint,
+                &self.inner.endpoint,
                 "/latest/meta-data/instance-id",
-                Duration::from_secs(1)
+                timeout
             )
             .await,
             Ok(200)
         )
+    }
+}
+
+fn classify(path: &str, e: &ImdsError) -> Attempt {
+    let transient = |status: Option<u16>| Attempt::Transient {
+        detail: match (status, e) {
+            (Some(s), ImdsError::FailedToLoadToken(_)) => format!("HTTP {s} for the token PUT"),
+            (Some(s), _) => format!("HTTP {s}"),
+            (None, _) => error_chain(e),
+        },
+        status,
+    };
+    match e {
+        ImdsError::ErrorResponse(r) => match r.response().status().as_u16() {
+            404 => Attempt::Fatal(MetadataError::NotFound { path: path.into() }),
+            401 => Attempt::Unauthorized,
+            s if s >= 500 => transient(Some(s)),
+            status => Attempt::Fatal(MetadataError::Status {
+                path: path.into(),
+                status,
+                hint: String::new(),
+            }),
+        },
+        ImdsError::IoError(_) => transient(None),
+        ImdsError::FailedToLoadToken(_) => {
+            let status = std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<SdkError<TokenError, HttpResponse>>())
+                .and_then(|s| s.raw_response())
+                .map(|r| r.status().as_u16());
+            match status {
+                Some(s) if s >= 500 => transient(Some(s)),
+                Some(403) => Attempt::Fatal(MetadataError::Status {
+                    path: "/latest/api/token".into(),
+                    status: 403,
+                    hint: ": IMDS refuses tokens to this caller (disabled with HttpEndpoint=disabled, or the \
+                           request went through a proxy that added X-Forwarded-For: set NO_PROXY=169.254.169.254)"
+                        .into(),
+                }),
+                Some(s) => Attempt::Fatal(MetadataError::Status {
+                    path: "/latest/api/token".into(),
+                    status: s,
+                    hint: String::new(),
+                }),
+                None => transient(None),
+            }
+        }
+        _ => Attempt::Fatal(MetadataError::Other {
+            path: path.into(),
+            detail: error_chain(e),
+        }),
+    }
+}
+
+/// The instance role's temporary credentials from `iam/security-credentials/ROLE`.
+#[derive(Debug, Clone)]
+pub struct RoleCredentials {
+    imds: Imds,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CredentialsDoc {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    token: Option<String>,
+    expiration: Option<String>,
+}
+
+impl RoleCredentials {
+    async fn load(&self) -> provider::Result {
+        let role = match self.imds.role_name().await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(CredentialsError::not_loaded(
+                    "the instance has no instance profile (iam/security-credentials/ is 404)",
+                ));
+            }
+            Err(e) => return Err(CredentialsError::provider_error(e)),
+        };
+        let path = format!("/latest/meta-data/iam/security-credentials/{role}");
+        let body = match self.imds.get(&path).await {
+            Ok(b) => b,
+            Err(MetadataError::NotFound { .. }) => {
+                return Err(CredentialsError::not_loaded(format!(
+                    "the instance profile's role {role} has no credentials ({path} is 404)"
+                )));
+            }
+            Err(e) => return Err(CredentialsError::provider_error(e)),
+        };
+        // Never put the body in an error: it holds the secret key.
+        let doc: CredentialsDoc = serde_json::from_str(&body).map_err(|e| {
+            CredentialsError::unhandled(format!(
+                "{path}: not a credentials document (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if let Some(code) = doc.code.as_deref()
+            && code != "Success"
+        {
+            return Err(CredentialsError::provider_error(format!(
+                "{path}: Code {code}: {}",
+                doc.message.as_deref().unwrap_or("")
+            )));
+        }
+        let (Some(akid), Some(secret)) = (doc.access_key_id, doc.secret_access_key) else {
+            return Err(CredentialsError::unhandled(format!(
+                "{path}: the document lacks AccessKeyId or SecretAccessKey"
+            )));
+        };
+        let expiry = match doc.expiration.as_deref() {
+            None => None,
+            Some(s) => Some(
+                aws_sdk_s3::primitives::DateTime::from_str(
+                    s,
+                    aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+                )
+                .ok()
+                .and_then(|d| std::time::SystemTime::try_from(d).ok())
+                .ok_or_else(|| {
+                    CredentialsError::unhandled(format!(
+                        "{path}: Expiration {s:?} is not an RFC 3339 time"
+                    ))
+                })?,
+            ),
+        };
+        Ok(Credentials::new(
+            akid,
+            secret,
+            doc.token,
+            expiry,
+            "instance-metadata",
+        ))
+    }
+}
+
+impl ProvideCredentials for RoleCredentials {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(self.load())
     }
 }
 
@@ -261,25 +517,27 @@ pub mod check {
         pub imdsv1_open: bool,
     }
 
+    /// The error for an instance without an instance profile.
+    pub const NO_PROFILE: &str = "the instance has no instance profile (iam/info is 404): attach an instance profile \
+        with the ECS container instance role, ecsInstanceRole, which has the managed policy \
+        AmazonEC2ContainerServiceforEC2Role (plus s3:GetObject on the config object); see `ecs-bootstrap iam-policy`";
+
     pub async fn run(imds: &Imds) -> anyhow::Result<StepResult> {
         let instance_id = imds
             .get("/latest/meta-data/instance-id")
             .await
-            .context("the host cannot read its instance metadata")?;
+            .context("reading meta-data/instance-id")?;
         let region = imds.region().await.context("reading placement/region")?;
-        let info = imds.iam_info().await.context("reading iam/info")?;
-        let Some(info) = info else {
-            anyhow::bail!(
-                "the instance has no instance profile (iam/info is 404): attach the ECS container instance role \
-                 (ecsInstanceRole, with the managed policy AmazonEC2ContainerServiceforEC2Role and s3:GetObject on \
-                 the config object) as the instance profile"
-            );
+        let Some(info) = imds.iam_info().await.context("reading iam/info")? else {
+            anyhow::bail!(NO_PROFILE);
         };
-        let roles = imds
-            .get("/latest/meta-data/iam/security-credentials/")
+        let Some(role_name) = imds
+            .role_name()
             .await
-            .context("reading iam/security-credentials/")?;
-        let role_name = roles.lines().next().unwrap_or("").trim().to_owned();
+            .context("reading iam/security-credentials/")?
+        else {
+            anyhow::bail!(NO_PROFILE);
+        };
         let imdsv1_open = imds.v1_open().await;
         if imdsv1_open {
             tracing::warn!(

@@ -39,6 +39,15 @@ impl Options {
 /// The bridge's first IPv4 and first global IPv6 address, each with its prefix length.
 pub type BridgeAddrs = (Option<(Ipv4Addr, u8)>, Option<(Ipv6Addr, u8)>);
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Blocked => "blocked",
+            Verdict::Reachable => "reachable",
+        })
+    }
+}
+
 /// Where a probe got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -284,23 +293,30 @@ pub async fn run(
         )?;
     }
 
-    let from_bridge_v4 = connect_from(&name, SocketAddr::new(IMDS_V4.into(), 80)).await?;
-    let from_bridge_v6 = match addr6 {
-        Some(_) => Some(connect_from(&name, SocketAddr::new(IMDS_V6.into(), 80)).await?),
-        None => None,
-    };
+    // Both families at once: a blocked probe waits for the whole connect timeout.
+    let (from_bridge_v4, from_bridge_v6) = tokio::join!(
+        connect_from(&name, SocketAddr::new(IMDS_V4.into(), 80)),
+        async {
+            match addr6 {
+                Some(_) => Some(connect_from(&name, SocketAddr::new(IMDS_V6.into(), 80)).await),
+                None => None,
+            }
+        }
+    );
+    let from_bridge_v4 = from_bridge_v4?;
+    let from_bridge_v6 = from_bridge_v6.transpose()?;
     drop(guard);
 
     let host = imds.get("/latest/meta-data/instance-id").await;
-    let mut summary = vec![
-        format!(
-            "from {} ({addr4}): 169.254.169.254:80 {:?}",
-            opts.bridge, from_bridge_v4
-        )
-        .to_lowercase(),
-    ];
-    if let Some(v) = from_bridge_v6 {
-        summary.push(format!("from {}: [fd00:ec2::254]:80 {v:?}", opts.bridge).to_lowercase());
+    let mut summary = vec![format!(
+        "from {} ({addr4}): 169.254.169.254:80 {from_bridge_v4}",
+        opts.bridge
+    )];
+    if let (Some(v), Some((a6, _))) = (from_bridge_v6, addr6) {
+        summary.push(format!(
+            "from {} ({a6}): [fd00:ec2::254]:80 {v}",
+            opts.bridge
+        ));
     }
     summary.push(match &host {
         Ok(id) => format!("from the host: IMDS answers (instance {})", id.trim()),
