@@ -64,13 +64,15 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
     let report = rt.block_on(async {
         let start = Instant::now();
         tokio::select! {
-            report = execute(&plan, &cli.global) => report,
+            // Signal handlers first, so they are in place before any step starts work.
+            biased;
             signal = interrupted() => {
                 // Dropping `execute` drops every step's guards: temp files and probe
                 // namespaces are removed; a file rename either happened or did not.
                 tracing::error!("interrupted by {signal}; stopped before the steps finished");
                 Report::interrupted(plan.command, signal, start.elapsed())
             }
+            report = execute(&plan, &cli.global) => report,
         }
     });
     emit(&report, &cli.global)

@@ -1,0 +1,278 @@
+//! The check step (`check-imds`) end to end: the real binary in the sandbox's host namespace
+//! against the IMDSv2 emulator, with the emulator's faults (slow at boot, 503s, invalidated
+//! tokens, IMDSv1 open, no instance profile) and a real DROP on the host's OUTPUT chain.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const RETRY_LINE: &str = "instance metadata did not answer; retrying";
+
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[track_caller]
+fn assert_names_the_causes(r: &Run) {
+    r.assert_contains("cannot reach instance metadata")
+        .assert_contains("OUTPUT chain")
+        .assert_contains("proxy")
+        .assert_contains("NO_PROXY")
+        .assert_contains("hop limit");
+}
+
+#[test]
+fn check_prints_identity_in_text_and_json_with_one_token() {
+    let sb = Sandbox::up();
+    let before = sb.token_puts();
+    let r = sb.run(&["check-imds"]);
+    r.assert_code(0)
+        .assert_contains(&sb.s("instance_id"))
+        .assert_contains(&sb.s("region"))
+        .assert_contains(&sb.s("instance_profile_arn"))
+        .assert_contains(&format!("role {}", sb.s("role_name")));
+    assert!(
+        !r.all().contains("HttpTokens=required"),
+        "no IMDSv1 warning when IMDSv1 is closed:\n{}",
+        r.all()
+    );
+    assert_eq!(sb.token_puts() - before, 1, "one token PUT per run");
+
+    let r = sb.run(&["check-imds", "--output", "json"]);
+    r.assert_code(0);
+    let v = r.json();
+    assert_eq!(v["command"], "check-imds");
+    assert_eq!(v["exit_code"], 0);
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{v}");
+    assert_eq!(steps[0]["step"], "check");
+    assert_eq!(steps[0]["outcome"], "ok");
+    let d = &steps[0]["details"];
+    assert_eq!(d["instance_id"], sb.s("instance_id").as_str());
+    assert_eq!(d["region"], sb.s("region").as_str());
+    assert_eq!(
+        d["instance_profile_arn"],
+        sb.s("instance_profile_arn").as_str()
+    );
+    assert_eq!(d["role_name"], sb.s("role_name").as_str());
+    assert_eq!(d["imdsv1_open"], false);
+    // Every request of the check carried a token: IMDSv2 only (the v1 probe is the one GET
+    // without a token, and it is refused).
+    let tokenless: Vec<_> = sb
+        .imds_requests()
+        .into_iter()
+        .filter(|q| q["method"] == "GET" && q["token"] == false)
+        .collect();
+    assert!(
+        tokenless
+            .iter()
+            .all(|q| q["path"] == "/latest/meta-data/instance-id" && q["status"] == 401),
+        "only the IMDSv1 probe goes without a token: {tokenless:?}"
+    );
+}
+
+#[test]
+fn imdsv1_open_is_warned_about_with_the_fix() {
+    let sb = Sandbox::up_with(&["--imdsv1"]);
+    let r = sb.run(&["check-imds", "--output", "json"]);
+    r.assert_code(0)
+        .assert_contains("IMDSv1 is still open")
+        .assert_contains("HttpTokens=required")
+        .assert_contains("hop limit of 1");
+    assert_eq!(r.json()["steps"][0]["details"]["imdsv1_open"], true);
+    let text = sb.run(&["check-imds"]);
+    text.assert_code(0)
+        .assert_contains("warning: IMDSv1 is open");
+}
+
+#[test]
+fn no_instance_profile_names_the_ecs_instance_role() {
+    let sb = Sandbox::up_with(&["--no-profile"]);
+    let r = sb.run(&["check-imds"]);
+    r.assert_code(5)
+        .assert_contains("no instance profile")
+        .assert_contains("ecsInstanceRole")
+        .assert_contains("AmazonEC2ContainerServiceforEC2Role");
+
+    // `run`: the config step fails (exit 3, the first failed step) and says why; the firewall
+    // step still runs and the check fails too.
+    let src = sb.source();
+    let pf = sb.persist_file();
+    let r = sb.run(&[
+        "run",
+        "--source",
+        &src,
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--output",
+        "json",
+        "--deadline",
+        "20",
+    ]);
+    r.assert_code(3);
+    let v = r.json();
+    let config = &v["steps"][0];
+    assert_eq!(config["step"], "config");
+    assert_eq!(config["outcome"], "failed");
+    let err = config["error"].as_str().unwrap();
+    assert!(err.contains("no instance profile"), "{err}");
+    assert_eq!(v["steps"][1]["outcome"], "ok", "firewall still ran: {v}");
+    assert_eq!(v["steps"][2]["outcome"], "failed", "{v}");
+    assert!(
+        v["steps"][2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ecsInstanceRole")
+    );
+    assert_eq!(sb.drop_rules("iptables"), 1);
+}
+
+#[test]
+fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
+    let sb = Sandbox::up();
+    // IMDS closes every connection without an answer.
+    sb.imds_control(json!({"unavailable_until": now_epoch() + 3600}));
+    let t = Instant::now();
+    let r = sb.run(&["check-imds", "--deadline", "4"]);
+    let took = t.elapsed();
+    r.assert_code(5);
+    assert_names_the_causes(&r);
+    assert!(
+        r.stderr.matches(RETRY_LINE).count() >= 2,
+        "retried, one line each:\n{}",
+        r.stderr
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "a 4 s deadline bounds the run; took {took:?}"
+    );
+
+    // A DROP on the host's own OUTPUT chain: connections time out. After the firewall step
+    // (which succeeds), the check fails with the same guidance and its own exit code.
+    sb.imds_control(json!({}));
+    assert!(sb.reaches_imds(Ns::Host, false));
+    let ipt = sb.exec(
+        Ns::Host,
+        &[
+            "iptables",
+            "-w",
+            "5",
+            "-I",
+            "OUTPUT",
+            "-d",
+            "169.254.169.254",
+            "-j",
+            "DROP",
+        ],
+    );
+    assert_eq!(ipt.code, Some(0), "{}", ipt.stderr);
+    assert!(!sb.reaches_imds(Ns::Host, false));
+    let pf = sb.persist_file();
+    let t = Instant::now();
+    let r = sb.run(&[
+        "run",
+        "--skip-config",
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--deadline",
+        "5",
+        "--output",
+        "json",
+    ]);
+    let took = t.elapsed();
+    r.assert_code(5);
+    assert_names_the_causes(&r);
+    let v = r.json();
+    assert_eq!(v["steps"][0]["outcome"], "skipped");
+    assert_eq!(v["steps"][1]["outcome"], "ok");
+    assert_eq!(v["steps"][2]["outcome"], "failed");
+    assert!(
+        took < Duration::from_secs(30),
+        "a 5 s deadline bounds the run; took {took:?}"
+    );
+}
+
+#[test]
+fn slow_imds_at_boot_is_waited_for_with_one_log_line_per_retry() {
+    let sb = Sandbox::up();
+    // The first 3 requests (the token PUT and its retries) get 503.
+    sb.imds_control(json!({"fail_first": 3}));
+    let r = sb.run(&["check-imds", "--deadline", "30"]);
+    r.assert_code(0).assert_contains(&sb.s("instance_id"));
+    assert_eq!(
+        r.stderr.matches(RETRY_LINE).count(),
+        3,
+        "one log line per retry:\n{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr
+            .lines()
+            .filter(|l| l.contains(RETRY_LINE))
+            .filter(|l| l.contains("HTTP 503"))
+            .count(),
+        3,
+        "each line says why:\n{}",
+        r.stderr
+    );
+
+    // Not answering at all for ~3 s (connections closed): retried until it answers.
+    sb.imds_control(json!({"unavailable_until": now_epoch() + 3}));
+    let r = sb.run(&["check-imds", "--deadline", "30"]);
+    r.assert_code(0).assert_contains(&sb.s("instance_id"));
+    let retries = r.stderr.matches(RETRY_LINE).count();
+    assert!(retries >= 1, "{}", r.stderr);
+    let dropped = sb
+        .imds_requests()
+        .iter()
+        .filter(|q| q["status"].is_null())
+        .count();
+    assert_eq!(
+        dropped, retries,
+        "each dropped request was followed by exactly one logged retry"
+    );
+}
+
+#[test]
+fn an_invalidated_token_is_replaced_once() {
+    let sb = Sandbox::up();
+    // After 2 good GETs every token is refused (401) until a new PUT.
+    sb.imds_control(json!({"token_401_after": 2}));
+    let before = sb.token_puts();
+    let r = sb.run(&["check-imds"]);
+    r.assert_code(0).assert_contains(&sb.s("role_name"));
+    assert_eq!(
+        sb.token_puts() - before,
+        2,
+        "the first token, and one new token after the 401"
+    );
+    assert_eq!(
+        r.stderr
+            .matches("refused the session token (HTTP 401)")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+
+    // The same in a `run`, where the credentials for S3 come through the shared client: the
+    // 401 hits the credentials request, a new token is fetched once, and the run succeeds.
+    sb.imds_control(json!({"token_401_after": 1}));
+    let before = sb.token_puts();
+    let src = sb.source();
+    let r = sb.run(&["run", "--skip-firewall", "--source", &src]);
+    r.assert_code(0);
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+    assert_eq!(sb.token_puts() - before, 2, "{}", r.stderr);
+}
