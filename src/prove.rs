@@ -331,18 +331,27 @@ pub async fn run(
         .into_iter()
         .flatten()
         .any(|v| v == Verdict::Reachable);
+    let fail = |message: String| {
+        anyhow::Error::new(crate::report::Failure {
+            message,
+            summary: summary.clone(),
+            details: details.clone(),
+        })
+    };
     if leaked {
         for l in &summary {
             tracing::error!("{l}");
         }
-        bail!(
+        return Err(fail(format!(
             "containers on {} can reach instance metadata: run `ecs-bootstrap block-imds` (and check that \
              `-j DOCKER-USER` is the first rule of FORWARD)",
             opts.bridge
-        );
+        )));
     }
-    if let Err(e) = host {
-        bail!("the block holds, but the host itself cannot reach instance metadata: {e}");
+    if let Err(e) = &host {
+        return Err(fail(format!(
+            "the block holds, but the host itself cannot reach instance metadata: {e}"
+        )));
     }
     Ok(StepResult {
         changed: false,

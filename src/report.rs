@@ -16,6 +16,16 @@ pub struct StepResult {
     pub details: serde_json::Value,
 }
 
+/// A step failure that still has something to report (for example what `prove` saw): its
+/// summary and details go into the report next to the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub message: String,
+    pub summary: Vec<String>,
+    pub details: serde_json::Value,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -51,15 +61,21 @@ impl StepReport {
                 details: r.details,
                 error: None,
             },
-            Err(e) => StepReport {
-                step,
-                outcome: Outcome::Failed,
-                duration_ms,
-                changed: false,
-                summary: vec![],
-                details: serde_json::Value::Null,
-                error: Some(format!("{e:#}")),
-            },
+            Err(e) => {
+                let (summary, details) = match e.downcast_ref::<Failure>() {
+                    Some(f) => (f.summary.clone(), f.details.clone()),
+                    None => (vec![], serde_json::Value::Null),
+                };
+                StepReport {
+                    step,
+                    outcome: Outcome::Failed,
+                    duration_ms,
+                    changed: false,
+                    summary,
+                    details,
+                    error: Some(format!("{e:#}")),
+                }
+            }
         }
     }
 
@@ -190,6 +206,21 @@ mod tests {
             exit_for(&[StepReport::skipped(Step::Config)]),
             Exit::Success
         );
+    }
+
+    #[test]
+    fn a_failure_keeps_its_details() {
+        let e = anyhow::Error::new(Failure {
+            message: "reachable".into(),
+            summary: vec!["from docker0: reachable".into()],
+            details: serde_json::json!({"from_bridge": {"ipv4": "reachable"}}),
+        })
+        .context("prove");
+        let r = StepReport::from_result(Step::Prove, Duration::ZERO, Err(e));
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert_eq!(r.details["from_bridge"]["ipv4"], "reachable");
+        assert_eq!(r.summary, ["from docker0: reachable"]);
+        assert_eq!(r.error.as_deref(), Some("prove: reachable"));
     }
 
     #[test]
