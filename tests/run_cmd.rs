@@ -1,0 +1,466 @@
+//! `run` end to end: the steps together (one IMDS token for all), skips, a failed step that does
+//! not stop the others, the boot report (text, JSON, `--report` file), log formats, the overall
+//! deadline, and `--source-from-tag`.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+}
+
+#[track_caller]
+fn assert_report_shape(v: &Value) {
+    assert!(v["version"].is_string(), "{v}");
+    assert!(v["command"].is_string(), "{v}");
+    assert!(v["ok"].is_boolean(), "{v}");
+    assert!(v["exit_code"].is_u64(), "{v}");
+    assert!(v["duration_ms"].is_u64(), "{v}");
+    for s in v["steps"].as_array().unwrap() {
+        assert!(s["step"].is_string(), "{s}");
+        assert!(
+            ["ok", "failed", "skipped"].contains(&s["outcome"].as_str().unwrap()),
+            "{s}"
+        );
+        assert!(s["duration_ms"].is_u64(), "{s}");
+        assert!(s["changed"].is_boolean(), "{s}");
+        match s["outcome"].as_str().unwrap() {
+            "ok" => assert!(s["details"].is_object(), "{s}"),
+            "failed" => assert!(s["error"].is_string(), "{s}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn run_with_prove_has_four_steps_one_token_and_writes_the_report_file() {
+    let sb = Sandbox::up();
+    let src = sb.source();
+    let pf = sb.persist_file();
+    let report = sb.root.path().join("run/ecs-bootstrap/report.json");
+    let puts = sb.token_puts();
+    let r = sb.run(&[
+        "run",
+        "--source",
+        &src,
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--prove",
+        "--output",
+        "json",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    r.assert_code(0);
+    assert_eq!(
+        sb.token_puts() - puts,
+        1,
+        "one token PUT for config, check and prove"
+    );
+    let v = r.json();
+    assert_report_shape(&v);
+    assert_eq!(v["command"], "run");
+    assert_eq!(v["ok"], true);
+    let names: Vec<_> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["config", "firewall", "check", "prove"]);
+    for s in v["steps"].as_array().unwrap() {
+        assert_eq!(s["outcome"], "ok", "{s}");
+    }
+    assert_eq!(step(&v, "config")["changed"], true);
+    assert_eq!(step(&v, "config")["details"]["file"], "written");
+    assert_eq!(step(&v, "firewall")["changed"], true);
+    assert_eq!(
+        step(&v, "prove")["details"]["from_bridge"]["ipv4"],
+        "blocked"
+    );
+    assert_eq!(
+        step(&v, "prove")["details"]["from_bridge"]["ipv6"],
+        "blocked"
+    );
+    assert_eq!(
+        step(&v, "check")["details"]["instance_id"],
+        sb.s("instance_id").as_str()
+    );
+
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(file, v, "the report file is the printed JSON report");
+    assert_eq!(mode(&report), 0o644);
+    assert!(temp_files(report.parent().unwrap()).is_empty());
+}
+
+#[test]
+fn a_failed_step_does_not_stop_the_others_and_the_code_names_it() {
+    let sb = Sandbox::up();
+    // The role may not read this key: the config step fails; firewall and check still run.
+    let forbidden = format!("s3://{}/{}", sb.s("bucket"), sb.s("forbidden_key"));
+    let pf = sb.persist_file();
+    let report = sb.root.path().join("run/ecs-bootstrap/report.json");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    std::fs::write(&report, "old report").unwrap();
+    std::fs::set_permissions(&report, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let args = [
+        "run",
+        "--source",
+        &forbidden,
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    let r = sb.run(&args);
+    r.assert_code(3);
+    // The readable text report: one line per step, the error under the failed one.
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("config    FAILED"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("firewall  ok (changed)")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("check     ok")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("error: "), "{}", r.stdout);
+    assert!(r.stdout.contains("AccessDenied") || r.stdout.contains("s3:GetObject"));
+    assert!(r.stdout.trim_end().ends_with("(exit 3)"), "{}", r.stdout);
+    assert_eq!(
+        sb.drop_rules("iptables"),
+        1,
+        "the firewall rule is in place"
+    );
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+    assert!(!sb.dest().exists(), "nothing written");
+
+    // The report file is written on failure too, replacing the old one, mode 0644.
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_report_shape(&file);
+    assert_eq!(file["exit_code"], 3);
+    assert_eq!(file["ok"], false);
+    assert_eq!(step(&file, "config")["outcome"], "failed");
+    assert_eq!(step(&file, "firewall")["outcome"], "ok");
+    assert_eq!(step(&file, "check")["outcome"], "ok");
+    assert_eq!(mode(&report), 0o644);
+    assert!(temp_files(report.parent().unwrap()).is_empty());
+
+    // Firewall failing too (an unwritable persist file: its folder is a file): the code still
+    // names config, the first failed step.
+    let bad_pf = sb.root.path().join("not-a-dir/iptables");
+    std::fs::write(sb.root.path().join("not-a-dir"), "x").unwrap();
+    let r = sb.run(&[
+        "run",
+        "--source",
+        &forbidden,
+        "--persist-file",
+        bad_pf.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--output",
+        "json",
+    ]);
+    r.assert_code(3);
+    let v = r.json();
+    assert_eq!(step(&v, "firewall")["outcome"], "failed", "{v}");
+    assert_eq!(step(&v, "check")["outcome"], "ok");
+
+    // Only the check fails (IMDS gone after the other steps would have run): exit 5.
+    let src = sb.source();
+    sb.imds_control(json!({"unavailable_until": now_epoch() + 3600}));
+    let r = sb.run(&[
+        "run",
+        "--skip-config",
+        "--source",
+        &src,
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--deadline",
+        "3",
+    ]);
+    r.assert_code(5);
+}
+
+#[test]
+fn skip_flags_leave_their_step_out() {
+    let sb = Sandbox::up();
+    let src = sb.source();
+    let pf = sb.persist_file();
+    let pfs = pf.to_str().unwrap();
+
+    let puts = sb.token_puts();
+    let r = sb.run(&[
+        "run",
+        "--skip-config",
+        "--skip-firewall",
+        "--skip-check",
+        "--output",
+        "json",
+    ]);
+    r.assert_code(0);
+    let v = r.json();
+    assert_report_shape(&v);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 3);
+    for s in v["steps"].as_array().unwrap() {
+        assert_eq!(s["outcome"], "skipped", "{s}");
+    }
+    assert_eq!(sb.token_puts(), puts, "no IMDS request at all");
+    assert_eq!(sb.drop_rules("iptables"), 0);
+    assert!(!sb.dest().exists());
+
+    let r = sb.run(&[
+        "run",
+        "--skip-firewall",
+        "--source",
+        &src,
+        "--output",
+        "json",
+    ]);
+    r.assert_code(0);
+    let v = r.json();
+    assert_eq!(step(&v, "config")["outcome"], "ok");
+    assert_eq!(step(&v, "firewall")["outcome"], "skipped");
+    assert_eq!(step(&v, "check")["outcome"], "ok");
+    assert_eq!(sb.drop_rules("iptables"), 0, "firewall skipped");
+    assert!(sb.reaches_imds(Ns::Ctr, false));
+    assert!(sb.dest().exists());
+    std::fs::remove_file(sb.dest()).unwrap();
+
+    let r = sb.run(&[
+        "run",
+        "--skip-config",
+        "--skip-check",
+        "--persist-file",
+        pfs,
+        "--ipv6",
+        "off",
+        "--output",
+        "json",
+    ]);
+    r.assert_code(0);
+    let v = r.json();
+    assert_eq!(step(&v, "config")["outcome"], "skipped");
+    assert_eq!(step(&v, "firewall")["outcome"], "ok");
+    assert_eq!(step(&v, "check")["outcome"], "skipped");
+    assert_eq!(sb.drop_rules("iptables"), 1);
+    assert!(!sb.dest().exists(), "config skipped");
+}
+
+/// The binary on a pseudo-terminal (so colours would be used), with extra environment.
+fn on_a_tty(sb: &Sandbox, env: &[&str], args: &[&str]) -> String {
+    let mut line = vec![
+        "ip".to_owned(),
+        "netns".into(),
+        "exec".into(),
+        sb.ns(Ns::Host).to_owned(),
+        "env".into(),
+        "-i".into(),
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        format!("ECS_BOOTSTRAP_ROOT={}", sb.root.path().display()),
+        format!("AWS_ENDPOINT_URL_S3={}", sb.s("s3_endpoint")),
+    ];
+    line.extend(env.iter().map(|s| s.to_string()));
+    line.push(BIN.to_owned());
+    line.extend(args.iter().map(|s| s.to_string()));
+    let out = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "xterm")
+        .output()
+        .expect("script (bsdutils)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn starts_with_timestamp(l: &str) -> bool {
+    let b = l
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .as_bytes();
+    b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-'
+}
+
+#[test]
+fn log_lines_are_plain_under_systemd_and_json_on_request() {
+    let sb = Sandbox::up();
+    let src = sb.source();
+    let args = ["fetch-config", "--source", &src];
+
+    // On a terminal, outside systemd: colours and timestamps (so the checks below can fail).
+    let tty = on_a_tty(&sb, &[], &args);
+    assert!(tty.contains("fetched the config object"), "{tty}");
+    assert!(tty.contains('\x1b'), "colours on a terminal: {tty:?}");
+    // Under systemd (journald adds time and priority itself): neither, even on a terminal.
+    let tty = on_a_tty(&sb, &["JOURNAL_STREAM=8:12345"], &args);
+    assert!(tty.contains("fetched the config object"), "{tty}");
+    assert!(!tty.contains('\x1b'), "no escapes under systemd: {tty:?}");
+
+    let plain = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(args);
+        c
+    });
+    plain.assert_code(0);
+    let logged: Vec<&str> = plain.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!logged.is_empty());
+    assert!(
+        logged.iter().all(|l| starts_with_timestamp(l)),
+        "{logged:?}"
+    );
+
+    let journal = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("JOURNAL_STREAM", "1:1").args(args);
+        c
+    });
+    journal.assert_code(0);
+    let logged: Vec<&str> = journal.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("fetched the config object")),
+        "{logged:?}"
+    );
+    for l in &logged {
+        assert!(!starts_with_timestamp(l), "timestamp under systemd: {l}");
+        assert!(!l.contains('\x1b'), "{l:?}");
+    }
+    // INVOCATION_ID (set by systemd for every unit) is enough too.
+    let unit = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("INVOCATION_ID", "0123456789abcdef").args(args);
+        c
+    });
+    assert!(
+        unit.stderr
+            .lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| !starts_with_timestamp(l)),
+        "{}",
+        unit.stderr
+    );
+
+    let json_logs = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(["--log-format", "json"]).args(args);
+        c
+    });
+    json_logs.assert_code(0);
+    let lines: Vec<Value> = json_logs
+        .stderr
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "fetched the config object" && l["level"] == "INFO"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn every_imds_wait_ends_within_the_deadline() {
+    let sb = Sandbox::up();
+    sb.imds_control(json!({"unavailable_until": now_epoch() + 3600}));
+    let src = sb.source();
+    let pf = sb.persist_file();
+    let t = Instant::now();
+    let r = sb.run(&[
+        "run",
+        "--source",
+        &src,
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--deadline",
+        "5",
+        "--output",
+        "json",
+    ]);
+    let took = t.elapsed();
+    r.assert_code(3);
+    assert!(
+        took < Duration::from_secs(30),
+        "the deadline bounds the run: {took:?}"
+    );
+    let v = r.json();
+    assert_eq!(step(&v, "config")["outcome"], "failed");
+    assert_eq!(step(&v, "firewall")["outcome"], "ok", "no wait for IMDS");
+    let check = step(&v, "check");
+    assert_eq!(check["outcome"], "failed");
+    let err = check["error"].as_str().unwrap();
+    assert!(err.contains("cannot reach instance metadata"), "{err}");
+    assert!(err.contains("OUTPUT chain"), "{err}");
+}
+
+#[test]
+fn source_from_tag_reads_the_url_from_instance_tags() {
+    let sb = Sandbox::up();
+    // Tags in metadata off (the default): a clear error with the fix.
+    let r = sb.run(&["fetch-config", "--source-from-tag", "ecs-config"]);
+    r.assert_code(3)
+        .assert_contains("instance metadata tags are off")
+        .assert_contains("InstanceMetadataTags=enabled");
+    assert!(!sb.dest().exists());
+
+    // On, without the key: names the tags there are.
+    sb.imds_control(json!({"tags": {"Name": "ecs-node"}}));
+    sb.run(&["fetch-config", "--source-from-tag", "ecs-config"])
+        .assert_code(3)
+        .assert_contains("has no tag")
+        .assert_contains("Name");
+
+    sb.imds_control(json!({"tags": {"ecs-config": sb.source()}}));
+    let puts = sb.token_puts();
+    let r = sb.run(&[
+        "run",
+        "--skip-firewall",
+        "--source-from-tag",
+        "ecs-config",
+        "--output",
+        "json",
+    ]);
+    r.assert_code(0);
+    assert_eq!(
+        step(&r.json(), "config")["details"]["source"],
+        sb.source().as_str()
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+    assert_eq!(sb.token_puts() - puts, 1);
+    assert!(
+        sb.imds_requests().iter().any(|q| q["path"]
+            == "/latest/meta-data/tags/instance/ecs-config"
+            && q["status"] == 200)
+    );
+}
