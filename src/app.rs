@@ -275,22 +275,39 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
 }
 
 /// The SDK configuration: region from `AWS_REGION` or IMDS, credentials from the instance role
-/// through the shared IMDS client, endpoints from the standard environment variables.
+/// through the shared IMDS client, the S3 endpoint from the standard `AWS_ENDPOINT_URL_S3` /
+/// `AWS_ENDPOINT_URL`. Built by hand rather than with `aws_config::defaults().load()`: the
+/// default chain would read profile files and link the STS, web-identity and container
+/// credential providers, none of which an instance-role agent uses (and the binary is smaller).
 async fn sdk_config(imds: &Imds) -> anyhow::Result<aws_config::SdkConfig> {
     use anyhow::Context as _;
-    let region = match std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-    {
-        Ok(r) if !r.trim().is_empty() => r.trim().to_owned(),
-        _ => imds
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let region = match env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
+        Some(r) => r,
+        None => imds
             .region()
             .await
             .context("finding the region in instance metadata (set AWS_REGION to skip this)")?,
     };
-    Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region))
-        .credentials_provider(imds.credentials_provider())
-        .load()
-        .await)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                imds.credentials_provider(),
+            ),
+        )
+        .sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep().context("no async sleep")?)
+        .time_source(aws_smithy_async::time::SystemTimeSource::new());
+    if let Some(url) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
+        sdk = sdk.endpoint_url(url);
+    }
+    Ok(sdk.build())
 }
 
 fn emit(report: &Report, global: &GlobalArgs) -> u8 {
