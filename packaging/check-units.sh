@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Checks every systemd unit in systemd/ (and the docker.service drop-in):
+#   1. `systemd-analyze verify` passes with nothing at all on stderr (no warning either);
+#   2. `systemd-analyze security --offline=true` gives an exposure of MAX_EXPOSURE (3.0) or
+#      lower for each unit.
+# verify checks that ExecStart binaries exist, so the units are copied to a temporary folder
+# with /usr/bin/ecs-bootstrap rewritten to a built binary: $ECS_BOOTSTRAP_BIN, or
+# ${CARGO_TARGET_DIR:-target}/{release,debug}/ecs-bootstrap (a debug build is made when neither
+# exists). Needs: systemd (systemd-analyze), cargo when no binary is given.
+set -euo pipefail
+
+MAX_EXPOSURE=${MAX_EXPOSURE:-3.0}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+units_dir="$repo/systemd"
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+
+command -v systemd-analyze >/dev/null || {
+    echo "check-units: systemd-analyze is missing; install the systemd package" >&2
+    exit 1
+}
+
+bin=${ECS_BOOTSTRAP_BIN:-}
+if [[ -z $bin ]]; then
+    for candidate in "$target_dir/release/ecs-bootstrap" "$target_dir/debug/ecs-bootstrap"; do
+        if [[ -x $candidate ]]; then
+            bin=$candidate
+            break
+        fi
+    done
+fi
+if [[ -z $bin ]]; then
+    echo "check-units: no built binary; building a debug one" >&2
+    (cd "$repo" && cargo build --quiet --bin ecs-bootstrap)
+    bin="$target_dir/debug/ecs-bootstrap"
+fi
+[[ -x $bin ]] || {
+    echo "check-units: $bin is not an executable file" >&2
+    exit 1
+}
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+shopt -s nullglob
+units=("$units_dir"/*.service "$units_dir"/*.timer "$units_dir"/*.socket "$units_dir"/*.path)
+if ((${#units[@]} == 0)); then
+    echo "check-units: no unit files in $units_dir" >&2
+    exit 1
+fi
+
+failures=0
+fail() {
+    echo "FAIL: $*" >&2
+    failures=$((failures + 1))
+}
+
+# Copies with the binary path rewritten; the originals are what the packages ship.
+copies=()
+for unit in "${units[@]}"; do
+    name=$(basename "$unit")
+    sed "s#/usr/bin/ecs-bootstrap#$bin#g" "$unit" >"$tmp/$name"
+    copies+=("$tmp/$name")
+done
+# The docker.service drop-in, when present, is verified on a minimal docker.service stand-in
+# (verify loads drop-ins from NAME.d/ next to the unit file it is given).
+dropins=("$units_dir"/docker.service.d/*.conf)
+if ((${#dropins[@]} > 0)); then
+    mkdir -p "$tmp/docker.service.d"
+    printf '[Unit]\nDescription=stand-in for docker.service\n\n[Service]\nType=notify\nExecStart=/bin/true\n' \
+        >"$tmp/docker.service"
+    for d in "${dropins[@]}"; do
+        sed "s#/usr/bin/ecs-bootstrap#$bin#g" "$d" >"$tmp/docker.service.d/$(basename "$d")"
+    done
+    copies+=("$tmp/docker.service")
+else
+    echo "note: no drop-in in systemd/docker.service.d/ yet; only the units are verified" >&2
+fi
+
+for copy in "${copies[@]}"; do
+    name=$(basename "$copy")
+    if ! systemd-analyze verify --man=no "$copy" >"$tmp/verify.out" 2>"$tmp/verify.err"; then
+        fail "systemd-analyze verify $name exited non-zero:"
+        sed 's/^/    /' "$tmp/verify.err" >&2
+    elif [[ -s $tmp/verify.err ]]; then
+        fail "systemd-analyze verify $name printed on stderr:"
+        sed 's/^/    /' "$tmp/verify.err" >&2
+    else
+        echo "ok: verify $name"
+    fi
+done
+
+for unit in "${units[@]}"; do
+    name=$(basename "$unit")
+    [[ $name == *.service ]] || continue
+    out=$(systemd-analyze security --offline=true "$unit" 2>&1) || true
+    figure=$(printf '%s\n' "$out" | sed -n 's/^.*Overall exposure level for [^:]*: \([0-9][0-9]*\.[0-9]\).*$/\1/p')
+    if [[ -z $figure ]]; then
+        fail "no exposure figure for $name in:"
+        printf '%s\n' "$out" | sed 's/^/    /' >&2
+    elif awk -v a="$figure" -v b="$MAX_EXPOSURE" 'BEGIN { exit !(a > b) }'; then
+        fail "$name exposure $figure is above $MAX_EXPOSURE; what counts:"
+        printf '%s\n' "$out" | grep '✗' | sed 's/^/    /' >&2
+    else
+        echo "ok: exposure $name $figure (max $MAX_EXPOSURE)"
+    fi
+done
+
+if ((failures > 0)); then
+    echo "check-units: $failures failure(s)" >&2
+    exit 1
+fi
+echo "check-units: all units verified"
