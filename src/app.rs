@@ -44,6 +44,18 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
     for name in unused.iter().filter(|n| n.starts_with("ECS_BOOTSTRAP_")) {
         tracing::warn!(setting = %name, file = %root.join(cli::SETTINGS_FILE).display(), "unknown setting in the settings file; it is ignored");
     }
+    if let Command::IamPolicy(a) = &cli.command {
+        return match crate::iam_policy::render(a) {
+            Ok(text) => {
+                println!("{text}");
+                Exit::Success.code()
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Exit::Usage.code()
+            }
+        };
+    }
     let plan = match Plan::from_cli(&cli, &root) {
         Ok(p) => p,
         Err(e) => {

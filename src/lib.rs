@@ -7,6 +7,7 @@ pub mod envfile;
 pub mod error;
 pub mod firewall;
 pub mod fsutil;
+pub mod iam_policy;
 pub mod imds;
 pub mod logging;
 pub mod prove;
