@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Builds both packages (packaging/build.sh) and checks them:
+#   .deb: file list and modes (dpkg-deb -c), control fields, conffiles and maintainer scripts
+#         (dpkg-deb -I / -e); then installs it into this machine with apt-get, runs
+#         `ecs-bootstrap --version`, checks the units are enabled, that a changed
+#         /etc/ecs-bootstrap/env survives a reinstall, and removes and purges it again.
+#   .rpm: file list, modes and config flags (rpm -qp), requirements, scripts
+#         (rpm -qp --scripts) and the payload compressor (gzip).
+# Needs root (it installs the .deb), apt-get, and the `rpm` Debian package (installed when
+# missing). Set SKIP_BUILD=1 to check packages already in ${CARGO_TARGET_DIR:-target}/packages.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+out="$target_dir/packages"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n1)
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "check-packages: must run as root (it installs the .deb)" >&2
+    exit 1
+fi
+if ! command -v rpm >/dev/null; then
+    echo "check-packages: installing the rpm package for rpm queries" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q rpm >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rpm >/dev/null; }
+fi
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    "$repo/packaging/build.sh"
+fi
+
+shopt -s nullglob
+debs=("$out"/*.deb)
+rpms=("$out"/*.rpm)
+if ((${#debs[@]} != 1 || ${#rpms[@]} != 1)); then
+    echo "check-packages: expected one .deb and one .rpm in $out, found: ${debs[*]} ${rpms[*]}" >&2
+    exit 1
+fi
+deb=${debs[0]}
+rpm_file=${rpms[0]}
+
+failures=0
+fail() {
+    echo "FAIL: $*" >&2
+    failures=$((failures + 1))
+}
+ok() { echo "ok: $*"; }
+# check GOOD BAD COMMAND...: ok GOOD when COMMAND succeeds, else fail BAD.
+check() {
+    local good=$1 bad=$2
+    shift 2
+    if "$@"; then ok "$good"; else fail "$bad"; fi
+}
+
+# expect_contains WHAT TEXT NEEDLE...
+expect_contains() {
+    local what=$1 text=$2
+    shift 2
+    local n
+    for n in "$@"; do
+        if grep -qF -- "$n" <<<"$text"; then
+            ok "$what has $n"
+        else
+            fail "$what lacks $n"
+        fi
+    done
+}
+
+tmp=$(mktemp -d)
+cleanup() { rm -rf "$tmp"; }
+trap cleanup EXIT
+
+# The files both packages ship: path and mode.
+expected_files="/etc/ecs-bootstrap/env -rw-------
+/usr/bin/ecs-bootstrap -rwxr-xr-x
+/usr/lib/systemd/system/docker.service.d/10-ecs-bootstrap.conf -rw-r--r--
+/usr/lib/systemd/system/ecs-bootstrap-config.service -rw-r--r--
+/usr/lib/systemd/system/ecs-bootstrap-firewall.service -rw-r--r--
+/usr/share/doc/ecs-bootstrap/README.md -rw-r--r--"
+
+# ---------------------------------------------------------------- .deb
+echo "== $deb"
+# Regular files only (dpkg-deb -c also lists folders); cargo-deb adds a copyright file.
+deb_files=$(dpkg-deb -c "$deb" | awk '$1 ~ /^-/ { p = $6; sub(/^\./, "", p); print p, $1 }' |
+    grep -v '^/usr/share/doc/ecs-bootstrap/copyright ' | sort)
+if [[ $deb_files == "$expected_files" ]]; then
+    ok ".deb file list and modes"
+else
+    fail ".deb file list and modes differ (expected, then got):"
+    diff <(echo "$expected_files") <(echo "$deb_files") >&2 || true
+fi
+info=$(dpkg-deb -I "$deb")
+expect_contains ".deb control" "$info" "Package: ecs-bootstrap" "Version: $version" "Architecture: amd64"
+depends=$(dpkg-deb -f "$deb" Depends)
+expect_contains ".deb Depends" "$depends" "iptables" "libc6"
+dpkg-deb -e "$deb" "$tmp/control"
+conffiles=$(cat "$tmp/control/conffiles" 2>/dev/null || true)
+if [[ $(grep -c . <<<"$conffiles") -eq 1 ]] && grep -qx /etc/ecs-bootstrap/env <<<"$conffiles"; then
+    ok ".deb conffiles is exactly /etc/ecs-bootstrap/env"
+else
+    fail ".deb conffiles: $conffiles"
+fi
+for s in postinst prerm postrm; do
+    [[ -x $tmp/control/$s ]] || fail ".deb has no executable $s"
+done
+expect_contains ".deb postinst" "$(cat "$tmp/control/postinst")" \
+    "deb-systemd-helper enable \"\$unit\"" ecs-bootstrap-firewall.service ecs-bootstrap-config.service
+expect_contains ".deb postrm" "$(cat "$tmp/control/postrm")" "deb-systemd-helper purge"
+
+# ---------------------------------------------------------------- .rpm
+echo "== $rpm_file"
+compressor=$(rpm -qp --qf '%{PAYLOADCOMPRESSOR}' "$rpm_file")
+if [[ $compressor == gzip ]]; then ok ".rpm payload is gzip"; else fail ".rpm payload is $compressor, not gzip"; fi
+rpm_files=$(rpm -qp --qf '[%{FILENAMES} %{FILEMODES:perms}\n]' "$rpm_file" |
+    grep -v '^/usr/lib/systemd/system-preset/50-ecs-bootstrap.preset -rw-r--r--$' | sort)
+if [[ $rpm_files == "$expected_files" ]]; then
+    ok ".rpm file list and modes"
+else
+    fail ".rpm file list and modes differ (expected, then got):"
+    diff <(echo "$expected_files") <(echo "$rpm_files") >&2 || true
+fi
+if rpm -qpl "$rpm_file" | grep -qx /usr/lib/systemd/system-preset/50-ecs-bootstrap.preset; then
+    ok ".rpm has the preset that enables the units"
+else
+    fail ".rpm lacks /usr/lib/systemd/system-preset/50-ecs-bootstrap.preset"
+fi
+# %config(noreplace) on the settings file; nothing else is configuration.
+flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpm_file")
+env_flags=$(awk '$1 == "/etc/ecs-bootstrap/env" { print $2 }' <<<"$flags")
+if [[ $env_flags == *c* && $env_flags == *n* ]]; then
+    ok ".rpm /etc/ecs-bootstrap/env is %config(noreplace) ($env_flags)"
+else
+    fail ".rpm /etc/ecs-bootstrap/env flags are '$env_flags', want config noreplace (c, n)"
+fi
+others=$(awk '$1 != "/etc/ecs-bootstrap/env" && $2 ~ /c/' <<<"$flags")
+[[ -z $others ]] || fail ".rpm marks other files as config: $others"
+requires=$(rpm -qp --requires "$rpm_file")
+expect_contains ".rpm Requires" "$requires" iptables iptables-services systemd
+scripts=$(rpm -qp --scripts "$rpm_file")
+expect_contains ".rpm scripts" "$scripts" "postinstall scriptlet" "preuninstall scriptlet" \
+    "postuninstall scriptlet" "systemctl --no-reload preset ecs-bootstrap-firewall.service ecs-bootstrap-config.service" \
+    "systemctl --no-reload disable --now ecs-bootstrap-firewall.service ecs-bootstrap-config.service"
+rpm_version=$(rpm -qp --qf '%{VERSION}' "$rpm_file")
+check ".rpm version $version" ".rpm version $rpm_version, want $version" test "$rpm_version" = "$version"
+
+# ---------------------------------------------------------------- install the .deb
+echo "== install $deb"
+if dpkg-query -W -f '${Status}' ecs-bootstrap 2>/dev/null | grep -q 'install ok'; then
+    echo "check-packages: ecs-bootstrap is already installed on this machine; purge it first (apt-get purge ecs-bootstrap)" >&2
+    exit 1
+fi
+etc_ecs_existed=$([[ -d /etc/ecs ]] && echo yes || echo no)
+purge() {
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ecs-bootstrap >/dev/null 2>&1 || true
+    if [[ $etc_ecs_existed == no ]]; then rmdir /etc/ecs 2>/dev/null || true; fi
+}
+trap 'purge; cleanup' EXIT
+
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb" >"$tmp/apt.log" 2>&1 ||
+    { cat "$tmp/apt.log" >&2; fail "apt-get install $deb failed"; }
+got=$(/usr/bin/ecs-bootstrap --version 2>&1 || true)
+check "installed: $got" "ecs-bootstrap --version said: $got" test "$got" = "ecs-bootstrap $version"
+for link in /etc/systemd/system/multi-user.target.wants/ecs-bootstrap-firewall.service \
+    /etc/systemd/system/docker.service.wants/ecs-bootstrap-firewall.service \
+    /etc/systemd/system/ecs.service.wants/ecs-bootstrap-config.service; do
+    check "enabled: $link" "not enabled: $link missing" test -L "$link"
+done
+check "/etc/ecs exists" "/etc/ecs was not created" test -d /etc/ecs
+mode=$(stat -c %a /etc/ecs-bootstrap/env)
+check "/etc/ecs-bootstrap/env mode 600" "/etc/ecs-bootstrap/env mode $mode" test "$mode" = 600
+
+# A changed settings file survives a reinstall (conffile).
+echo "ECS_BOOTSTRAP_SOURCE=s3://check-packages/kept" >>/etc/ecs-bootstrap/env
+DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold "$deb" >"$tmp/dpkg.log" 2>&1 ||
+    { cat "$tmp/dpkg.log" >&2; fail "reinstall failed"; }
+check "changed env kept on reinstall" "the changed /etc/ecs-bootstrap/env was replaced on reinstall" \
+    grep -q 's3://check-packages/kept' /etc/ecs-bootstrap/env
+
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -q ecs-bootstrap >"$tmp/apt.log" 2>&1 ||
+    { cat "$tmp/apt.log" >&2; fail "apt-get remove failed"; }
+check "removed: binary gone" "binary still there after remove" test ! -e /usr/bin/ecs-bootstrap
+check "removed: settings kept until purge" "settings gone after remove" test -f /etc/ecs-bootstrap/env
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ecs-bootstrap >"$tmp/apt.log" 2>&1 ||
+    { cat "$tmp/apt.log" >&2; fail "apt-get purge failed"; }
+check "purged: settings gone" "settings still there after purge" test ! -e /etc/ecs-bootstrap/env
+leftover=$(find /etc/systemd/system -name 'ecs-bootstrap-*' 2>/dev/null || true)
+check "purged: no unit links left" "links left after purge: $leftover" test -z "$leftover"
+
+if ((failures > 0)); then
+    echo "check-packages: $failures failure(s)" >&2
+    exit 1
+fi
+echo "check-packages: both packages checked"
