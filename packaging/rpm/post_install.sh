@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # ecs-bootstrap %post: %systemd_post expanded as a plain script (cargo-generate-rpm has no
 # macros). On a first installation, apply the presets: ours
 # (/usr/lib/systemd/system-preset/50-ecs-bootstrap.preset) enables both units. They are

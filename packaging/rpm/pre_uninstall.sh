@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # ecs-bootstrap %preun: %systemd_preun expanded. On removal (not upgrade) disable and stop the
 # units; stopping does not remove the firewall rule.
 if [ "$1" -eq 0 ]; then
