@@ -149,10 +149,15 @@ if dpkg-query -W -f '${Status}' ecs-bootstrap 2>/dev/null | grep -q 'install ok'
     echo "check-packages: ecs-bootstrap is already installed on this machine; purge it first (apt-get purge ecs-bootstrap)" >&2
     exit 1
 fi
-etc_ecs_existed=$([[ -d /etc/ecs ]] && echo yes || echo no)
+# Folders the postinst creates; removed again at the end when they were not there before.
+new_dirs=()
+for d in /etc/ecs /etc/iptables; do
+    [[ -d $d ]] || new_dirs+=("$d")
+done
 purge() {
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ecs-bootstrap >/dev/null 2>&1 || true
-    if [[ $etc_ecs_existed == no ]]; then rmdir /etc/ecs 2>/dev/null || true; fi
+    local d
+    for d in "${new_dirs[@]}"; do rmdir "$d" 2>/dev/null || true; done
 }
 trap 'purge; cleanup' EXIT
 
@@ -166,6 +171,7 @@ for link in /etc/systemd/system/multi-user.target.wants/ecs-bootstrap-firewall.s
     check "enabled: $link" "not enabled: $link missing" test -L "$link"
 done
 check "/etc/ecs exists" "/etc/ecs was not created" test -d /etc/ecs
+check "/etc/iptables exists" "/etc/iptables was not created" test -d /etc/iptables
 mode=$(stat -c %a /etc/ecs-bootstrap/env)
 check "/etc/ecs-bootstrap/env mode 600" "/etc/ecs-bootstrap/env mode $mode" test "$mode" = 600
 

@@ -55,6 +55,13 @@ fail() {
     failures=$((failures + 1))
 }
 
+# Every command line that runs ecs-bootstrap must run it where the packages install it.
+while IFS= read -r line; do
+    [[ -n $line ]] || continue
+    fail "$line: runs ecs-bootstrap from another path than /usr/bin/ecs-bootstrap, where the .deb and the .rpm install it"
+done < <(grep -HnE '^[[:space:]]*Exec[A-Za-z]*=' "${units[@]}" "$units_dir"/docker.service.d/*.conf 2>/dev/null |
+    grep -E '[^[:space:]=]*/ecs-bootstrap([[:space:]]|$)' | grep -vE '=[-+!@:]*/usr/bin/ecs-bootstrap([[:space:]]|$)' || true)
+
 # Copies with the binary path rewritten; the originals are what the packages ship.
 copies=()
 for unit in "${units[@]}"; do
@@ -70,7 +77,7 @@ if ((${#dropins[@]} > 0)); then
     printf '[Unit]\nDescription=stand-in for docker.service\n\n[Service]\nType=notify\nExecStart=/bin/true\n' \
         >"$tmp/docker.service"
     for d in "${dropins[@]}"; do
-        sed "s#/usr/bin/ecs-bootstrap#$bin#g" "$d" >"$tmp/docker.service.d/$(basename "$d")"
+        sed -E "s#/usr/(local/)?bin/ecs-bootstrap#$bin#g" "$d" >"$tmp/docker.service.d/$(basename "$d")"
     done
     copies+=("$tmp/docker.service")
 else
