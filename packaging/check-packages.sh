@@ -135,7 +135,15 @@ fi
 others=$(awk '$1 != "/etc/ecs-bootstrap/env" && $2 ~ /c/' <<<"$flags")
 [[ -z $others ]] || fail ".rpm marks other files as config: $others"
 requires=$(rpm -qp --requires "$rpm_file")
-expect_contains ".rpm Requires" "$requires" iptables iptables-services systemd
+for r in iptables iptables-services systemd; do
+    check ".rpm Requires $r" ".rpm does not require $r" grep -qx "$r" <<<"$requires"
+done
+
+# The spec that builds from source in the target's build root parses and has our version.
+spec_version=$(rpmspec -q --srpm --qf '%{VERSION}' "$repo/packaging/ecs-bootstrap.spec" 2>"$tmp/rpmspec.err" || true)
+check "packaging/ecs-bootstrap.spec parses, version $version" \
+    "packaging/ecs-bootstrap.spec: version '$spec_version', want $version ($(cat "$tmp/rpmspec.err"))" \
+    test "$spec_version" = "$version"
 scripts=$(rpm -qp --scripts "$rpm_file")
 expect_contains ".rpm scripts" "$scripts" "postinstall scriptlet" "preuninstall scriptlet" \
     "postuninstall scriptlet" "systemctl --no-reload preset ecs-bootstrap-firewall.service ecs-bootstrap-config.service" \
