@@ -309,7 +309,7 @@ pub fn command_with_file_defaults(file: &BTreeMap<String, String>) -> (clap::Com
         match file.get(&name) {
             Some(value) => {
                 used.insert(name);
-                arg.default_value(value.clone())
+                arg.default_value(value.clone()).required(false)
             }
             None => arg,
         }

@@ -209,8 +209,6 @@ fn cloudformation_role_and_instance_profile() {
 }
 
 #[test]
-#[ignore = "cli.rs: a settings-file default does not satisfy a required flag (iam-policy --source); \
-            fix: `.required(false)` where command_with_file_defaults sets the default"]
 fn source_from_the_settings_file() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("etc/ecs-bootstrap")).unwrap();
