@@ -206,6 +206,27 @@ impl Sandbox {
         Run::from(cmd.output().expect("run ecs-bootstrap"))
     }
 
+    /// A shell script in the host namespace, in the private mount namespace `ip netns exec`
+    /// makes (mounts made by the script stay inside it), with the binary's clean environment
+    /// plus `BIN` (the binary), `SRC` (the source URL) and `ROOT` (the temp root). For faults
+    /// that need mounts (a full or read-only disk, a private /run, a hidden /usr/sbin).
+    pub fn host_script(&self, s3_endpoint: &str, script: &str) -> Run {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.ns(Ns::Host), "sh", "-c", script])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("AWS_ENDPOINT_URL_S3", s3_endpoint)
+            .env("ECS_BOOTSTRAP_ROOT", self.root.path())
+            .env("BIN", BIN)
+            .env("SRC", self.source())
+            .env("ROOT", self.root.path())
+            .stdin(Stdio::null());
+        Sandbox::run_cmd(c)
+    }
+
     /// A command inside one of the sandbox's namespaces.
     pub fn exec(&self, ns: Ns, argv: &[&str]) -> Run {
         Run::from(

@@ -34,12 +34,22 @@ Actions:
                                     keep_headers is false.
     {"oversize": N}                 200 with Content-Length N and N bytes of
                                     'A' (moto not contacted).
+    {"body_b64": "...", ...}        as "body", with the new body given in
+                                    base64 (arbitrary bytes: invalid UTF-8,
+                                    NUL bytes).
+    {"expected_owner": "ACCOUNT"}   S3's ExpectedBucketOwner check, which moto
+                                    does not make: a request whose
+                                    x-amz-expected-bucket-owner header is
+                                    present and differs from ACCOUNT gets
+                                    403 AccessDenied (moto not contacted);
+                                    any other request is passed.
 
 Log: one JSON line per request: {"ts", "method", "path", "action", "status",
 "upstream_status", "body_bytes"}.
 """
 
 import argparse
+import base64
 import hashlib
 import http.client
 import json
@@ -191,6 +201,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _do(self, action, body, chunked, rec):
         head = self.command == "HEAD"
+        if isinstance(action, dict) and "expected_owner" in action:
+            sent = self.headers.get("x-amz-expected-bucket-owner")
+            rec["expected_bucket_owner"] = sent
+            if sent is not None and sent != str(action["expected_owner"]):
+                action = {"status": 403, "code": "AccessDenied", "message": "Access Denied"}
+            else:
+                action = "pass"
         if action == "reset":
             self._reset()
             return
@@ -209,7 +226,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             rec["body_bytes"] = sent
             return
-        if isinstance(action, dict) and "status" in action and "body" not in action:
+        if (isinstance(action, dict) and "status" in action and "body" not in action
+                and "body_b64" not in action):
             st = int(action["status"])
             data = s3_error_xml(action.get("code", "InternalError"),
                                 action.get("message", "Injected fault"),
@@ -270,8 +288,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             rec["status"], rec["body_bytes"] = status, n
-        elif "body" in action:
-            new = str(action["body"]).encode()
+        elif "body" in action or "body_b64" in action:
+            if "body_b64" in action:
+                new = base64.b64decode(action["body_b64"])
+            else:
+                new = str(action["body"]).encode()
             st = int(action.get("status", status))
             keep = action.get("keep_headers", True)
             hdrs = [(k, v) for k, v in headers

@@ -34,6 +34,10 @@ starts from zero:
     tags              dict or null, default null: null = the
                       /latest/meta-data/tags/instance/ paths are 404 (instance
                       tags in metadata disabled); a dict = served.
+    v2_disabled       bool, default false: token PUTs are answered 404, as a
+                      metadata service that predates IMDSv2 (or a proxy that
+                      knows only IMDSv1) does; combine with imdsv1 for an
+                      IMDSv1-only service.
     credentials       dict, default null: merged over the served
                       iam/security-credentials/<role> JSON (e.g. to serve bad
                       or expired credentials).
@@ -188,6 +192,8 @@ class Handler(BaseHTTPRequestHandler):
         st = self.st
         path = self.path.split("?", 1)[0]
         if path == TOKEN_PATH:
+            if ctl.get("v2_disabled", False):
+                return self._reply(404, "Not Found\n")
             if self.command != "PUT":
                 return self._reply(405, "Method Not Allowed\n", extra={"Allow": "PUT"})
             if self.headers.get("X-Forwarded-For") is not None:

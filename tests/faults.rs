@@ -1,0 +1,1017 @@
+//! The fault matrix (issue 7): one test per injected fault. Each runs the real binary in its own
+//! sandbox of real peers (moto with authentication on, the IMDSv2 emulator, real iptables in
+//! network namespaces), with a previous ecs.config in place, and asserts
+//! - the exit code (0 ok, 2 usage, 3 config, 4 firewall, 5 check; 128+N on a signal),
+//! - the message (what failed and what to do),
+//! - that nothing was lost ([`nothing_lost`]): ecs.config byte-identical to the previous file
+//!   (or exactly the object when the case ends in success), no temp file beside it, exactly the
+//!   DROP rules expected (zero or one) and, when there is one, the container blocked; and the
+//!   host still reaching IMDS.
+//!
+//! The table in docs/reliability.md lists every case; keep both in step.
+//! Run: `cargo test --test faults` as root.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The previous ecs.config every case starts from.
+const OLD: &str = "ECS_CLUSTER=previous\nECS_LOGLEVEL=warn\n";
+/// The backend `iptables` resolves to on the test machine (Debian: iptables-nft).
+const IPT: &str = "iptables";
+const LEGACY: &str = "iptables-legacy";
+const LEGACY_PATH: &str = "/usr/sbin/iptables-legacy";
+
+/// A sandbox with the previous ecs.config in place; the container reaches IMDS before the run
+/// (else a "blocked" assertion would prove nothing).
+fn setup_with(flags: &[&str]) -> Sandbox {
+    let sb = Sandbox::up_with(flags);
+    let d = sb.dest();
+    std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+    std::fs::write(&d, OLD).unwrap();
+    assert!(sb.reaches_imds(Ns::Ctr, false), "no rule before the run");
+    sb
+}
+
+fn setup() -> Sandbox {
+    setup_with(&[])
+}
+
+fn fault(sb: &Sandbox) -> String {
+    sb.s("s3_fault_endpoint")
+}
+
+/// `run` with the source (unless `extra` has one), a rules file under the root, IPv4 only and
+/// `deadline`, then `extra`.
+fn run_args(sb: &Sandbox, deadline: u64, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["run".to_owned()];
+    if !extra.contains(&"--source") {
+        a.extend(["--source".to_owned(), sb.source()]);
+    }
+    a.extend(
+        [
+            "--persist-file",
+            sb.persist_file().to_str().unwrap(),
+            "--ipv6",
+            "off",
+            "--deadline",
+            &deadline.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// `run` with S3 at `s3`.
+fn run_via(sb: &Sandbox, s3: &str, deadline: u64, extra: &[&str]) -> Run {
+    let mut c = sb.cmd_s3(s3);
+    c.args(run_args(sb, deadline, extra));
+    Sandbox::run_cmd(c)
+}
+
+/// `run` with S3 behind the fault proxy.
+fn run_fault(sb: &Sandbox, deadline: u64, extra: &[&str]) -> Run {
+    run_via(sb, &fault(sb), deadline, extra)
+}
+
+/// `run` straight against moto.
+fn run_moto(sb: &Sandbox, deadline: u64, extra: &[&str]) -> Run {
+    run_via(sb, &sb.s("s3_endpoint"), deadline, extra)
+}
+
+fn attempts_logged(r: &Run) -> usize {
+    r.stderr.matches("fetch attempt failed").count()
+}
+
+/// What ecs.config must hold after the case.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum File {
+    /// The previous file, byte for byte.
+    Old,
+    /// Exactly the object in S3 (the case ends in success).
+    New,
+}
+
+/// DROP rules for 169.254.169.254 expected in each backend after the case.
+#[derive(Clone, Copy, Debug)]
+struct Rules {
+    nft: usize,
+    legacy: usize,
+}
+const NO_RULE: Rules = Rules { nft: 0, legacy: 0 };
+const ONE_RULE: Rules = Rules { nft: 1, legacy: 0 };
+const ONE_LEGACY_RULE: Rules = Rules { nft: 0, legacy: 1 };
+
+/// Nothing lost: the file, no temp file, the rules, the container blocked iff a rule, and the
+/// host reaching IMDS (with IMDS back to normal, so a fault injected into IMDS does not count).
+#[track_caller]
+fn nothing_lost(sb: &Sandbox, file: File, rules: Rules) {
+    let d = sb.dest();
+    let want = match file {
+        File::Old => OLD.to_owned(),
+        File::New => sb.s("object_content"),
+    };
+    assert_eq!(
+        std::fs::read_to_string(&d).unwrap(),
+        want,
+        "ecs.config is not the {file:?} content"
+    );
+    assert!(
+        std::fs::symlink_metadata(&d).unwrap().file_type().is_file(),
+        "ecs.config is a regular file"
+    );
+    if file == File::New {
+        assert_eq!(mode(&d), 0o600);
+    }
+    let dir = d.parent().unwrap();
+    assert!(
+        temp_files(dir).is_empty(),
+        "temp files left: {:?}",
+        temp_files(dir)
+    );
+    assert_eq!(sb.drop_rules(IPT), rules.nft, "{}", sb.rules(IPT));
+    assert_eq!(sb.drop_rules(LEGACY), rules.legacy, "{}", sb.rules(LEGACY));
+    sb.imds_control(json!({}));
+    assert!(
+        sb.reaches_imds(Ns::Host, false),
+        "the host must still reach IMDS"
+    );
+    let blocked = rules.nft + rules.legacy > 0;
+    assert_eq!(
+        !sb.reaches_imds(Ns::Ctr, false),
+        blocked,
+        "the container is blocked exactly when the rule is in place"
+    );
+}
+
+/// The persisted rules file holds exactly `n` DROP lines.
+#[track_caller]
+fn persisted_rules(sb: &Sandbox, n: usize) {
+    let text = std::fs::read_to_string(sb.persist_file()).unwrap_or_default();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("169.254.169.254/32") && l.contains("-j DROP"))
+            .count(),
+        n,
+        "{text}"
+    );
+}
+
+/// A request log once it has settled: the proxy and the emulator write a request's line after
+/// the answer is sent, so a line may come just after the binary exits. Polls until the length
+/// has not changed for 300 ms (bounded: 3 s).
+fn settled(read: impl Fn() -> Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    let mut last = read();
+    let mut stable_since = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = read();
+        if now.len() != last.len() {
+            last = now;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    last
+}
+
+fn proxy_log(sb: &Sandbox) -> Vec<serde_json::Value> {
+    settled(|| sb.proxy_requests())
+}
+
+fn imds_log(sb: &Sandbox) -> Vec<serde_json::Value> {
+    settled(|| sb.imds_requests())
+}
+
+fn token_puts(sb: &Sandbox) -> usize {
+    imds_log(sb)
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["path"] == "/latest/api/token")
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3 faults (through the fault proxy unless moto itself produces the fault)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn s3_5xx_burst_then_success() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [
+        {"status": 500, "code": "InternalError", "message": "We encountered an internal error. Please try again."},
+        {"status": 503, "code": "ServiceUnavailable", "message": "Please reduce your request rate."},
+        {"status": 502, "code": "BadGateway", "message": "Bad Gateway"},
+    ], "then": "pass"}));
+    let before = proxy_log(&sb).len();
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("InternalError")
+        .assert_contains("ServiceUnavailable")
+        .assert_contains("written from");
+    assert_eq!(attempts_logged(&r), 3, "{}", r.stderr);
+    assert_eq!(proxy_log(&sb).len() - before, 4, "3 failures + 1 success");
+    nothing_lost(&sb, File::New, ONE_RULE);
+    persisted_rules(&sb, 1);
+}
+
+#[test]
+fn s3_503_slowdown_until_the_deadline() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then":
+        {"status": 503, "code": "SlowDown", "message": "Please reduce your request rate."}}));
+    let start = Instant::now();
+    let r = run_fault(&sb, 6, &[]);
+    let took = start.elapsed();
+    r.assert_code(3)
+        .assert_contains("SlowDown")
+        .assert_contains("giving up")
+        .assert_contains("keeps its previous content");
+    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    assert!(
+        took < Duration::from_secs(10),
+        "bounded by --deadline 6: {took:?}"
+    );
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// A real 403 from moto: the role's policy does not allow the key.
+#[test]
+fn s3_403_access_denied() {
+    let sb = setup();
+    let bucket = sb.s("bucket");
+    let forbidden = format!("s3://{bucket}/{}", sb.s("forbidden_key"));
+    let r = run_moto(&sb, 30, &["--source", &forbidden]);
+    r.assert_code(3)
+        .assert_contains("access denied")
+        .assert_contains(&format!("arn:aws:s3:::{bucket}/other.config"))
+        .assert_contains("s3:GetObject")
+        .assert_contains(&sb.s("instance_profile_arn"));
+    assert_eq!(attempts_logged(&r), 0, "no retry on 403: {}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_404_no_such_key() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [
+        {"status": 404, "code": "NoSuchKey", "message": "The specified key does not exist."}
+    ], "then": "pass"}));
+    let before = proxy_log(&sb).len();
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains(&format!("bucket {} has no key ecs.config", sb.s("bucket")))
+        .assert_contains("upload the object or fix --source");
+    assert_eq!(proxy_log(&sb).len() - before, 1, "no retry on 404");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_no_such_bucket() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [
+        {"status": 404, "code": "NoSuchBucket", "message": "The specified bucket does not exist"}
+    ], "then": "pass"}));
+    let before = proxy_log(&sb).len();
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains(&format!("bucket {} does not exist", sb.s("bucket")))
+        .assert_contains("check the bucket name");
+    assert_eq!(proxy_log(&sb).len() - before, 1, "no retry on 404");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_slow_body_past_the_deadline() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": {"slow_bytes_per_sec": 2}}));
+    let start = Instant::now();
+    let r = run_fault(&sb, 4, &[]);
+    let took = start.elapsed();
+    r.assert_code(3).assert_contains("too slow");
+    assert!(
+        took < Duration::from_secs(8),
+        "bounded by --deadline 4: {took:?}"
+    );
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_connection_reset() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": "reset"}));
+    let start = Instant::now();
+    let r = run_fault(&sb, 6, &[]);
+    let took = start.elapsed();
+    r.assert_code(3)
+        .assert_contains("connection failed")
+        .assert_contains("giving up");
+    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_truncated_body() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": {"truncate": 5}}));
+    let r = run_fault(&sb, 5, &[]);
+    r.assert_code(3)
+        .assert_contains("answer cut off")
+        .assert_contains("giving up");
+    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_oversized_object() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": {"oversize": 10_000_000}}));
+    let before = proxy_log(&sb).len();
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains("larger than --max-size 65536");
+    assert_eq!(proxy_log(&sb).len() - before, 1, "no retry when too large");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// A binary object (a PNG header: a wrong object uploaded).
+#[test]
+fn s3_garbage_bytes() {
+    let sb = setup();
+    // \x89PNG\r\n\x1a\n\0\0\0\rIHDR + invalid UTF-8.
+    let garbage = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ//79gIE=";
+    sb.proxy_control(
+        json!({"plan": [], "then": {"body_b64": garbage, "status": 200,
+        "content_type": "binary/octet-stream", "keep_headers": false}}),
+    );
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains("is not a valid ecs.config")
+        .assert_contains("the object is binary")
+        .assert_contains("keeps its previous content");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn s3_html_error_page() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": {
+        "body": "<!DOCTYPE html>\n<html><head><title>Proxy login</title></head><body>Please sign in</body></html>\n",
+        "status": 200, "content_type": "text/html", "keep_headers": false}}));
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains("looks like HTML")
+        .assert_contains("keeps its previous content");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// The object served is a valid config but not the one pinned with --sha256.
+#[test]
+fn s3_wrong_hash() {
+    let sb = setup();
+    sb.proxy_control(
+        json!({"plan": [], "then": {"body": "ECS_CLUSTER=attacker\n",
+        "status": 200, "content_type": "binary/octet-stream", "keep_headers": false}}),
+    );
+    let want = sb.s("object_sha256");
+    let r = run_fault(&sb, 30, &["--sha256", &want]);
+    r.assert_code(3)
+        .assert_contains("but --sha256 expects")
+        .assert_contains(&want)
+        .assert_contains("keeps its previous content");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// moto ignores ExpectedBucketOwner; the proxy makes S3's check (403 when the header names
+/// another account), so this proves the header is sent, with the right value.
+#[test]
+fn s3_wrong_bucket_owner() {
+    let sb = setup();
+    let acct = sb.s("account_id");
+    sb.proxy_control(json!({"plan": [], "then": {"expected_owner": acct}}));
+    let before = proxy_log(&sb).len();
+    let r = run_fault(&sb, 30, &["--expected-bucket-owner", "999999999999"]);
+    r.assert_code(3)
+        .assert_contains("access denied")
+        .assert_contains("not owned by account 999999999999");
+    let reqs = proxy_log(&sb);
+    let get: Vec<_> = reqs[before..]
+        .iter()
+        .filter(|q| q["method"] == "GET")
+        .collect();
+    assert_eq!(get.len(), 1, "no retry on 403: {get:?}");
+    assert_eq!(get[0]["expected_bucket_owner"], "999999999999");
+    assert_eq!(get[0]["status"], 403);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+
+    // Control: the right owner passes the same check.
+    let before = proxy_log(&sb).len();
+    run_fault(&sb, 30, &["--expected-bucket-owner", &acct]).assert_code(0);
+    let reqs = proxy_log(&sb);
+    assert_eq!(reqs[before]["expected_bucket_owner"], acct.as_str());
+    assert_eq!(reqs[before]["status"], 200);
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// IMDS serves credentials S3 does not accept (a wrong secret): moto's SigV4 check answers 403
+/// SignatureDoesNotMatch.
+#[test]
+fn s3_rejects_the_role_credentials() {
+    let sb = setup();
+    sb.imds_control(
+        json!({"credentials": {"SecretAccessKey": "not-the-secret-0000000000000000000000000"}}),
+    );
+    let r = run_moto(&sb, 30, &["--skip-check"]);
+    r.assert_code(3)
+        .assert_contains("access denied")
+        .assert_contains("SignatureDoesNotMatch");
+    assert_eq!(attempts_logged(&r), 0, "{}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// IMDS faults
+// ---------------------------------------------------------------------------------------------
+
+/// IMDS closes every connection without an answer for the whole run: stopped by the deadline,
+/// and the report itself names instance metadata and what to look at.
+#[test]
+fn imds_down() {
+    let sb = setup();
+    let never = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    sb.imds_control(json!({"unavailable_until": never}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 5, &[]);
+    let took = start.elapsed();
+    // The check fails too; the code is config's (the first step).
+    r.assert_code(3);
+    for needle in [
+        "the host cannot reach instance metadata at http://169.254.169.254",
+        "NO_PROXY must include 169.254.169.254",
+        "config    FAILED",
+        "check     FAILED",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "the report lacks {needle:?}:\n{}\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    assert!(
+        took < Duration::from_secs(9),
+        "bounded by --deadline 5: {took:?}"
+    );
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// IMDS answers only 3 s after the start (early boot): waited for, then success.
+#[test]
+fn imds_slow_at_boot() {
+    let sb = setup();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 3.0;
+    sb.imds_control(json!({"unavailable_until": soon}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0).assert_contains("written from");
+    assert!(start.elapsed() >= Duration::from_millis(2500), "it waited");
+    assert!(
+        imds_log(&sb).iter().any(|q| q["status"].is_null()),
+        "some requests were dropped"
+    );
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// IMDS answers 503 to its first requests (throttled): retried, then success.
+#[test]
+fn imds_503_then_success() {
+    let sb = setup();
+    sb.imds_control(json!({"fail_first": 4}));
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0);
+    assert!(
+        imds_log(&sb).iter().filter(|q| q["status"] == 503).count() == 4,
+        "{:?}",
+        imds_log(&sb)
+    );
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// HttpTokens=optional (IMDSv1 still open, as on real EC2 where IMDSv2 cannot be turned off):
+/// everything goes through IMDSv2, with one token for the whole run, and the check warns.
+#[test]
+fn imds_v1_open() {
+    let sb = setup_with(&["--imdsv1"]);
+    let before = imds_log(&sb).len();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("IMDSv1 is still open")
+        .assert_contains("--http-tokens required");
+    let reqs = imds_log(&sb);
+    let new = &reqs[before..];
+    assert_eq!(
+        new.iter().filter(|q| q["method"] == "PUT").count(),
+        1,
+        "one token PUT: {new:?}"
+    );
+    let tokenless: Vec<_> = new
+        .iter()
+        .filter(|q| q["method"] == "GET" && q["token"] == false)
+        .collect();
+    assert_eq!(
+        tokenless.len(),
+        1,
+        "only the IMDSv1 probe goes without a token: {tokenless:?}"
+    );
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// A metadata service that knows only IMDSv1 (token PUT 404, as before IMDSv2 existed, or an
+/// IMDSv1-only proxy): a fast failure naming the token request and its answer, not retries.
+#[test]
+fn imds_v1_only() {
+    let sb = setup_with(&["--imdsv1"]);
+    sb.imds_control(json!({"imdsv1": true, "v2_disabled": true}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 30, &[]);
+    let took = start.elapsed();
+    r.assert_code(3)
+        .assert_contains("instance metadata answered HTTP 404 for /latest/api/token");
+    assert!(took < Duration::from_secs(10), "a 404 is final: {took:?}");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// All tokens become invalid after 2 GETs (IMDS restarted, token expired): a GET answered 401
+/// must fetch a new token once and go on.
+#[test]
+fn imds_token_401_mid_run() {
+    let sb = setup();
+    sb.imds_control(json!({"token_401_after": 2}));
+    let before = token_puts(&sb);
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0);
+    assert_eq!(token_puts(&sb) - before, 2, "one new token after the 401");
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+#[test]
+fn imds_no_instance_profile() {
+    let sb = setup_with(&["--no-profile"]);
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains("the instance has no instance profile (iam/security-credentials/ is 404)")
+        .assert_contains("attach an instance profile with a role that may read the object")
+        .assert_contains("the instance has no instance profile (iam/info is 404)")
+        .assert_contains("keeps its previous content");
+    assert_eq!(attempts_logged(&r), 0, "no retry: {}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Firewall faults
+// ---------------------------------------------------------------------------------------------
+
+/// iptables is not installed: /usr/sbin (and /sbin, a link to it) hidden by an empty folder in
+/// the run's private mount namespace.
+#[test]
+fn iptables_not_installed() {
+    let sb = setup();
+    let r = sb.host_script(
+        &sb.s("s3_endpoint"),
+        &format!(
+            "set -e; E=$(mktemp -d); mount --bind \"$E\" /usr/sbin; \
+             if [ -e /usr/sbin/iptables ] || command -v iptables; then echo 'still there'; exit 99; fi; \
+             exec \"$BIN\" {}",
+            run_args(&sb, 30, &[]).join(" ")
+        ),
+    );
+    r.assert_code(4)
+        .assert_contains("iptables not found: install the package `iptables`");
+    // The config step is independent: it still did its job.
+    nothing_lost(&sb, File::New, NO_RULE);
+}
+
+#[test]
+fn iptables_flag_points_nowhere() {
+    let sb = setup();
+    let r = run_moto(&sb, 30, &["--iptables", "/nonexistent/sbin/iptables"]);
+    r.assert_code(4)
+        .assert_contains("/nonexistent/sbin/iptables not found")
+        .assert_contains("point --iptables at the binary");
+    nothing_lost(&sb, File::New, NO_RULE);
+}
+
+/// Another program holds the xtables lock (legacy backend) for longer than iptables' `-w 10`.
+/// /run is a private tmpfs inside the run's mount namespace, so the machine's
+/// /run/xtables.lock (shared by every other test) is not touched.
+#[test]
+fn xtables_lock_held_by_another_process() {
+    let sb = setup();
+    let start = Instant::now();
+    let r = sb.host_script(
+        &sb.s("s3_endpoint"),
+        &format!(
+            "set -e; mount -t tmpfs ebs-run /run; exec 9>/run/xtables.lock; flock -x 9; \
+             \"$BIN\" {} 9>&-",
+            run_args(&sb, 60, &["--iptables", LEGACY_PATH]).join(" ")
+        ),
+    );
+    let took = start.elapsed();
+    r.assert_code(4)
+        .assert_contains("Another app is currently holding the xtables lock")
+        .assert_contains("find it with `fuser /run/xtables.lock` and retry");
+    assert!(took >= Duration::from_secs(10), "waited -w 10: {took:?}");
+    nothing_lost(&sb, File::New, NO_RULE);
+}
+
+/// The xtables lock is held for 2 s (another program's iptables call): waited for, then success.
+#[test]
+fn xtables_lock_released_while_waiting() {
+    let sb = setup();
+    let r = sb.host_script(
+        &sb.s("s3_endpoint"),
+        &format!(
+            "set -e; mount -t tmpfs ebs-run /run; exec 9>/run/xtables.lock; flock -x 9; \
+             (sleep 2; flock -u 9) & \"$BIN\" {} 9>&-; rc=$?; wait; exit $rc",
+            run_args(&sb, 60, &["--iptables", LEGACY_PATH]).join(" ")
+        ),
+    );
+    r.assert_code(0).assert_contains("legacy backend");
+    nothing_lost(&sb, File::New, ONE_LEGACY_RULE);
+}
+
+/// Another ecs-bootstrap firewall run holds our lock for 2 s: waited for, then success.
+#[test]
+fn firewall_lock_held_by_another_run() {
+    let sb = setup();
+    let lock = sb.root.path().join("run/ecs-bootstrap/firewall.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    wait_for("the lock holder", Duration::from_secs(5), || {
+        std::process::Command::new("flock")
+            .args(["-n", "-x"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| !s.success())
+    });
+    let start = Instant::now();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0);
+    assert!(start.elapsed() >= Duration::from_millis(500), "it waited");
+    holder.wait().unwrap();
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// DOCKER-USER and the jump were deleted after a first run (a flush by hand, a firewall
+/// reload): the next run recreates them, with exactly one rule.
+#[test]
+fn chain_missing() {
+    let sb = setup();
+    run_moto(&sb, 30, &[]).assert_code(0);
+    for cmd in [
+        &["-D", "FORWARD", "-j", "DOCKER-USER"][..],
+        &["-F", "DOCKER-USER"],
+        &["-X", "DOCKER-USER"],
+    ] {
+        let mut a = vec![IPT, "-w", "5"];
+        a.extend_from_slice(cmd);
+        sb.exec(Ns::Host, &a).assert_code(0);
+    }
+    assert!(!sb.rules(IPT).contains("DOCKER-USER"));
+    std::fs::write(sb.dest(), OLD).unwrap();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("IPv4: created chain DOCKER-USER")
+        .assert_contains("placed -j DOCKER-USER first in FORWARD");
+    let forward: Vec<String> = sb
+        .rules(IPT)
+        .lines()
+        .filter(|l| l.starts_with("-A FORWARD"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(forward, ["-A FORWARD -j DOCKER-USER"]);
+    nothing_lost(&sb, File::New, ONE_RULE);
+    persisted_rules(&sb, 1);
+}
+
+/// dockerd's tables in the legacy backend while `iptables` is iptables-nft: the rule goes into
+/// the backend `iptables` uses (once), and the kernel applies it whatever dockerd's ACCEPTs in
+/// the other backend say.
+#[test]
+fn both_backends_tables_present() {
+    let sb = setup();
+    for cmd in [
+        &["-N", "DOCKER"][..],
+        &["-N", "DOCKER-USER"],
+        &["-A", "DOCKER-USER", "-j", "RETURN"],
+        &["-A", "FORWARD", "-j", "DOCKER-USER"],
+        &["-A", "FORWARD", "-o", "docker0", "-j", "ACCEPT"],
+        &["-A", "FORWARD", "-i", "docker0", "-j", "ACCEPT"],
+    ] {
+        let mut a = vec![LEGACY, "-w", "5"];
+        a.extend_from_slice(cmd);
+        sb.exec(Ns::Host, &a).assert_code(0);
+    }
+    sb.exec(Ns::Host, &[IPT, "-w", "5", "-N", "DOCKER-USER"])
+        .assert_code(0);
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0).assert_contains("(nft backend)");
+    assert!(
+        sb.rules(LEGACY).contains("-A FORWARD -i docker0 -j ACCEPT"),
+        "the legacy tables are untouched"
+    );
+    nothing_lost(&sb, File::New, ONE_RULE);
+    // A second run changes nothing.
+    let again = run_moto(&sb, 30, &["--output", "json"]);
+    again.assert_code(0);
+    assert_eq!(again.json()["steps"][1]["changed"], false);
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// The existing rules file does not parse: it is left alone (a clear error), the rule itself is
+/// in place.
+#[test]
+fn rules_file_invalid() {
+    let sb = setup();
+    let broken = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT --no-such-option -j ACCEPT\nCOMMIT\n";
+    let pf = sb.persist_file();
+    std::fs::create_dir_all(pf.parent().unwrap()).unwrap();
+    std::fs::write(&pf, broken).unwrap();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(4)
+        .assert_contains("does not pass iptables-restore --test")
+        .assert_contains(pf.to_str().unwrap());
+    assert_eq!(std::fs::read_to_string(&pf).unwrap(), broken);
+    assert!(temp_files(pf.parent().unwrap()).is_empty());
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Destination faults
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `run` with the destination folder on a 16 KiB tmpfs mounted in the run's private mount
+/// namespace, after `prepare`; the script prints the file and the folder listing afterwards
+/// (the tmpfs is not visible from the test).
+fn run_on_tmpfs(sb: &Sandbox, prepare: &str) -> (Run, String, String) {
+    let dir = sb.dest().parent().unwrap().to_owned();
+    let r = sb.host_script(
+        &sb.s("s3_endpoint"),
+        &format!(
+            "set -e; D={d}; mount -t tmpfs -o size=16k,mode=0755 ebs-test \"$D\"; \
+             printf '%s' '{OLD}' > \"$D/ecs.config\"; {prepare}; set +e; \"$BIN\" {args}; rc=$?; \
+             echo '--- file'; cat \"$D/ecs.config\"; echo '--- ls'; ls -A \"$D\"; exit $rc",
+            d = dir.display(),
+            args = run_args(sb, 30, &[]).join(" ")
+        ),
+    );
+    let after = r
+        .stdout
+        .split("--- file\n")
+        .nth(1)
+        .expect("the script printed the file")
+        .to_owned();
+    let (file, ls) = after.split_once("--- ls\n").unwrap();
+    let (file, ls) = (file.to_owned(), ls.to_owned());
+    (r, file, ls)
+}
+
+#[test]
+fn disk_full() {
+    let sb = setup();
+    let (r, file, ls) = run_on_tmpfs(
+        &sb,
+        "dd if=/dev/zero of=\"$D/fill\" bs=1k 2>/dev/null || true",
+    );
+    r.assert_code(3)
+        .assert_contains("No space left on device")
+        .assert_contains("the previous file is intact");
+    assert_eq!(file, OLD);
+    assert_eq!(ls, "ecs.config\nfill\n", "no temp file");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn read_only_destination() {
+    let sb = setup();
+    let (r, file, ls) = run_on_tmpfs(&sb, "mount -o remount,ro \"$D\"");
+    r.assert_code(3)
+        .assert_contains("Read-only file system")
+        .assert_contains("the previous file is intact");
+    assert_eq!(file, OLD);
+    assert_eq!(ls, "ecs.config\n");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// ecs.config is a symbolic link (to a file elsewhere): refused, the link and its target are
+/// untouched.
+#[test]
+fn symlinked_destination() {
+    let sb = setup();
+    let target = sb.root.path().join("elsewhere.config");
+    std::fs::write(&target, OLD).unwrap();
+    let d = sb.dest();
+    std::fs::remove_file(&d).unwrap();
+    std::os::unix::fs::symlink(&target, &d).unwrap();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains("it is a symbolic link")
+        .assert_contains("the previous file is intact");
+    assert!(std::fs::symlink_metadata(&d).unwrap().is_symlink());
+    assert_eq!(std::fs::read_link(&d).unwrap(), target);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), OLD);
+    assert!(temp_files(d.parent().unwrap()).is_empty());
+    // The rest of "nothing lost" (the file check would follow the link: done above).
+    std::fs::remove_file(&d).unwrap();
+    std::fs::write(&d, OLD).unwrap();
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn destination_is_a_folder() {
+    let sb = setup();
+    let d = sb.dest();
+    std::fs::remove_file(&d).unwrap();
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("keep"), "x").unwrap();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(3)
+        .assert_contains("it exists and is not a regular file (a folder?)")
+        .assert_contains("the previous file is intact");
+    assert!(d.is_dir());
+    assert_eq!(std::fs::read_to_string(d.join("keep")).unwrap(), "x");
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+    assert!(temp_files(d.parent().unwrap()).is_empty());
+    std::fs::remove_dir_all(&d).unwrap();
+    std::fs::write(&d, OLD).unwrap();
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// First boot: neither the file nor its folder exists yet (not a fault, the baseline).
+#[test]
+fn first_boot_no_previous_file() {
+    let sb = setup();
+    std::fs::remove_dir_all(sb.dest().parent().unwrap()).unwrap();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0).assert_contains("written from");
+    assert_eq!(mode(sb.dest().parent().unwrap()), 0o755);
+    nothing_lost(&sb, File::New, ONE_RULE);
+    persisted_rules(&sb, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals and concurrency
+// ---------------------------------------------------------------------------------------------
+
+/// Starts `run` with a body dribbled at 2 B/s, waits until the firewall step is done (the rule
+/// is in place) and the fetch is under way, then sends `sig`.
+fn signal_mid_run(
+    sb: &Sandbox,
+    sig: nix::sys::signal::Signal,
+) -> (Option<i32>, Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt as _;
+    sb.proxy_control(json!({"plan": [], "then": {"slow_bytes_per_sec": 2}}));
+    let mut c = sb.cmd_s3(&fault(sb));
+    c.args(run_args(sb, 60, &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    wait_for("the DROP rule", Duration::from_secs(15), || {
+        sb.drop_rules(IPT) == 1
+    });
+    // The proxy logs a request when it ends; give the GET time to be well into the body.
+    std::thread::sleep(Duration::from_millis(1500));
+    // `ip netns exec` execs the binary, so the child's PID is the binary's.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), out.status.signal(), text)
+}
+
+#[test]
+fn sigterm_mid_run() {
+    let sb = setup();
+    let (code, _, text) = signal_mid_run(&sb, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("interrupted by SIGTERM"), "{text}");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+#[test]
+fn sigint_mid_run() {
+    let sb = setup();
+    let (code, _, text) = signal_mid_run(&sb, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(code, Some(130), "{text}");
+    assert!(text.contains("interrupted by SIGINT"), "{text}");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// SIGKILL cannot be handled: nothing is half-written all the same, and the next run completes
+/// with still exactly one rule.
+#[test]
+fn sigkill_mid_run_then_rerun() {
+    let sb = setup();
+    let (code, signal, text) = signal_mid_run(&sb, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!((code, signal), (None, Some(9)), "{text}");
+    nothing_lost(&sb, File::Old, ONE_RULE);
+    sb.proxy_control(json!({"plan": [], "then": "pass"}));
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(0);
+    nothing_lost(&sb, File::New, ONE_RULE);
+    persisted_rules(&sb, 1);
+}
+
+/// 50 `run`s at once (a boot script started twice, a retry loop gone wrong): all succeed,
+/// exactly one rule, one jump, one intact file, no temp file.
+#[test]
+fn fifty_concurrent_runs() {
+    let sb = setup();
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            let mut c = sb.cmd();
+            c.args(run_args(&sb, 90, &["--output", "json"]))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut firewall_changed = 0;
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        firewall_changed += usize::from(v["steps"][1]["changed"] == true);
+    }
+    assert_eq!(firewall_changed, 1, "exactly one run adds the rule");
+    let rules = sb.rules(IPT);
+    assert_eq!(
+        rules
+            .lines()
+            .filter(|l| *l == "-A FORWARD -j DOCKER-USER")
+            .count(),
+        1,
+        "{rules}"
+    );
+    nothing_lost(&sb, File::New, ONE_RULE);
+    persisted_rules(&sb, 1);
+    assert!(temp_files(sb.persist_file().parent().unwrap()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage and settings faults: refused before anything is touched
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn usage_bad_source_url() {
+    let sb = setup();
+    let r = run_moto(&sb, 30, &["--source", "https://example.com/ecs.config"]);
+    r.assert_code(2).assert_contains("s3://");
+    nothing_lost(&sb, File::Old, NO_RULE);
+}
+
+#[test]
+fn settings_file_malformed() {
+    let sb = setup();
+    let settings = sb.root.path().join("etc/ecs-bootstrap/env");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    std::fs::write(
+        &settings,
+        "ECS_BOOTSTRAP_DEADLINE=30\nthis line is not a setting\n",
+    )
+    .unwrap();
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(2)
+        .assert_contains(settings.to_str().unwrap())
+        .assert_contains("fix the line or remove it");
+    nothing_lost(&sb, File::Old, NO_RULE);
+}
