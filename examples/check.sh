@@ -47,8 +47,9 @@ for f in "${scripts[@]}"; do
 done
 
 component=examples/image-builder-component.yaml
-if python3 -c 'import yaml' 2>/dev/null; then
-    if python3 - "$component" "$tmp" <<'PY'; then
+py=${ECS_BOOTSTRAP_PYTHON:-python3}
+if "$py" -c 'import yaml' 2>/dev/null; then
+    if "$py" - "$component" "$tmp" <<'PY'; then
 import sys, yaml
 path, out = sys.argv[1], sys.argv[2]
 doc = yaml.safe_load(open(path))
@@ -80,7 +81,7 @@ PY
         fail "$component does not parse or lacks phases"
     fi
 else
-    echo "SKIPPED: YAML check of $component: python3 has no yaml module (pip install pyyaml)" >&2
+    fail "cannot check $component: $py has no yaml module (tests/requirements.txt pins PyYAML; run tests/sandbox/venv.sh)"
 fi
 
 packer=examples/packer/ecs-bootstrap.pkr.hcl

@@ -161,41 +161,6 @@ fn persisted_rules(sb: &Sandbox, n: usize) {
     );
 }
 
-/// A request log once it has settled: the proxy and the emulator write a request's line after
-/// the answer is sent, so a line may come just after the binary exits. Polls until the length
-/// has not changed for 300 ms (bounded: 3 s).
-fn settled(read: impl Fn() -> Vec<serde_json::Value>) -> Vec<serde_json::Value> {
-    let start = Instant::now();
-    let mut last = read();
-    let mut stable_since = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = read();
-        if now.len() != last.len() {
-            last = now;
-            stable_since = Instant::now();
-        } else if stable_since.elapsed() >= Duration::from_millis(300) {
-            break;
-        }
-    }
-    last
-}
-
-fn proxy_log(sb: &Sandbox) -> Vec<serde_json::Value> {
-    settled(|| sb.proxy_requests())
-}
-
-fn imds_log(sb: &Sandbox) -> Vec<serde_json::Value> {
-    settled(|| sb.imds_requests())
-}
-
-fn token_puts(sb: &Sandbox) -> usize {
-    imds_log(sb)
-        .iter()
-        .filter(|r| r["method"] == "PUT" && r["path"] == "/latest/api/token")
-        .count()
-}
-
 // ---------------------------------------------------------------------------------------------
 // S3 faults (through the fault proxy unless moto itself produces the fault)
 // ---------------------------------------------------------------------------------------------
@@ -208,14 +173,18 @@ fn s3_5xx_burst_then_success() {
         {"status": 503, "code": "ServiceUnavailable", "message": "Please reduce your request rate."},
         {"status": 502, "code": "BadGateway", "message": "Bad Gateway"},
     ], "then": "pass"}));
-    let before = proxy_log(&sb).len();
+    let before = sb.proxy_requests().len();
     let r = run_fault(&sb, 30, &[]);
     r.assert_code(0)
         .assert_contains("InternalError")
         .assert_contains("ServiceUnavailable")
         .assert_contains("written from");
     assert_eq!(attempts_logged(&r), 3, "{}", r.stderr);
-    assert_eq!(proxy_log(&sb).len() - before, 4, "3 failures + 1 success");
+    assert_eq!(
+        sb.proxy_requests().len() - before,
+        4,
+        "3 failures + 1 success"
+    );
     nothing_lost(&sb, File::New, ONE_RULE);
     persisted_rules(&sb, 1);
 }
@@ -262,12 +231,12 @@ fn s3_404_no_such_key() {
     sb.proxy_control(json!({"plan": [
         {"status": 404, "code": "NoSuchKey", "message": "The specified key does not exist."}
     ], "then": "pass"}));
-    let before = proxy_log(&sb).len();
+    let before = sb.proxy_requests().len();
     let r = run_fault(&sb, 30, &[]);
     r.assert_code(3)
         .assert_contains(&format!("bucket {} has no key ecs.config", sb.s("bucket")))
         .assert_contains("upload the object or fix --source");
-    assert_eq!(proxy_log(&sb).len() - before, 1, "no retry on 404");
+    assert_eq!(sb.proxy_requests().len() - before, 1, "no retry on 404");
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -277,12 +246,12 @@ fn s3_no_such_bucket() {
     sb.proxy_control(json!({"plan": [
         {"status": 404, "code": "NoSuchBucket", "message": "The specified bucket does not exist"}
     ], "then": "pass"}));
-    let before = proxy_log(&sb).len();
+    let before = sb.proxy_requests().len();
     let r = run_fault(&sb, 30, &[]);
     r.assert_code(3)
         .assert_contains(&format!("bucket {} does not exist", sb.s("bucket")))
         .assert_contains("check the bucket name");
-    assert_eq!(proxy_log(&sb).len() - before, 1, "no retry on 404");
+    assert_eq!(sb.proxy_requests().len() - before, 1, "no retry on 404");
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -332,11 +301,15 @@ fn s3_truncated_body() {
 fn s3_oversized_object() {
     let sb = setup();
     sb.proxy_control(json!({"plan": [], "then": {"oversize": 10_000_000}}));
-    let before = proxy_log(&sb).len();
+    let before = sb.proxy_requests().len();
     let r = run_fault(&sb, 30, &[]);
     r.assert_code(3)
         .assert_contains("larger than --max-size 65536");
-    assert_eq!(proxy_log(&sb).len() - before, 1, "no retry when too large");
+    assert_eq!(
+        sb.proxy_requests().len() - before,
+        1,
+        "no retry when too large"
+    );
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -395,12 +368,12 @@ fn s3_wrong_bucket_owner() {
     let sb = setup();
     let acct = sb.s("account_id");
     sb.proxy_control(json!({"plan": [], "then": {"expected_owner": acct}}));
-    let before = proxy_log(&sb).len();
+    let before = sb.proxy_requests().len();
     let r = run_fault(&sb, 30, &["--expected-bucket-owner", "999999999999"]);
     r.assert_code(3)
         .assert_contains("access denied")
         .assert_contains("not owned by account 999999999999");
-    let reqs = proxy_log(&sb);
+    let reqs = sb.proxy_requests();
     let get: Vec<_> = reqs[before..]
         .iter()
         .filter(|q| q["method"] == "GET")
@@ -411,9 +384,9 @@ fn s3_wrong_bucket_owner() {
     nothing_lost(&sb, File::Old, ONE_RULE);
 
     // Control: the right owner passes the same check.
-    let before = proxy_log(&sb).len();
+    let before = sb.proxy_requests().len();
     run_fault(&sb, 30, &["--expected-bucket-owner", &acct]).assert_code(0);
-    let reqs = proxy_log(&sb);
+    let reqs = sb.proxy_requests();
     assert_eq!(reqs[before]["expected_bucket_owner"], acct.as_str());
     assert_eq!(reqs[before]["status"], 200);
     nothing_lost(&sb, File::New, ONE_RULE);
@@ -490,7 +463,7 @@ fn imds_slow_at_boot() {
     r.assert_code(0).assert_contains("written from");
     assert!(start.elapsed() >= Duration::from_millis(2500), "it waited");
     assert!(
-        imds_log(&sb).iter().any(|q| q["status"].is_null()),
+        sb.imds_requests().iter().any(|q| q["status"].is_null()),
         "some requests were dropped"
     );
     nothing_lost(&sb, File::New, ONE_RULE);
@@ -504,9 +477,13 @@ fn imds_503_then_success() {
     let r = run_moto(&sb, 30, &[]);
     r.assert_code(0);
     assert!(
-        imds_log(&sb).iter().filter(|q| q["status"] == 503).count() == 4,
+        sb.imds_requests()
+            .iter()
+            .filter(|q| q["status"] == 503)
+            .count()
+            == 4,
         "{:?}",
-        imds_log(&sb)
+        sb.imds_requests()
     );
     nothing_lost(&sb, File::New, ONE_RULE);
 }
@@ -516,12 +493,12 @@ fn imds_503_then_success() {
 #[test]
 fn imds_v1_open() {
     let sb = setup_with(&["--imdsv1"]);
-    let before = imds_log(&sb).len();
+    let before = sb.imds_requests().len();
     let r = run_moto(&sb, 30, &[]);
     r.assert_code(0)
         .assert_contains("IMDSv1 is still open")
         .assert_contains("--http-tokens required");
-    let reqs = imds_log(&sb);
+    let reqs = sb.imds_requests();
     let new = &reqs[before..];
     assert_eq!(
         new.iter().filter(|q| q["method"] == "PUT").count(),
@@ -561,10 +538,10 @@ fn imds_v1_only() {
 fn imds_token_401_mid_run() {
     let sb = setup();
     sb.imds_control(json!({"token_401_after": 2}));
-    let before = token_puts(&sb);
+    let before = sb.token_puts();
     let r = run_moto(&sb, 30, &[]);
     r.assert_code(0);
-    assert_eq!(token_puts(&sb) - before, 2, "one new token after the 401");
+    assert_eq!(sb.token_puts() - before, 2, "one new token after the 401");
     nothing_lost(&sb, File::New, ONE_RULE);
 }
 

@@ -18,9 +18,13 @@ log "dependencies (apt packages when missing; pinned Python peers in a venv)"
 ECS_BOOTSTRAP_PYTHON=$(bash tests/deps.sh)
 export ECS_BOOTSTRAP_PYTHON
 
-log "leftover sandboxes from killed runs"
-"$ECS_BOOTSTRAP_PYTHON" tests/sandbox/sandbox.py down --all >&2 || true
-ip netns list | awk '$1 ~ /^ebs-(fw|prove)-/ {print $1}' | xargs -r -n1 ip netns del
+# Sandboxes and namespaces left by killed runs. Only in CI (or when asked): on a shared
+# development machine this would also tear down sandboxes of suites running beside this one.
+if [[ ${CI:-} == true || ${ECS_BOOTSTRAP_SWEEP:-} == 1 ]]; then
+    log "leftover sandboxes from killed runs"
+    "$ECS_BOOTSTRAP_PYTHON" tests/sandbox/sandbox.py down --all >&2 || true
+    ip netns list | awk '$1 ~ /^ebs-(fw|prove)-/ {print $1}' | xargs -r -n1 ip netns del
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -34,3 +38,12 @@ shellcheck "${scripts[@]}"
 
 log "cargo test (unit + integration, real binary in sandboxes)"
 cargo test --locked -- --test-threads "${TEST_THREADS:-4}"
+
+log "systemd units: systemd-analyze verify and exposure"
+bash packaging/check-units.sh
+
+log "examples: shellcheck, YAML, Packer"
+bash examples/check.sh
+
+log "packages: build the .deb and .rpm, check them, install the .deb"
+bash packaging/check-packages.sh

@@ -316,9 +316,9 @@ impl Sandbox {
         write_json(Path::new(&self.s("proxy_control")), &plan);
     }
 
-    /// The IMDS emulator's request log so far.
+    /// The IMDS emulator's request log, once settled (see [`settled`]).
     pub fn imds_requests(&self) -> Vec<Value> {
-        read_jsonl(&self.s("imds_log"))
+        settled(|| read_jsonl(&self.s("imds_log")))
     }
 
     pub fn token_puts(&self) -> usize {
@@ -328,8 +328,9 @@ impl Sandbox {
             .count()
     }
 
+    /// The fault proxy's request log, once settled (see [`settled`]).
     pub fn proxy_requests(&self) -> Vec<Value> {
-        read_jsonl(&self.s("proxy_log"))
+        settled(|| read_jsonl(&self.s("proxy_log")))
     }
 }
 
@@ -343,6 +344,26 @@ impl Drop for Sandbox {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A request log once it has settled: the proxy and the emulator write a request's line after
+/// the answer is sent, so a line may come just after the binary exits. Polls until the length
+/// has not changed for 300 ms (bounded: 3 s).
+pub fn settled(read: impl Fn() -> Vec<Value>) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    let mut last = read();
+    let mut stable_since = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = read();
+        if now.len() != last.len() {
+            last = now;
+            stable_since = std::time::Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    last
 }
 
 pub fn write_json(path: &Path, v: &Value) {
