@@ -23,7 +23,7 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 out="$target_dir/packages"
 target_args=()
 if [[ -n ${BUILD_TARGET:-} ]]; then
-    if ! rustup target list --installed 2>/dev/null | grep -qx "$BUILD_TARGET"; then
+    if ! rustup target list --installed 2>/dev/null | grep -x "$BUILD_TARGET" >/dev/null; then
         echo "build.sh: the Rust target $BUILD_TARGET is not installed; install it (rustup target add $BUILD_TARGET) or unset BUILD_TARGET" >&2
         exit 2
     fi

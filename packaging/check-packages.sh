@@ -119,7 +119,7 @@ else
     fail ".rpm file list and modes differ (expected, then got):"
     diff <(echo "$expected_files") <(echo "$rpm_files") >&2 || true
 fi
-if rpm -qpl "$rpm_file" | grep -qx /usr/lib/systemd/system-preset/50-ecs-bootstrap.preset; then
+if rpm -qpl "$rpm_file" | grep -x /usr/lib/systemd/system-preset/50-ecs-bootstrap.preset >/dev/null; then
     ok ".rpm has the preset that enables the units"
 else
     fail ".rpm lacks /usr/lib/systemd/system-preset/50-ecs-bootstrap.preset"
@@ -153,7 +153,7 @@ check ".rpm version $version" ".rpm version $rpm_version, want $version" test "$
 
 # ---------------------------------------------------------------- install the .deb
 echo "== install $deb"
-if dpkg-query -W -f '${Status}' ecs-bootstrap 2>/dev/null | grep -q 'install ok'; then
+if dpkg-query -W -f '${Status}' ecs-bootstrap 2>/dev/null | grep 'install ok' >/dev/null; then
     echo "check-packages: ecs-bootstrap is already installed on this machine; purge it first (apt-get purge ecs-bootstrap)" >&2
     exit 1
 fi

@@ -172,7 +172,7 @@ impl Plan {
                 prove: Some(prove::Options::from_args(p)),
             },
             Command::IamPolicy(_) => {
-                return Err(UsageError("not implemented yet".into()));
+                unreachable!("iam-policy only prints, and is handled before planning")
             }
             Command::CheckImds(_) => Plan {
                 command: "check-imds",
