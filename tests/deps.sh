@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need when it is missing (Debian or Ubuntu, as root),
-# then prints the sandbox venv's python path on stdout. Sourced by tests/run.sh and demo.sh.
+# Installs what the demo (and, with --tests, the test suite) needs when it is missing (Debian or
+# Ubuntu, as root), then prints the sandbox venv's python path on stdout. Called by
+# tests/run.sh and tests/demo.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+wanted=(iptables:iptables-legacy iproute2:ip curl:curl python3-venv:- util-linux:unshare)
+if [[ ${1:-} == --tests ]]; then
+    # docker.io: the real-dockerd firewall test; rpm: package queries; time: benchmarks.
+    wanted+=(shellcheck:shellcheck docker.io:/usr/sbin/dockerd rpm:rpm time:/usr/bin/time)
+fi
 need=()
-for pair in iptables:iptables-legacy iproute2:ip curl:curl python3-venv:- time:/usr/bin/time \
-            shellcheck:shellcheck util-linux:unshare docker.io:/usr/sbin/dockerd; do
+for pair in "${wanted[@]}"; do
     pkg=${pair%%:*} bin=${pair#*:}
     if [[ $bin == - ]]; then
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
@@ -17,7 +22,18 @@ done
 if ((${#need[@]})); then
     echo "deps: installing ${need[*]}" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+    # Installing docker.io must not start dockerd on this machine (it would add a docker0 and
+    # iptables rules to the machine's own network): a policy-rc.d that refuses service starts
+    # during the install, unless the machine already has one.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || rc=$?
+    [[ -n $own_policy ]] && rm -f "$policy"
+    ((rc == 0)) || exit "$rc"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "deps: cargo is missing: install the Rust toolchain (rustup), 1.95 or later" >&2

@@ -15,7 +15,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 log "dependencies (apt packages when missing; pinned Python peers in a venv)"
-ECS_BOOTSTRAP_PYTHON=$(bash tests/deps.sh)
+ECS_BOOTSTRAP_PYTHON=$(bash tests/deps.sh --tests)
 export ECS_BOOTSTRAP_PYTHON
 
 # Sandboxes and namespaces left by killed runs. Only in CI (or when asked): on a shared
