@@ -310,32 +310,32 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
         families.push((Family::V6, b.clone()));
     }
     let distro = (opts.persist != PersistMode::None).then(|| Distro::detect(&opts.root));
+    // The families are independent (separate tables, separate binaries, separate rules files):
+    // each runs on its own thread, which halves the step's time on a dual-stack host. Results
+    // are merged in family order, so the report reads the same as a sequential run.
+    let outcomes: Vec<anyhow::Result<FamilyOutcome>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = families
+            .into_iter()
+            .map(|(family, bin)| {
+                let distro = distro.as_ref();
+                scope.spawn(move || run_family(opts, distro, runner, family, bin))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a firewall thread panicked")))
+            })
+            .collect()
+    });
     let mut fam_details = vec![];
-    for (family, bin) in families {
-        let ipt = Ipt::new(bin.clone(), family, runner);
-        let set = opts.rule_set(family);
-        let applied = apply(&ipt, &set)?;
-        changed |= applied.changed;
-        summary.extend(applied.summary);
-        let (persisted, written) = persist_family(
-            opts,
-            distro.as_ref(),
-            &ipt,
-            &set,
-            &mut summary,
-            &mut warnings,
-        )?;
-        changed |= written;
-        fam_details.push(json!({
-            "family": family,
-            "binary": bin,
-            "chain": set.chain(),
-            "chain_created": applied.chain_created,
-            "rules": applied.rules,
-            "jump": applied.jump,
-            "duplicate_jumps_removed": applied.duplicate_jumps_removed,
-            "persist": persisted,
-        }));
+    for outcome in outcomes {
+        let o = outcome?;
+        changed |= o.changed;
+        summary.extend(o.summary);
+        warnings.extend(o.warnings);
+        fam_details.push(o.details);
     }
     drop(lock);
 
@@ -359,6 +359,46 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
             },
             "families": fam_details,
             "warnings": warnings,
+        }),
+    })
+}
+
+/// What one address family's run did.
+struct FamilyOutcome {
+    changed: bool,
+    summary: Vec<String>,
+    warnings: Vec<String>,
+    details: Value,
+}
+
+/// Applies and persists the rules of one address family.
+fn run_family(
+    opts: &Options,
+    distro: Option<&Distro>,
+    runner: &dyn CommandRunner,
+    family: Family,
+    bin: PathBuf,
+) -> anyhow::Result<FamilyOutcome> {
+    let ipt = Ipt::new(bin.clone(), family, runner);
+    let set = opts.rule_set(family);
+    let applied = apply(&ipt, &set)?;
+    let mut summary = applied.summary;
+    let mut warnings = vec![];
+    let (persisted, written) =
+        persist_family(opts, distro, &ipt, &set, &mut summary, &mut warnings)?;
+    Ok(FamilyOutcome {
+        changed: applied.changed || written,
+        summary,
+        warnings,
+        details: json!({
+            "family": family,
+            "binary": bin,
+            "chain": set.chain(),
+            "chain_created": applied.chain_created,
+            "rules": applied.rules,
+            "jump": applied.jump,
+            "duplicate_jumps_removed": applied.duplicate_jumps_removed,
+            "persist": persisted,
         }),
     })
 }

@@ -121,6 +121,9 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Real IMDS answers without Nagle stalls; without this, headers and body go out as two
+    # segments and every keep-alive request waits ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
 
     def version_string(self):
         return "EC2ws"

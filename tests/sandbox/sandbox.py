@@ -405,7 +405,7 @@ def up(args):
         procs = {}
         log(f"{name}: starting moto")
         procs["moto"] = start_bg(state, "moto", ns["svc"],
-                                 [py, "-m", "moto.server", "-H", "0.0.0.0",
+                                 [py, str(HERE / "moto_server.py"), "-H", "0.0.0.0",
                                   "-p", str(MOTO_PORT)], menv, sd)
         wait_ready(ns["svc"], procs, [f"127.0.0.1:{MOTO_PORT}"], state)
 
