@@ -88,14 +88,12 @@ reset() {
     mkdir -p "$work/root"
 }
 
-ours_cmd() { # ARGS... : ecs-bootstrap in the host namespace
-    ip netns exec "$host" env -i PATH="$clean_path" AWS_ENDPOINT_URL_S3="$s3" \
-        "$bin" --root "$work/root" "$@"
-}
-theirs_cmd() { # SCRIPT ARGS...
-    ip netns exec "$host" env -i PATH="$venv/bin:$clean_path" HOME="$work/root" \
-        AWS_DEFAULT_REGION=us-east-1 AWS_ENDPOINT_URL_S3="$s3" "$@"
-}
+# The command prefixes: ecs-bootstrap, and a command with the AWS CLI on PATH, each in the
+# host namespace with a clean environment.
+ours=(ip netns exec "$host" env -i PATH="$clean_path" AWS_ENDPOINT_URL_S3="$s3"
+    "$bin" --root "$work/root")
+theirs=(ip netns exec "$host" env -i PATH="$venv/bin:$clean_path" HOME="$work/root"
+    AWS_DEFAULT_REGION=us-east-1 AWS_ENDPOINT_URL_S3="$s3")
 
 # measure LABEL CMD... : runs CMD under GNU time; appends "LABEL ms rss_kib imds puts" to
 # results.tsv; fails loudly when CMD fails.
@@ -130,13 +128,13 @@ verify() { # checks that a run did the work
 
 run_ours() {
     reset
-    measure "${1:-run}" ours_cmd run --source "$src" \
+    measure "${1:-run}" "${ours[@]}" run --source "$src" \
         --persist-file "$work/root/etc/sysconfig/iptables"
     verify
 }
 run_theirs() {
     reset
-    measure "${1:-documented}" theirs_cmd "$repo/bench/documented.sh" "$src" "$work/root"
+    measure "${1:-documented}" "${theirs[@]}" "$repo/bench/documented.sh" "$src" "$work/root"
     verify
 }
 
@@ -152,19 +150,19 @@ log "fetch step alone: ecs-bootstrap fetch-config vs aws s3 cp ($pairs each, alt
 for ((i = 0; i < pairs; i++)); do
     reset
     if ((i % 2 == 0)); then
-        measure fetch ours_cmd fetch-config --source "$src"
+        measure fetch "${ours[@]}" fetch-config --source "$src"
         reset
-        measure s3cp theirs_cmd aws s3 cp --only-show-errors "$src" "$work/root/ecs.config"
+        measure s3cp "${theirs[@]}" aws s3 cp --only-show-errors "$src" "$work/root/ecs.config"
     else
-        measure s3cp theirs_cmd aws s3 cp --only-show-errors "$src" "$work/root/ecs.config"
+        measure s3cp "${theirs[@]}" aws s3 cp --only-show-errors "$src" "$work/root/ecs.config"
         reset
-        measure fetch ours_cmd fetch-config --source "$src"
+        measure fetch "${ours[@]}" fetch-config --source "$src"
     fi
 done
 log "start-up: ecs-bootstrap --help vs aws --version ($pairs each)"
 for ((i = 0; i < pairs; i++)); do
-    measure help ours_cmd --help
-    measure awsversion theirs_cmd aws --version
+    measure help "${ours[@]}" --help
+    measure awsversion "${theirs[@]}" aws --version
 done
 
 stripped=$work/ecs-bootstrap.stripped
