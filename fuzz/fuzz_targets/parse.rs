@@ -16,13 +16,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let cfg = Config::from_entries(&p.entries);
-    // Known finding (artifacts/parse/crash-488e23f2c699a5167f2b1875ea119d195702d882,
-    // `R=&R=&\r\r`): a value that ends with CR (a line ending in CR CR LF) keeps one CR, is
-    // written as `KEY=VALUE\r\n` and reads back without it. Skipped here so the fuzzer goes on
-    // looking for other round-trip breaks; remove this when the parser handles it.
-    if cfg.keys().any(|k| cfg.get(k).is_some_and(|v| v.ends_with('\r'))) {
-        return;
-    }
     let text = cfg.render();
     let again = parse(text.as_bytes());
     assert!(

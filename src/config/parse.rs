@@ -262,10 +262,7 @@ pub fn value_warnings(key: &str, value: &str) -> Vec<String> {
             "the value of {key} has leading or trailing whitespace: systemd removes it and ecs-init keeps it"
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\t' && c != '\r')
-    {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
         w.push(format!("the value of {key} has control characters"));
     }
     w
@@ -340,6 +337,19 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             out.findings.push(error(
                 At::Line(n),
                 format!("{}{hint}", bad_key_message(key)),
+            ));
+            continue;
+        }
+        if value.contains('\r') {
+            // One CR before the LF is a CRLF line end and is gone by now; another one would be
+            // kept by ecs-init but dropped by systemd (and by us when read back): the two
+            // parsers would disagree, and every boot would see the value as changed.
+            out.findings.push(error(
+                At::Line(n),
+                format!(
+                    "the value of {key} holds a carriage return (CR): ecs-init would keep it and systemd \
+                     would not; save the file with LF (or CRLF) line ends and no other CR"
+                ),
             ));
             continue;
         }
@@ -429,6 +439,23 @@ pub fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
         cfg.set(&s.key, &s.value);
     }
     findings
+}
+
+#[cfg(test)]
+mod cr_tests {
+    use super::*;
+
+    #[test]
+    fn a_cr_left_in_a_value_is_an_error_naming_the_line() {
+        // The fuzzer's finding: a line ending in CR CR LF.
+        let p = parse(b"ECS_CLUSTER=a\r\nR=&\r\r\n");
+        assert!(p.has_errors());
+        let msg = format!("{:?}", p.findings);
+        assert!(msg.contains("carriage return"), "{msg}");
+        assert!(!msg.contains('&'), "no value in messages: {msg}");
+        // A plain CRLF file is fine.
+        assert!(!parse(b"ECS_CLUSTER=a\r\nECS_LOGLEVEL=info\r\n").has_errors());
+    }
 }
 
 #[cfg(test)]
