@@ -40,7 +40,7 @@ fi
 log() { printf '== %s\n' "$*" >&2; }
 
 log "dependencies (apt packages when missing, sandbox venv)"
-py=$(bash tests/deps.sh)
+py=$(bash tests/deps.sh --tests)
 
 log "release build"
 cargo build --release --locked >&2

@@ -32,7 +32,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 log() { printf '== %s\n' "$*" >&2; }
-py=$(bash tests/deps.sh)
+py=$(bash tests/deps.sh --tests)
 cargo build --release --locked >&2
 bin=$repo/target/release/ecs-bootstrap
 
