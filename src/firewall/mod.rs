@@ -140,7 +140,13 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
     let mut states = vec![];
     for iface in set.interfaces.iter().rev() {
         let spec = set.spec(iface);
-        let state = match ipt.check(chain, &spec)? {
+        // A chain created just now is empty: no need to ask whether the rule is in it.
+        let presence = if a.chain_created {
+            Presence::Absent
+        } else {
+            ipt.check(chain, &spec)?
+        };
+        let state = match presence {
             Presence::Present => "present",
             Presence::Absent => {
                 ipt.insert(chain, 1, &spec)?;
@@ -172,7 +178,11 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
             a.jump = Some("present");
         }
         // Exactly one jump: remove later copies, highest position first so that the lower
-        // positions stay valid. Bounded by the listing's length.
+        // positions stay valid. Bounded by the listing's length. When the first listing had no
+        // jump at all, there is nothing to remove and no need to list again.
+        if !forward.contains(&jump) {
+            return Ok(a);
+        }
         let forward = ipt.list(FORWARD)?;
         let extra: Vec<usize> = forward
             .iter()
@@ -261,12 +271,6 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
 
     let bin4 = resolve_iptables(opts)?;
     let ipt4 = Ipt::new(bin4.clone(), Family::V4, runner);
-    let backend = ipt4.backend()?;
-    summary.push(format!(
-        "iptables {} ({} backend)",
-        bin4.display(),
-        backend.name()
-    ));
 
     let bin6 = iptables::ip6tables_beside(&bin4);
     let bin6_found = bin6.as_deref().filter(|p| iptables::is_executable(p));
@@ -313,7 +317,9 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
     // The families are independent (separate tables, separate binaries, separate rules files):
     // each runs on its own thread, which halves the step's time on a dual-stack host. Results
     // are merged in family order, so the report reads the same as a sequential run.
-    let outcomes: Vec<anyhow::Result<FamilyOutcome>> = std::thread::scope(|scope| {
+    // `iptables -V` (for the report) runs beside them rather than before them.
+    let (backend, outcomes) = std::thread::scope(|scope| {
+        let backend = scope.spawn(|| ipt4.backend());
         let handles: Vec<_> = families
             .into_iter()
             .map(|(family, bin)| {
@@ -321,14 +327,21 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
                 scope.spawn(move || run_family(opts, distro, runner, family, bin))
             })
             .collect();
-        handles
+        let outcomes: Vec<anyhow::Result<FamilyOutcome>> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("a firewall thread panicked")))
             })
-            .collect()
+            .collect();
+        (backend.join(), outcomes)
     });
+    let backend = backend.map_err(|_| anyhow::anyhow!("a firewall thread panicked"))??;
+    summary.push(format!(
+        "iptables {} ({} backend)",
+        bin4.display(),
+        backend.name()
+    ));
     let mut fam_details = vec![];
     for outcome in outcomes {
         let o = outcome?;
