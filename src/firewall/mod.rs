@@ -394,11 +394,49 @@ fn run_family(
 ) -> anyhow::Result<FamilyOutcome> {
     let ipt = Ipt::new(bin.clone(), family, runner);
     let set = opts.rule_set(family);
-    let applied = apply(&ipt, &set)?;
-    let mut summary = applied.summary;
+    let mut persist_summary = vec![];
     let mut warnings = vec![];
-    let (persisted, written) =
-        persist_family(opts, distro, &ipt, &set, &mut summary, &mut warnings)?;
+    let (applied, persist) = if opts.persist == PersistMode::Merge {
+        // A merged file depends only on the file and our rules, not on the kernel's tables, so
+        // it is merged, tested and written while the rules are applied (`full-save` reads the
+        // tables and must come after). Should applying fail, the file still holds exactly the
+        // rules we want restored at boot.
+        std::thread::scope(|scope| {
+            let persist = scope.spawn(|| {
+                persist_family(
+                    opts,
+                    distro,
+                    &ipt,
+                    &set,
+                    &mut persist_summary,
+                    &mut warnings,
+                )
+            });
+            let applied = apply(&ipt, &set);
+            let persist = persist
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the persist thread panicked")));
+            (applied, persist)
+        })
+    } else {
+        let applied = apply(&ipt, &set);
+        let persist = match &applied {
+            Ok(_) => persist_family(
+                opts,
+                distro,
+                &ipt,
+                &set,
+                &mut persist_summary,
+                &mut warnings,
+            ),
+            Err(_) => Ok((Value::Null, false)),
+        };
+        (applied, persist)
+    };
+    let applied = applied?;
+    let (persisted, written) = persist?;
+    let mut summary = applied.summary;
+    summary.extend(persist_summary);
     Ok(FamilyOutcome {
         changed: applied.changed || written,
         summary,
