@@ -236,6 +236,16 @@ impl<'a> Ipt<'a> {
         Err(Self::failed(cl, &out))
     }
 
+    /// `iptables -t filter -S`: every line of the filter table (policies, `-N` chain
+    /// declarations, `-A` rules), in one call.
+    pub fn list_table(&self) -> Result<Vec<String>, IptError> {
+        let (cl, out) = self.run(&["-t", "filter", "-S"])?;
+        if out.success() {
+            return Ok(out.stdout.lines().map(str::to_owned).collect());
+        }
+        Err(Self::failed(cl, &out))
+    }
+
     /// `iptables -C CHAIN spec` on a chain known to exist.
     pub fn check(&self, chain: &str, spec: &[String]) -> Result<Presence, IptError> {
         let mut args = vec!["-t", "filter", "-C", chain];

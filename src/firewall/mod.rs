@@ -122,18 +122,20 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
     let mut a = Applied::default();
     let chain = set.chain();
     let fam = set.family.name();
-    if set.placement == Placement::DockerUser {
-        match ipt.list(DOCKER_USER) {
-            Ok(_) => {}
-            Err(e) if e.is_chain_missing() => {
-                a.chain_created = ipt.new_chain(DOCKER_USER)?;
-                if a.chain_created {
-                    a.summary
-                        .push(format!("{fam}: created chain {DOCKER_USER}"));
-                    a.changed = true;
-                }
-            }
-            Err(e) => return Err(e),
+    // One listing of the whole filter table tells whether DOCKER-USER exists and what FORWARD
+    // holds (one iptables call instead of one per chain, on the boot path).
+    let table = match set.placement {
+        Placement::DockerUser => ipt.list_table()?,
+        Placement::Forward => vec![],
+    };
+    if set.placement == Placement::DockerUser
+        && !table.iter().any(|l| l == &format!("-N {DOCKER_USER}"))
+    {
+        a.chain_created = ipt.new_chain(DOCKER_USER)?;
+        if a.chain_created {
+            a.summary
+                .push(format!("{fam}: created chain {DOCKER_USER}"));
+            a.changed = true;
         }
     }
     // In reverse, each at position 1: the rules end up in the order given, at the top.
@@ -167,7 +169,11 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
             .push(json!({"interface": iface, "destination": set.family.imds(), "state": state}));
     }
     if let Some(jump) = set.jump_line() {
-        let forward = ipt.list(FORWARD)?;
+        let forward: Vec<String> = table
+            .iter()
+            .filter(|l| l.starts_with(&format!("-A {FORWARD} ")))
+            .cloned()
+            .collect();
         if forward.first() != Some(&jump) {
             ipt.insert(FORWARD, 1, &["-j".into(), DOCKER_USER.into()])?;
             a.jump = Some("placed");
