@@ -145,21 +145,7 @@ fn prove_says_reachable_before_the_block_and_blocked_after_ipv4_and_ipv6() {
     assert_clean(&sb, pid);
 
     // The host cut off from IMDS: blocked from the bridge is not enough.
-    let ipt = sb.exec(
-        Ns::Host,
-        &[
-            "iptables",
-            "-w",
-            "5",
-            "-I",
-            "OUTPUT",
-            "-d",
-            "169.254.169.254",
-            "-j",
-            "DROP",
-        ],
-    );
-    assert_eq!(ipt.code, Some(0), "{}", ipt.stderr);
+    sb.cut_host_from_imds();
     let (pid, r) = run_pid(&sb, &["prove", "--ipv6", "off", "--deadline", "4"]);
     r.assert_code(6)
         .assert_contains("the host itself cannot reach instance metadata")

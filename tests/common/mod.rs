@@ -267,6 +267,25 @@ impl Sandbox {
         r.stdout.trim() == "200"
     }
 
+    /// Cuts the host itself off from IPv4 IMDS: a DROP on the host namespace's OUTPUT chain.
+    pub fn cut_host_from_imds(&self) {
+        let r = self.exec(
+            Ns::Host,
+            &[
+                "iptables",
+                "-w",
+                "5",
+                "-I",
+                "OUTPUT",
+                "-d",
+                "169.254.169.254",
+                "-j",
+                "DROP",
+            ],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+
     /// `iptables -S` (or another binary) in the host namespace.
     pub fn rules(&self, bin: &str) -> String {
         let r = self.exec(Ns::Host, &[bin, "-w", "5", "-S"]);
