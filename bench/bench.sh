@@ -57,26 +57,9 @@ if [[ ! -x $venv/bin/aws || $(cat "$venv/.requirements.sha256" 2>/dev/null) != "
     printf '%s\n' "$want" >"$venv/.requirements.sha256"
 fi
 
-out_dir=$repo/target/bench
-mkdir -p "$out_dir"
-work=$(mktemp -d /tmp/ecs-bootstrap-bench.XXXXXX)
-name=bench$(($$ % 1000))
-# shellcheck disable=SC2317  # called by the trap
-cleanup() {
-    "$py" tests/sandbox/sandbox.py down "$name" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "sandbox $name"
-"$py" tests/sandbox/sandbox.py up "$name" >"$work/state.json"
-field() { "$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/state.json" "$1"; }
-host=ebs-$name-host
-s3=$(field s3_endpoint)
-src="s3://$(field bucket)/$(field key)"
-imds_log=$(field imds_log)
-object_sha=$(field object_sha256)
+kind=bench
+# shellcheck source=bench/sandbox.sh
+. bench/sandbox.sh
 clean_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 reset() {

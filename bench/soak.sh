@@ -36,27 +36,10 @@ py=$(bash tests/deps.sh --tests)
 cargo build --release --locked >&2
 bin=$repo/target/release/ecs-bootstrap
 
-out_dir=$repo/target/bench
-mkdir -p "$out_dir"
-work=$(mktemp -d /tmp/ecs-bootstrap-soak.XXXXXX)
-name=soak$(($$ % 1000))
-# shellcheck disable=SC2317  # called by the trap
-cleanup() {
-    "$py" tests/sandbox/sandbox.py down "$name" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "sandbox $name"
-"$py" tests/sandbox/sandbox.py up "$name" >"$work/state.json"
-field() { "$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/state.json" "$1"; }
+kind=soak
+# shellcheck source=bench/sandbox.sh
+. bench/sandbox.sh
 pid_of() { "$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["pids"][sys.argv[2]]["pid"])' "$work/state.json" "$1"; }
-host=ebs-$name-host
-s3=$(field s3_endpoint)
-src="s3://$(field bucket)/$(field key)"
-imds_log=$(field imds_log)
-object_sha=$(field object_sha256)
 moto_pid=$(pid_of moto)
 imds_pid=$(pid_of imds)
 root=$work/root
