@@ -319,6 +319,10 @@ fn classify(path: &str, e: &ImdsError) -> Attempt {
             }),
         },
         ImdsError::IoError(_) => transient(None),
+        // The SDK reports a failed connect (refused, reset, connect timeout) on a request made
+        // with a cached token as `Unexpected`: at boot, or with a fleet's worth of requests at
+        // once, that is the commonest transient failure of all.
+        ImdsError::Unexpected(_) if is_connection_failure(e) => transient(None),
         ImdsError::FailedToLoadToken(_) => {
             let status = std::error::Error::source(e)
                 .and_then(|s| s.downcast_ref::<SdkError<TokenError, HttpResponse>>())
@@ -346,6 +350,21 @@ fn classify(path: &str, e: &ImdsError) -> Attempt {
             detail: error_chain(e),
         }),
     }
+}
+
+/// Whether `e` was caused by the connection (an I/O error or a timeout somewhere in its
+/// sources) rather than by what IMDS answered.
+fn is_connection_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    // Bounded: error chains are short, and a cycle must not hang the boot.
+    for _ in 0..16 {
+        let Some(c) = cur else { return false };
+        if c.is::<std::io::Error>() || c.is::<aws_smithy_async::future::timeout::TimedOutError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// The instance role's temporary credentials from `iam/security-credentials/ROLE`.
@@ -569,5 +588,68 @@ pub mod check {
             summary,
             details: json!(found),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Reads one request head (the test's requests have no body) and answers `response`.
+    async fn answer(listener: &TcpListener, response: &str) -> String {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before sending a request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(response.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    /// A GET whose connection is refused after the token was issued (IMDS restarting, or its
+    /// accept queue full at boot) is retried, not reported at once as an unexpected error.
+    #[tokio::test]
+    async fn connection_refused_after_the_token_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let put = answer(
+                &listener,
+                "HTTP/1.1 200 OK\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\
+                 Content-Length: 5\r\nConnection: close\r\n\r\ntoken",
+            )
+            .await;
+            assert!(put.starts_with("PUT /latest/api/token"), "{put}");
+            drop(listener);
+            // Nobody listens for a while: the client's next connect is refused.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let listener = TcpListener::bind(addr).await.unwrap();
+            let get = answer(
+                &listener,
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nus-east-1",
+            )
+            .await;
+            assert!(
+                get.starts_with("GET /latest/meta-data/placement/region"),
+                "{get}"
+            );
+            assert!(
+                get.to_ascii_lowercase()
+                    .contains("x-aws-ec2-metadata-token: token"),
+                "{get}"
+            );
+        });
+        let imds = Imds::new(
+            format!("http://{addr}"),
+            Instant::now() + Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(imds.region().await.unwrap(), "us-east-1");
+        server.await.unwrap();
     }
 }
