@@ -50,6 +50,7 @@ impl CommandRunner for SystemRunner {
         stdin: Option<&[u8]>,
     ) -> io::Result<CmdOutput> {
         use std::io::{Read, Write};
+        use std::sync::mpsc;
         let mut child = Command::new(program)
             .args(args)
             .stdin(if stdin.is_some() {
@@ -61,40 +62,54 @@ impl CommandRunner for SystemRunner {
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
             .spawn()?;
+        // Read both pipes on threads so a chatty child cannot block on a full pipe. Each
+        // reader drops its sender at end of file: the channel disconnects when both pipes are
+        // closed, which is when the child exits (no polling, so no added latency per command).
+        let (done, closed) = mpsc::channel::<()>();
+        let reader = |mut pipe: Box<dyn Read + Send>, done: mpsc::Sender<()>| {
+            std::thread::spawn(move || {
+                let mut s = Vec::new();
+                let _ = pipe.read_to_end(&mut s);
+                drop(done);
+                s
+            })
+        };
+        let t_out = reader(Box::new(child.stdout.take().expect("piped")), done.clone());
+        let t_err = reader(Box::new(child.stderr.take().expect("piped")), done);
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(data)?;
+            // A child that exits without reading its input is reported by its status.
+            let _ = pipe.write_all(data);
         }
-        // Read both pipes on threads so a chatty child cannot block on a full pipe.
-        let mut out = child.stdout.take().expect("piped");
-        let mut err = child.stderr.take().expect("piped");
-        let t_out = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.read_to_end(&mut s);
-            s
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err.read_to_end(&mut s);
-            s
-        });
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if start.elapsed() > self.timeout {
+        let deadline = Instant::now() + self.timeout;
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} did not finish within {:?}",
+                    program.display(),
+                    self.timeout
+                ),
+            )
+        };
+        let status = match closed.recv_timeout(self.timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "{} did not finish within {:?}",
-                        program.display(),
-                        self.timeout
-                    ),
-                ));
+                return Err(timed_out());
             }
-            std::thread::sleep(Duration::from_millis(2));
+            // Both pipes are closed: the child has exited or is about to. Bounded by the
+            // same time limit, in case it closed them and went on running.
+            _ => loop {
+                if let Some(status) = child.try_wait()? {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(timed_out());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            },
         };
         let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
@@ -164,6 +179,32 @@ mod tests {
         };
         let e = r
             .run(Path::new("/bin/sleep"), &["5".into()], None)
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn runner_feeds_stdin() {
+        let input = "line\n".repeat(20_000); // larger than a pipe's buffer
+        let out = SystemRunner::default()
+            .run(Path::new("/bin/cat"), &[], Some(input.as_bytes()))
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, input);
+    }
+
+    /// A child that closes its output and goes on running is still bounded by the time limit.
+    #[test]
+    fn runner_bounds_a_child_that_closed_its_pipes() {
+        let r = SystemRunner {
+            timeout: Duration::from_millis(200),
+        };
+        let e = r
+            .run(
+                Path::new("/bin/sh"),
+                &["-c".into(), "exec >&- 2>&-; sleep 5".into()],
+                None,
+            )
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
