@@ -118,8 +118,69 @@ struct Applied {
     summary: Vec<String>,
 }
 
+/// The changes of one [`apply`]: batched into one `iptables-restore --noflush` transaction
+/// (one commit, one process), or run one command at a time.
+struct Changes<'a, 'b> {
+    ipt: &'a Ipt<'b>,
+    /// `Some` when batching: the commands not yet committed.
+    batch: Option<Vec<Vec<String>>>,
+}
+
+impl Changes<'_, '_> {
+    /// `-N chain`; Ok(false) when it exists already (only known when not batching).
+    fn new_chain(&mut self, chain: &str) -> Result<bool, IptError> {
+        match &mut self.batch {
+            Some(b) => {
+                b.push(vec!["-N".into(), chain.into()]);
+                Ok(true)
+            }
+            None => self.ipt.new_chain(chain),
+        }
+    }
+
+    fn insert(&mut self, chain: &str, pos: usize, spec: &[String]) -> Result<(), IptError> {
+        match &mut self.batch {
+            Some(b) => {
+                let mut c = vec!["-I".into(), chain.into(), pos.to_string()];
+                c.extend(spec.iter().cloned());
+                b.push(c);
+                Ok(())
+            }
+            None => self.ipt.insert(chain, pos, spec),
+        }
+    }
+
+    /// Applies what was batched so far.
+    fn commit(&mut self) -> Result<(), IptError> {
+        match self.batch.as_mut().map(std::mem::take) {
+            Some(b) if !b.is_empty() => self.ipt.restore_noflush(&b),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Makes one family's rules what they should be. Every question is asked first (one listing of
+/// the filter table, `-C` per rule); the changes then go in as one `iptables-restore
+/// --noflush` transaction. Should that transaction fail (something else, dockerd say, created
+/// DOCKER-USER or changed FORWARD since the listing), nothing of it applied: everything is
+/// asked again and done one command at a time, with the precise error of the command that
+/// fails.
 fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
+    match apply_with(ipt, set, true) {
+        Err(e @ IptError::Failed { .. }) if !e.is_lock_timeout() => {
+            tracing::debug!(family = set.family.name(), error = %e, "the batched change failed; retrying one command at a time");
+            apply_with(ipt, set, false)
+        }
+        r => r,
+    }
+}
+
+fn apply_with(ipt: &Ipt, set: &RuleSet, batch: bool) -> Result<Applied, IptError> {
     let mut a = Applied::default();
+    let mut changes = Changes {
+        ipt,
+        batch: batch.then(Vec::new),
+    };
     let chain = set.chain();
     let fam = set.family.name();
     // One listing of the whole filter table tells whether DOCKER-USER exists and what FORWARD
@@ -131,7 +192,7 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
     if set.placement == Placement::DockerUser
         && !table.iter().any(|l| l == &format!("-N {DOCKER_USER}"))
     {
-        a.chain_created = ipt.new_chain(DOCKER_USER)?;
+        a.chain_created = changes.new_chain(DOCKER_USER)?;
         if a.chain_created {
             a.summary
                 .push(format!("{fam}: created chain {DOCKER_USER}"));
@@ -151,7 +212,7 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
         let state = match presence {
             Presence::Present => "present",
             Presence::Absent => {
-                ipt.insert(chain, 1, &spec)?;
+                changes.insert(chain, 1, &spec)?;
                 a.changed = true;
                 "added"
             }
@@ -175,7 +236,7 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
             .cloned()
             .collect();
         if forward.first() != Some(&jump) {
-            ipt.insert(FORWARD, 1, &["-j".into(), DOCKER_USER.into()])?;
+            changes.insert(FORWARD, 1, &["-j".into(), DOCKER_USER.into()])?;
             a.jump = Some("placed");
             a.changed = true;
             a.summary
@@ -183,6 +244,7 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
         } else {
             a.jump = Some("present");
         }
+        changes.commit()?;
         // Exactly one jump: remove later copies, highest position first so that the lower
         // positions stay valid. Bounded by the listing's length. When the first listing had no
         // jump at all, there is nothing to remove and no need to list again.
@@ -209,6 +271,7 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
             ));
         }
     }
+    changes.commit()?;
     Ok(a)
 }
 
@@ -548,5 +611,149 @@ fn outcome_name(o: WriteOutcome) -> &'static str {
     match o {
         WriteOutcome::Written => "written",
         WriteOutcome::Unchanged => "unchanged",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::CmdOutput;
+    use std::ffi::OsString;
+    use std::sync::Mutex;
+
+    /// Answers each command with the next canned output and records the command lines (with
+    /// stdin): only for an order of events a real iptables cannot be made to produce on cue.
+    struct Canned(
+        Mutex<Vec<(i32, &'static str, &'static str)>>,
+        Mutex<Vec<String>>,
+    );
+
+    impl CommandRunner for Canned {
+        fn run(
+            &self,
+            p: &Path,
+            a: &[OsString],
+            stdin: Option<&[u8]>,
+        ) -> std::io::Result<CmdOutput> {
+            let mut line = p.display().to_string();
+            for x in a {
+                line.push(' ');
+                line.push_str(&x.to_string_lossy());
+            }
+            if let Some(i) = stdin {
+                line.push_str(&format!(
+                    " <<< {}",
+                    String::from_utf8_lossy(i).replace('\n', ";")
+                ));
+            }
+            self.1.lock().unwrap().push(line);
+            let (status, stdout, stderr) = self.0.lock().unwrap().remove(0);
+            Ok(CmdOutput {
+                status: Some(status),
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+            })
+        }
+    }
+
+    fn docker_user_set() -> RuleSet {
+        RuleSet {
+            family: Family::V4,
+            placement: Placement::DockerUser,
+            interfaces: vec!["docker+".into()],
+        }
+    }
+
+    const EMPTY: &str = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n";
+
+    /// First boot: one listing, then every change in one transaction.
+    #[test]
+    fn changes_go_in_as_one_transaction() {
+        let r = Canned(
+            Mutex::new(vec![(0, EMPTY, ""), (0, "", "")]),
+            Mutex::new(vec![]),
+        );
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let a = apply(&ipt, &docker_user_set()).unwrap();
+        assert!(a.changed && a.chain_created);
+        assert_eq!(a.jump, Some("placed"));
+        let calls = r.1.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            [
+                "/usr/sbin/iptables -w 10 -t filter -S",
+                "/usr/sbin/iptables-restore -w 10 --noflush <<< *filter;-N DOCKER-USER;\
+                 -I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -j DROP;\
+                 -I FORWARD 1 -j DOCKER-USER;COMMIT;"
+            ]
+        );
+    }
+
+    /// dockerd created DOCKER-USER between our listing and our transaction: the transaction
+    /// fails whole, and the step asks again and goes one command at a time.
+    #[test]
+    fn a_failed_transaction_is_redone_one_command_at_a_time() {
+        let r = Canned(
+            Mutex::new(vec![
+                (0, EMPTY, ""),
+                (
+                    1,
+                    "",
+                    "iptables-restore: line 2 failed: Chain already exists.\n",
+                ),
+                (
+                    0,
+                    "-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n",
+                    "",
+                ),
+                (
+                    1,
+                    "",
+                    "iptables: Bad rule (does a matching rule exist in that chain?).\n",
+                ),
+                (0, "", ""),
+                (0, "-A FORWARD -j DOCKER-USER\n", ""),
+            ]),
+            Mutex::new(vec![]),
+        );
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let a = apply(&ipt, &docker_user_set()).unwrap();
+        assert!(a.changed && !a.chain_created);
+        assert_eq!(a.jump, Some("present"));
+        assert_eq!(a.rules[0]["state"], "added");
+        let calls = r.1.lock().unwrap().clone();
+        assert_eq!(calls.len(), 6, "{calls:#?}");
+        assert!(
+            calls[3].contains(" -C DOCKER-USER -d 169.254.169.254/32 -i docker+"),
+            "{calls:#?}"
+        );
+        assert!(
+            calls[4].contains(" -I DOCKER-USER 1 -d 169.254.169.254/32"),
+            "{calls:#?}"
+        );
+        assert!(calls[5].ends_with(" -S FORWARD"), "{calls:#?}");
+    }
+
+    /// A lock held past the wait is not retried (that would double the wait): the error says so.
+    #[test]
+    fn a_lock_timeout_in_the_transaction_is_reported() {
+        let r = Canned(
+            Mutex::new(vec![
+                (0, EMPTY, ""),
+                (
+                    4,
+                    "",
+                    "Another app is currently holding the xtables lock.\n",
+                ),
+            ]),
+            Mutex::new(vec![]),
+        );
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let e = apply(&ipt, &docker_user_set()).unwrap_err();
+        assert!(e.is_lock_timeout(), "{e}");
+        let m = e.to_string();
+        assert!(m.contains("iptables-restore -w 10 --noflush"), "{m}");
+        assert!(m.contains("-N DOCKER-USER"), "{m}");
+        assert_eq!(r.1.lock().unwrap().len(), 2);
     }
 }
