@@ -222,6 +222,9 @@ where
 async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(global.deadline);
+    if plan.config.is_some() {
+        config::fetch::preload_tls_roots();
+    }
     let imds = (plan.config.is_some() || plan.check || plan.prove.is_some())
         .then(|| Imds::new(imds::endpoint_from_env(), deadline));
 
@@ -254,7 +257,9 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
             _ => StepReport::skipped(Step::Config),
         }
     };
-    let (config, firewall) = tokio::join!(config, firewall);
+    // The firewall first: its first poll starts its thread, before the config step's first
+    // poll does its synchronous set-up (the S3 client's TLS roots).
+    let (firewall, config) = tokio::join!(firewall, config);
     let check = match (&imds, plan.check) {
         (Some(imds), true) => {
             timed(Step::Check, deadline, async {

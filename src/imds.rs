@@ -100,7 +100,15 @@ enum Attempt {
 }
 
 fn build_client(endpoint: &str) -> anyhow::Result<aws_config::imds::Client> {
+    // IMDS is plain HTTP on a link-local address: a connector without TLS, so that building it
+    // does not read the system's certificate store (146 files on Debian, about 6 ms at the very
+    // start of every boot). The S3 client keeps the default HTTPS connector. `build_http` is
+    // doc(hidden) in aws-smithy-http-client but public; Cargo.lock pins the version.
+    let http = aws_smithy_http_client::Builder::new().build_http();
+    let provider =
+        aws_config::provider_config::ProviderConfig::without_region().with_http_client(http);
     Ok(aws_config::imds::Client::builder()
+        .configure(&provider)
         .endpoint(endpoint)
         .map_err(|e| anyhow::anyhow!("invalid IMDS endpoint {endpoint:?}: {e}"))?
         .max_attempts(1)
