@@ -50,8 +50,8 @@ pub struct IamInfo {
 
 /// What to look at when the host cannot reach instance metadata.
 const UNREACHABLE_HINT: &str = "look for a rule on the OUTPUT chain (iptables -S OUTPUT, nft list ruleset) that drops or \
-     rejects the host's own traffic to 169.254.169.254, an HTTP proxy in the environment (NO_PROXY must include \
-     169.254.169.254), and the instance's metadata options (HttpEndpoint=enabled; a hop limit, \
+     rejects the host's own traffic to 169.254.169.254, a transparent proxy or firewall in the path (ecs-bootstrap \
+     sends metadata requests directly, never through HTTP_PROXY), and the instance's metadata options (HttpEndpoint=enabled; a hop limit, \
      HttpPutResponseHopLimit, of 1 stops the token at the first hop, so an agent in a container needs 2)";
 
 /// How a metadata request failed, for callers that branch on it.
@@ -102,8 +102,10 @@ enum Attempt {
 fn build_client(endpoint: &str) -> anyhow::Result<aws_config::imds::Client> {
     // IMDS is plain HTTP on a link-local address: a connector without TLS, so that building it
     // does not read the system's certificate store (146 files on Debian, about 6 ms at the very
-    // start of every boot). The S3 client keeps the default HTTPS connector. `build_http` is
-    // doc(hidden) in aws-smithy-http-client but public; Cargo.lock pins the version.
+    // start of every boot), and without a proxy: the SDK's default client applies HTTP_PROXY
+    // to IMDS too, so a proxy set for S3 would capture 169.254.169.254 unless NO_PROXY named
+    // it. The S3 client keeps the default HTTPS connector, proxy variables included.
+    // `build_http` is doc(hidden) in aws-smithy-http-client but public; Cargo.lock pins it.
     let http = aws_smithy_http_client::Builder::new().build_http();
     let provider =
         aws_config::provider_config::ProviderConfig::without_region().with_http_client(http);
@@ -342,7 +344,7 @@ fn classify(path: &str, e: &ImdsError) -> Attempt {
                     path: "/latest/api/token".into(),
                     status: 403,
                     hint: ": IMDS refuses tokens to this caller (disabled with HttpEndpoint=disabled, or the \
-                           request went through a proxy that added X-Forwarded-For: set NO_PROXY=169.254.169.254)"
+                           request passed a transparent proxy that added X-Forwarded-For; ecs-bootstrap itself never sends metadata requests through HTTP_PROXY)"
                         .into(),
                 }),
                 Some(s) => Attempt::Fatal(MetadataError::Status {

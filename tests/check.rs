@@ -21,7 +21,7 @@ fn assert_names_the_causes(r: &Run) {
     r.assert_contains("cannot reach instance metadata")
         .assert_contains("OUTPUT chain")
         .assert_contains("proxy")
-        .assert_contains("NO_PROXY")
+        .assert_contains("never through HTTP_PROXY")
         .assert_contains("hop limit");
 }
 

@@ -464,3 +464,58 @@ fn secrets_never_appear_in_any_output() {
     r.assert_code(3).assert_contains("line 2");
     check(&r, "bad line");
 }
+
+/// Instances without a route to S3 reach it through a proxy: the standard variables are
+/// honoured (`HTTP_PROXY` here, since the sandbox's S3 endpoint is plain HTTP; `HTTPS_PROXY` for
+/// real S3), `NO_PROXY` bypasses it, and IMDS is never proxied. The fault proxy in "pass" mode
+/// plays the forward proxy: it forwards the request line it got (absolute-form through a proxy)
+/// to moto, and logs it.
+#[test]
+fn s3_through_the_proxy_variables_and_no_proxy_bypass() {
+    let sb = Sandbox::up();
+    let proxy = sb.s("s3_fault_endpoint");
+    let s3 = sb.s("s3_endpoint");
+    let through = sb.proxy_requests().len();
+    let mut c = sb.cmd();
+    c.env("HTTP_PROXY", &proxy)
+        .args(["fetch-config", "--source", &sb.source()]);
+    let r = Sandbox::run_cmd(c);
+    r.assert_code(0);
+    let reqs = sb.proxy_requests();
+    let mine: Vec<_> = reqs[through..].iter().collect();
+    assert_eq!(mine.len(), 1, "one GET through the proxy: {mine:?}");
+    let path = mine[0]["path"].as_str().unwrap();
+    assert!(
+        path.starts_with(&format!("{s3}/")),
+        "an absolute-form request, as to a proxy: {path}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+    // IMDS answered directly (the emulator saw the token PUT; the proxy saw nothing else).
+    assert_eq!(sb.token_puts(), 1);
+
+    // NO_PROXY naming the S3 host: straight to moto, the proxy sees nothing.
+    let before = sb.proxy_requests().len();
+    std::fs::remove_file(sb.dest()).unwrap();
+    let host = s3
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut c = sb.cmd();
+    c.env("HTTP_PROXY", &proxy).env("NO_PROXY", &host).args([
+        "fetch-config",
+        "--source",
+        &sb.source(),
+    ]);
+    Sandbox::run_cmd(c).assert_code(0);
+    assert_eq!(
+        sb.proxy_requests().len(),
+        before,
+        "NO_PROXY={host} bypasses the proxy"
+    );
+    assert!(sb.dest().exists());
+}

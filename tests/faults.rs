@@ -430,7 +430,7 @@ fn imds_down() {
     r.assert_code(3);
     for needle in [
         "the host cannot reach instance metadata at http://169.254.169.254",
-        "NO_PROXY must include 169.254.169.254",
+        "never through HTTP_PROXY",
         "config    FAILED",
         "check     FAILED",
     ] {
