@@ -347,6 +347,14 @@ fn classify(path: &str, e: &ImdsError) -> Attempt {
                            request passed a transparent proxy that added X-Forwarded-For; ecs-bootstrap itself never sends metadata requests through HTTP_PROXY)"
                         .into(),
                 }),
+                Some(s @ (404 | 405)) => Attempt::Fatal(MetadataError::Status {
+                    path: "/latest/api/token".into(),
+                    status: s,
+                    hint: ": the metadata service does not issue IMDSv2 session tokens (an IMDSv1-only \
+                           emulator or proxy in the path?); ecs-bootstrap uses IMDSv2 only, as the ECS agent \
+                           does with HttpTokens=required"
+                        .into(),
+                }),
                 Some(s) => Attempt::Fatal(MetadataError::Status {
                     path: "/latest/api/token".into(),
                     status: s,

@@ -527,7 +527,8 @@ fn imds_v1_only() {
     let r = run_moto(&sb, 30, &[]);
     let took = start.elapsed();
     r.assert_code(3)
-        .assert_contains("instance metadata answered HTTP 404 for /latest/api/token");
+        .assert_contains("instance metadata answered HTTP 404 for /latest/api/token")
+        .assert_contains("does not issue IMDSv2 session tokens");
     assert!(took < Duration::from_secs(10), "a 404 is final: {took:?}");
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
@@ -712,7 +713,9 @@ fn both_backends_tables_present() {
     sb.exec(Ns::Host, &[IPT, "-w", "5", "-N", "DOCKER-USER"])
         .assert_code(0);
     let r = run_moto(&sb, 30, &[]);
-    r.assert_code(0).assert_contains("(nft backend)");
+    r.assert_code(0)
+        .assert_contains("(nft backend)")
+        .assert_contains("iptables-legacy tables exist beside the nft ones");
     assert!(
         sb.rules(LEGACY).contains("-A FORWARD -i docker0 -j ACCEPT"),
         "the legacy tables are untouched"

@@ -260,11 +260,15 @@ impl<'a> Ipt<'a> {
     }
 
     /// `iptables -t filter -S`: every line of the filter table (policies, `-N` chain
-    /// declarations, `-A` rules), in one call.
-    pub fn list_table(&self) -> Result<Vec<String>, IptError> {
+    /// declarations, `-A` rules), in one call, and whether iptables-nft said that
+    /// iptables-legacy tables exist beside its own (it says so on stderr).
+    pub fn list_table(&self) -> Result<(Vec<String>, bool), IptError> {
         let (cl, out) = self.run(&["-t", "filter", "-S"])?;
         if out.success() {
-            return Ok(out.stdout.lines().map(str::to_owned).collect());
+            return Ok((
+                out.stdout.lines().map(str::to_owned).collect(),
+                out.stderr.contains("iptables-legacy tables present"),
+            ));
         }
         Err(Self::failed(cl, &out))
     }

@@ -116,6 +116,7 @@ struct Applied {
     jump: Option<&'static str>,
     duplicate_jumps_removed: usize,
     summary: Vec<String>,
+    warnings: Vec<String>,
 }
 
 /// The changes of one [`apply`]: batched into one `iptables-restore --noflush` transaction
@@ -186,7 +187,17 @@ fn apply_with(ipt: &Ipt, set: &RuleSet, batch: bool) -> Result<Applied, IptError
     // One listing of the whole filter table tells whether DOCKER-USER exists and what FORWARD
     // holds (one iptables call instead of one per chain, on the boot path).
     let table = match set.placement {
-        Placement::DockerUser => ipt.list_table()?,
+        Placement::DockerUser => {
+            let (table, legacy_too) = ipt.list_table()?;
+            if legacy_too {
+                a.warnings.push(format!(
+                    "{fam}: iptables-legacy tables exist beside the nft ones (a dockerd or another tool on iptables-legacy?): the rule is in the nft backend of {}, where `{} -S` shows it and `iptables-legacy -S` does not; the kernel applies both, so the block holds. Pass --iptables with the legacy binary to keep everything in one backend",
+                    ipt.bin.display(),
+                    ipt.bin.display()
+                ));
+            }
+            table
+        }
         Placement::Forward => vec![],
     };
     if set.placement == Placement::DockerUser
@@ -506,6 +517,7 @@ fn run_family(
     let (persisted, written) = persist?;
     let mut summary = applied.summary;
     summary.extend(persist_summary);
+    warnings.extend(applied.warnings);
     Ok(FamilyOutcome {
         changed: applied.changed || written,
         summary,
