@@ -327,11 +327,11 @@ impl<'a> Ipt<'a> {
         self.bin.with_file_name(format!("{name}{suffix}"))
     }
 
-    /// `iptables-restore -w SECS --test` with `rules` on stdin: Ok, or the error naming the line.
-    pub fn restore_test(&self, rules: &str) -> Result<(), IptError> {
+    /// `iptables-restore -w SECS MODE` with `input` on stdin.
+    fn restore(&self, mode: &str, input: &str) -> Result<(), IptError> {
         let bin = self.sibling("-restore");
-        let args = ["-w", LOCK_WAIT_SECS, "--test"];
-        let out = self.raw(&bin, &args, Some(rules.as_bytes()))?;
+        let args = ["-w", LOCK_WAIT_SECS, mode];
+        let out = self.raw(&bin, &args, Some(input.as_bytes()))?;
         if out.success() {
             Ok(())
         } else {
@@ -339,10 +339,16 @@ impl<'a> Ipt<'a> {
         }
     }
 
+    /// `iptables-restore -w SECS --test` with `rules` on stdin: Ok, or the error naming the line.
+    pub fn restore_test(&self, rules: &str) -> Result<(), IptError> {
+        self.restore("--test", rules)
+    }
+
     /// `iptables-restore -w SECS --noflush` with `commands` (each an iptables command without
     /// the table, such as `-N DOCKER-USER` or `-I FORWARD 1 -j DOCKER-USER`) in one `*filter`
     /// transaction: all of them apply, or none (one commit instead of one per command). The
-    /// arguments must hold no whitespace (rule specs and chain names here never do).
+    /// arguments must hold no whitespace (rule specs and chain names here never do). An error
+    /// also shows the input, which holds nothing secret.
     pub fn restore_noflush(&self, commands: &[Vec<String>]) -> Result<(), IptError> {
         let mut input = String::from("*filter\n");
         for c in commands {
@@ -350,21 +356,15 @@ impl<'a> Ipt<'a> {
             input.push('\n');
         }
         input.push_str("COMMIT\n");
-        let bin = self.sibling("-restore");
-        let args = ["-w", LOCK_WAIT_SECS, "--noflush"];
-        let out = self.raw(&bin, &args, Some(input.as_bytes()))?;
-        if out.success() {
-            Ok(())
-        } else {
-            let mut e = Self::failed(cmdline(&bin, &args), &out);
+        self.restore("--noflush", &input).map_err(|mut e| {
             if let IptError::Failed { stderr, .. } = &mut e {
                 stderr.push_str(&format!(
                     " (input: {})",
                     input.trim_end().replace('\n', "; ")
                 ));
             }
-            Err(e)
-        }
+            e
+        })
     }
 
     /// `iptables-save -t filter`.
