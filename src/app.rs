@@ -248,6 +248,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         match (&plan.config, &imds) {
             (Some(opts), Some(imds)) => {
                 timed(Step::Config, deadline, async {
+                    fsutil::sweep_stale_temps(&opts.dest);
                     let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                     let sdk = sdk_config(imds).await?;
                     config::run(opts, &sdk, imds, deadline).await

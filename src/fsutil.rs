@@ -60,6 +60,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome,
         })?
         .to_string_lossy()
         .into_owned();
+    // First, whatever happens next (unchanged content, a refusal): a killed run's temp file
+    // may hold the secrets of the file it was writing.
+    remove_stale_temps(&dir, &name);
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(WriteError::Symlink {
@@ -87,6 +90,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome,
                     .mode(0o755)
                     .create(&dir)
                     .map_err(io_err("create the folder", &dir))?;
+                // The umask may have narrowed the mode; set it exactly.
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                    .map_err(io_err("set the mode of", &dir))?;
                 // Make the new folder's entry durable too.
                 if let Some(up) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                     File::open(up)
@@ -97,7 +103,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome,
         }
         Err(e) => return Err(io_err("inspect", path)(e)),
     }
-    remove_stale_temps(&dir, &name);
 
     let tmp = dir.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
     let result = (|| {
@@ -121,6 +126,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome,
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| WriteOutcome::Written)
+}
+
+/// Removes the temporary files that killed runs left beside `path` (see [`write_atomic`]); for
+/// a step that may fail before it writes, so that a leftover never outlives the next run.
+pub fn sweep_stale_temps(path: &Path) {
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        remove_stale_temps(dir, &name.to_string_lossy());
+    }
 }
 
 /// A temporary file lives for milliseconds; one older than this is stale whatever its PID says

@@ -220,7 +220,8 @@ fn s3_403_access_denied() {
         .assert_contains("access denied")
         .assert_contains(&format!("arn:aws:s3:::{bucket}/other.config"))
         .assert_contains("s3:GetObject")
-        .assert_contains(&sb.s("instance_profile_arn"));
+        .assert_contains(&sb.s("instance_profile_arn"))
+        .assert_contains("check that the key exists");
     assert_eq!(attempts_logged(&r), 0, "no retry on 403: {}", r.stderr);
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
@@ -235,7 +236,12 @@ fn s3_404_no_such_key() {
     let r = run_fault(&sb, 30, &[]);
     r.assert_code(3)
         .assert_contains(&format!("bucket {} has no key ecs.config", sb.s("bucket")))
-        .assert_contains("upload the object or fix --source");
+        .assert_contains("upload the object or fix --source")
+        .assert_contains(&format!(
+            "instance profile: {}",
+            sb.s("instance_profile_arn")
+        ))
+        .assert_contains("reads it with s3:GetObject");
     assert_eq!(sb.proxy_requests().len() - before, 1, "no retry on 404");
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
@@ -250,7 +256,8 @@ fn s3_no_such_bucket() {
     let r = run_fault(&sb, 30, &[]);
     r.assert_code(3)
         .assert_contains(&format!("bucket {} does not exist", sb.s("bucket")))
-        .assert_contains("check the bucket name");
+        .assert_contains("check the bucket name")
+        .assert_contains("reads it with s3:GetObject");
     assert_eq!(sb.proxy_requests().len() - before, 1, "no retry on 404");
     nothing_lost(&sb, File::Old, ONE_RULE);
 }

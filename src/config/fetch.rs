@@ -36,7 +36,8 @@ pub enum FetchError {
     #[error(
         "access denied reading {url} ({detail}): the instance role needs {action} on arn:aws:s3:::{bucket}/{key} \
          (instance profile: {profile}){owner_hint}; check the role's policy and the bucket policy, and for a \
-         KMS-encrypted object kms:Decrypt on its key"
+         KMS-encrypted object kms:Decrypt on its key; without s3:ListBucket on the bucket S3 also answers a missing \
+         key with AccessDenied, so check that the key exists"
     )]
     AccessDenied {
         url: String,
@@ -47,13 +48,26 @@ pub enum FetchError {
         owner_hint: String,
         detail: String,
     },
-    #[error("{what} ({detail}); nothing was retried")]
-    NotFound { what: String, detail: String },
+    #[error(
+        "{what} ({detail}); nothing was retried; once it exists, the instance role (instance profile: {profile}) \
+         reads it with {action}"
+    )]
+    NotFound {
+        what: String,
+        detail: String,
+        action: &'static str,
+        profile: String,
+    },
     #[error(
         "{url} is {size} bytes, larger than --max-size {max}: refused without reading it; raise --max-size if the \
          object is right"
     )]
     TooLarge { url: String, size: u64, max: u64 },
+    #[error(
+        "{url} sent more than --max-size {max} bytes (no Content-Length): stopped reading there, nothing written; \
+         raise --max-size if the object is right"
+    )]
+    TooLargeStreamed { url: String, max: u64 },
     #[error(
         "cannot get credentials of the instance role to read {url}: {detail}; attach an instance profile with a role \
          that may read the object"
@@ -403,6 +417,15 @@ fn classify(e: &GetError) -> AttemptError {
     }
 }
 
+/// The IAM action that reads the source: `s3:GetObjectVersion` for a pinned version.
+fn get_action(req: &Request<'_>) -> &'static str {
+    if req.url.version_id.is_some() {
+        "s3:GetObjectVersion"
+    } else {
+        "s3:GetObject"
+    }
+}
+
 /// The error of a fatal failure, naming the bucket, key, IAM action and instance profile.
 async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Instant) -> FetchError {
     let url = req.url.to_string();
@@ -412,11 +435,7 @@ async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Inst
             status: 403, code, ..
         } => {
             let profile = instance_profile(imds, deadline).await;
-            let action = if req.url.version_id.is_some() {
-                "s3:GetObjectVersion"
-            } else {
-                "s3:GetObject"
-            };
+            let action = get_action(req);
             let mut owner_hint = String::new();
             if let Some(owner) = req.expected_owner {
                 owner_hint = format!(
@@ -457,16 +476,27 @@ async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Inst
                     req.url.bucket, req.url.key
                 ),
             };
-            FetchError::NotFound { what, detail }
+            FetchError::NotFound {
+                what,
+                detail,
+                action: get_action(req),
+                profile: instance_profile(imds, deadline).await,
+            }
         }
-        Failure::TooLarge => FetchError::TooLarge {
-            url,
-            size: err
-                .detail
-                .strip_prefix("Content-Length ")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(req.max_size + 1),
-            max: req.max_size,
+        Failure::TooLarge => match err
+            .detail
+            .strip_prefix("Content-Length ")
+            .and_then(|n| n.parse().ok())
+        {
+            Some(size) => FetchError::TooLarge {
+                url,
+                size,
+                max: req.max_size,
+            },
+            None => FetchError::TooLargeStreamed {
+                url,
+                max: req.max_size,
+            },
         },
         Failure::CredentialsFatal => FetchError::NoCredentials {
             url,

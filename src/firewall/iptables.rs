@@ -367,15 +367,14 @@ impl<'a> Ipt<'a> {
         })
     }
 
-    /// `iptables-save -t filter`.
-    pub fn save_filter(&self) -> Result<String, IptError> {
+    /// `iptables-save`: every table, as the AWS documentation saves them.
+    pub fn save_all(&self) -> Result<String, IptError> {
         let bin = self.sibling("-save");
-        let args = ["-t", "filter"];
-        let out = self.raw(&bin, &args, None)?;
+        let out = self.raw(&bin, &[], None)?;
         if out.success() {
             Ok(out.stdout)
         } else {
-            Err(Self::failed(cmdline(&bin, &args), &out))
+            Err(Self::failed(cmdline(&bin, &[]), &out))
         }
     }
 }

@@ -151,6 +151,21 @@ impl Changes<'_, '_> {
         }
     }
 
+    /// `-D chain spec` (the first rule that matches), only in a transaction: there, every old
+    /// copy goes in the same commit that inserts the new one.
+    fn delete(&mut self, chain: &str, spec: &[String]) -> Result<(), IptError> {
+        if let Some(b) = &mut self.batch {
+            let mut c = vec!["-D".into(), chain.into()];
+            c.extend(spec.iter().cloned());
+            b.push(c);
+        }
+        Ok(())
+    }
+
+    fn batching(&self) -> bool {
+        self.batch.is_some()
+    }
+
     /// Applies what was batched so far.
     fn commit(&mut self) -> Result<(), IptError> {
         match self.batch.as_mut().map(std::mem::take) {
@@ -160,15 +175,17 @@ impl Changes<'_, '_> {
     }
 }
 
-/// Makes one family's rules what they should be. Every question is asked first (one listing of
-/// the filter table, `-C` per rule); the changes then go in as one `iptables-restore
-/// --noflush` transaction. Should that transaction fail (something else, dockerd say, created
-/// DOCKER-USER or changed FORWARD since the listing), nothing of it applied: everything is
-/// asked again and done one command at a time, with the precise error of the command that
-/// fails.
+/// Makes one family's rules what they should be. Every question is asked first (one listing,
+/// `-C` per rule in an existing DOCKER-USER); the changes then go in as one `iptables-restore
+/// --noflush` transaction, which also makes a move (delete the old copies, insert at the top)
+/// atomic. Should that transaction fail (something else, dockerd say, created DOCKER-USER or
+/// changed FORWARD since the listing, or iptables-restore is missing), nothing of it applied:
+/// everything is asked again and done one command at a time, inserting before deleting so
+/// that the block never lapses, with the precise error of the command that fails. Only a lock
+/// held past the wait is reported at once (a retry would wait as long again).
 fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
     match apply_with(ipt, set, true) {
-        Err(e @ IptError::Failed { .. }) if !e.is_lock_timeout() => {
+        Err(e) if !e.is_lock_timeout() => {
             tracing::debug!(family = set.family.name(), error = %e, "the batched change failed; retrying one command at a time");
             apply_with(ipt, set, false)
         }
@@ -177,32 +194,87 @@ fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
 }
 
 fn apply_with(ipt: &Ipt, set: &RuleSet, batch: bool) -> Result<Applied, IptError> {
-    let mut a = Applied::default();
     let mut changes = Changes {
         ipt,
         batch: batch.then(Vec::new),
     };
-    let chain = set.chain();
+    let mut a = match set.placement {
+        Placement::DockerUser => apply_docker_user(ipt, set, &mut changes)?,
+        Placement::Forward => apply_forward(ipt, set, &mut changes)?,
+    };
+    changes.commit()?;
+    // One command at a time, the new copies went in first: now the old ones go.
+    if !batch {
+        if let Some(jump) = set.jump_line() {
+            a.duplicate_jumps_removed = remove_below(ipt, 1, |l| l == jump)?;
+        }
+        if set.placement == Placement::Forward {
+            let n = set.interfaces.len();
+            remove_below(ipt, n, |l| {
+                set.interfaces.iter().any(|i| set.is_rule_for(l, i))
+            })?;
+        }
+    }
+    if a.duplicate_jumps_removed > 0 {
+        a.changed = true;
+        a.summary.push(format!(
+            "{}: removed {} later -j {DOCKER_USER} from {FORWARD}",
+            set.family.name(),
+            a.duplicate_jumps_removed
+        ));
+    }
+    Ok(a)
+}
+
+/// Deletes the rules of FORWARD below its first `keep` rules for which `ours` holds, highest
+/// position first so that the lower positions stay valid (bounded by the listing's length).
+/// Returns how many went.
+fn remove_below(ipt: &Ipt, keep: usize, ours: impl Fn(&str) -> bool) -> Result<usize, IptError> {
+    let forward = ipt.list(FORWARD)?;
+    let extra: Vec<usize> = forward
+        .iter()
+        .enumerate()
+        .skip(keep)
+        .filter(|(_, l)| ours(l))
+        .map(|(i, _)| i + 1)
+        .collect();
+    for pos in extra.iter().rev() {
+        ipt.delete_at(FORWARD, *pos)?;
+    }
+    Ok(extra.len())
+}
+
+/// The rule lines' summary and report entries, in the order given.
+fn report_rules(a: &mut Applied, set: &RuleSet, states: &[(&String, &'static str)]) {
+    let (fam, chain) = (set.family.name(), set.chain());
+    for (iface, state) in states {
+        let line = set.save_line(iface);
+        a.summary.push(match *state {
+            "added" => format!("{fam}: added {line} at the top of {chain}"),
+            "moved" => format!("{fam}: moved {line} back to the top of {chain}"),
+            _ => format!("{fam}: {line} already present"),
+        });
+        a.rules
+            .push(json!({"interface": iface, "destination": set.family.imds(), "state": state}));
+    }
+}
+
+/// The default placement: DOCKER-USER exists, holds our rules at its top, and `-j DOCKER-USER`
+/// is the first rule of FORWARD, exactly once.
+fn apply_docker_user(ipt: &Ipt, set: &RuleSet, changes: &mut Changes) -> Result<Applied, IptError> {
+    let mut a = Applied::default();
     let fam = set.family.name();
     // One listing of the whole filter table tells whether DOCKER-USER exists and what FORWARD
     // holds (one iptables call instead of one per chain, on the boot path).
-    let table = match set.placement {
-        Placement::DockerUser => {
-            let (table, legacy_too) = ipt.list_table()?;
-            if legacy_too {
-                a.warnings.push(format!(
-                    "{fam}: iptables-legacy tables exist beside the nft ones (a dockerd or another tool on iptables-legacy?): the rule is in the nft backend of {}, where `{} -S` shows it and `iptables-legacy -S` does not; the kernel applies both, so the block holds. Pass --iptables with the legacy binary to keep everything in one backend",
-                    ipt.bin.display(),
-                    ipt.bin.display()
-                ));
-            }
-            table
-        }
-        Placement::Forward => vec![],
-    };
-    if set.placement == Placement::DockerUser
-        && !table.iter().any(|l| l == &format!("-N {DOCKER_USER}"))
-    {
+    let (table, legacy_too) = ipt.list_table()?;
+    if legacy_too {
+        a.warnings.push(format!(
+            "{fam}: iptables-legacy tables exist beside the nft ones (a dockerd or another tool on iptables-legacy?): the rule is in the nft backend of {}, where `{} -S` shows it and `iptables-legacy -S` does not; the kernel applies both, so the block holds. Pass --iptables with the legacy binary to keep everything in one backend",
+            ipt.bin.display(),
+            ipt.bin.display()
+        ));
+    }
+    if !table.iter().any(|l| l == &format!("-N {DOCKER_USER}")) {
         a.chain_created = changes.new_chain(DOCKER_USER)?;
         if a.chain_created {
             a.summary
@@ -218,12 +290,12 @@ fn apply_with(ipt: &Ipt, set: &RuleSet, batch: bool) -> Result<Applied, IptError
         let presence = if a.chain_created {
             Presence::Absent
         } else {
-            ipt.check(chain, &spec)?
+            ipt.check(DOCKER_USER, &spec)?
         };
         let state = match presence {
             Presence::Present => "present",
             Presence::Absent => {
-                changes.insert(chain, 1, &spec)?;
+                changes.insert(DOCKER_USER, 1, &spec)?;
                 a.changed = true;
                 "added"
             }
@@ -231,58 +303,78 @@ fn apply_with(ipt: &Ipt, set: &RuleSet, batch: bool) -> Result<Applied, IptError
         states.push((iface, state));
     }
     states.reverse();
-    for (iface, state) in states {
-        let line = set.save_line(iface);
-        a.summary.push(match state {
-            "added" => format!("{fam}: added {line} at the top of {chain}"),
-            _ => format!("{fam}: {line} already present"),
-        });
-        a.rules
-            .push(json!({"interface": iface, "destination": set.family.imds(), "state": state}));
+    report_rules(&mut a, set, &states);
+
+    let jump = set.jump_line().expect("DOCKER-USER placement has a jump");
+    let forward: Vec<&String> = table
+        .iter()
+        .filter(|l| l.starts_with(&format!("-A {FORWARD} ")))
+        .collect();
+    let jumps = forward.iter().filter(|l| ***l == jump).count();
+    let first = forward.first() == Some(&&jump);
+    let to_jump = ["-j".to_owned(), DOCKER_USER.to_owned()];
+    a.jump = Some(if first { "present" } else { "placed" });
+    if !first {
+        a.changed = true;
+        a.summary
+            .push(format!("{fam}: placed -j {DOCKER_USER} first in {FORWARD}"));
     }
-    if let Some(jump) = set.jump_line() {
-        let forward: Vec<String> = table
+    if first && jumps == 1 {
+        return Ok(a);
+    }
+    if changes.batching() {
+        // One transaction: every old copy out, one jump in at the top.
+        for _ in 0..jumps {
+            changes.delete(FORWARD, &to_jump)?;
+        }
+        changes.insert(FORWARD, 1, &to_jump)?;
+        a.duplicate_jumps_removed = jumps - usize::from(first);
+    } else if !first {
+        // One command at a time: the new jump first; `apply_with` removes the old ones after.
+        changes.insert(FORWARD, 1, &to_jump)?;
+    }
+    Ok(a)
+}
+
+/// `--chain FORWARD`, the documented placement: our rules are the first rules of FORWARD, in
+/// the order given, each exactly once. After dockerd has put its rules above them, a rerun
+/// (the docker.service drop-in) moves them back to the top.
+fn apply_forward(ipt: &Ipt, set: &RuleSet, changes: &mut Changes) -> Result<Applied, IptError> {
+    let mut a = Applied::default();
+    let forward = ipt.list(FORWARD)?;
+    let n = set.interfaces.len();
+    let ours = |l: &str| set.interfaces.iter().any(|i| set.is_rule_for(l, i));
+    let on_top = forward.len() >= n
+        && set
+            .interfaces
             .iter()
-            .filter(|l| l.starts_with(&format!("-A {FORWARD} ")))
-            .cloned()
-            .collect();
-        if forward.first() != Some(&jump) {
-            changes.insert(FORWARD, 1, &["-j".into(), DOCKER_USER.into()])?;
-            a.jump = Some("placed");
-            a.changed = true;
-            a.summary
-                .push(format!("{fam}: placed -j {DOCKER_USER} first in {FORWARD}"));
-        } else {
-            a.jump = Some("present");
-        }
-        changes.commit()?;
-        // Exactly one jump: remove later copies, highest position first so that the lower
-        // positions stay valid. Bounded by the listing's length. When the first listing had no
-        // jump at all, there is nothing to remove and no need to list again.
-        if !forward.contains(&jump) {
-            return Ok(a);
-        }
-        let forward = ipt.list(FORWARD)?;
-        let extra: Vec<usize> = forward
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, l)| **l == jump)
-            .map(|(i, _)| i + 1)
-            .collect();
-        for pos in extra.iter().rev() {
-            ipt.delete_at(FORWARD, *pos)?;
-        }
-        if !extra.is_empty() {
-            a.duplicate_jumps_removed = extra.len();
-            a.changed = true;
-            a.summary.push(format!(
-                "{fam}: removed {} later -j {DOCKER_USER} from {FORWARD}",
-                extra.len()
-            ));
+            .zip(&forward)
+            .all(|(i, l)| set.is_rule_for(l, i));
+    let copies = forward.iter().filter(|l| ours(l)).count();
+    let mut states = vec![];
+    if on_top && copies == n {
+        states = set.interfaces.iter().map(|i| (i, "present")).collect();
+        report_rules(&mut a, set, &states);
+        return Ok(a);
+    }
+    a.changed = true;
+    if changes.batching() {
+        // One transaction: every old copy out, our rules in at the top.
+        for iface in &set.interfaces {
+            let spec = set.spec(iface);
+            for _ in forward.iter().filter(|l| set.is_rule_for(l, iface)) {
+                changes.delete(FORWARD, &spec)?;
+            }
         }
     }
-    changes.commit()?;
+    for iface in set.interfaces.iter().rev() {
+        changes.insert(FORWARD, 1, &set.spec(iface))?;
+    }
+    for iface in &set.interfaces {
+        let had = forward.iter().any(|l| set.is_rule_for(l, iface));
+        states.push((iface, if had { "moved" } else { "added" }));
+    }
+    report_rules(&mut a, set, &states);
     Ok(a)
 }
 
@@ -573,7 +665,7 @@ fn persist_family(
         summary.push(format!("{fam}: {}: {n}", p.file.display()));
     }
     warnings.extend(p.warnings.iter().cloned());
-    let loader = loader_state(opts, distro, &path);
+    let loader = loader_state(opts, distro, set.family, &path);
     if let Some(w) = &loader.1 {
         warnings.push(w.clone());
     }
@@ -591,9 +683,10 @@ fn persist_family(
 fn loader_state(
     opts: &Options,
     distro: &Distro,
+    family: Family,
     path: &Path,
 ) -> (Option<&'static str>, Option<String>) {
-    let Some((units, package)) = distro.loader() else {
+    let Some((units, package)) = distro.loader(family) else {
         return (None, None);
     };
     let default = distro
@@ -744,6 +837,86 @@ mod tests {
             "{calls:#?}"
         );
         assert!(calls[5].ends_with(" -S FORWARD"), "{calls:#?}");
+    }
+
+    /// A jump that is not first, twice: one transaction takes both copies out and puts one at
+    /// the top (no moment without a jump, no position arithmetic against a changing chain).
+    #[test]
+    fn misplaced_and_duplicate_jumps_are_fixed_in_one_transaction() {
+        let r = Canned(
+            Mutex::new(vec![
+                (
+                    0,
+                    "-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\n\
+                     -A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-USER\n",
+                    "",
+                ),
+                (0, "", ""),
+                (0, "", ""),
+            ]),
+            Mutex::new(vec![]),
+        );
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let a = apply(&ipt, &docker_user_set()).unwrap();
+        assert!(a.changed);
+        assert_eq!((a.jump, a.duplicate_jumps_removed), (Some("placed"), 2));
+        assert_eq!(a.rules[0]["state"], "present");
+        let calls = r.1.lock().unwrap().clone();
+        assert_eq!(calls.len(), 3, "{calls:#?}");
+        assert!(
+            calls[2].ends_with(
+                "--noflush <<< *filter;-D FORWARD -j DOCKER-USER;-D FORWARD -j DOCKER-USER;\
+                 -I FORWARD 1 -j DOCKER-USER;COMMIT;"
+            ),
+            "{calls:#?}"
+        );
+    }
+
+    /// `--chain FORWARD` after dockerd put its rules above ours: the rule moves back to the
+    /// top in one transaction.
+    #[test]
+    fn forward_placement_moves_the_rule_back_to_the_top() {
+        let set = RuleSet {
+            placement: Placement::Forward,
+            ..docker_user_set()
+        };
+        let r = Canned(
+            Mutex::new(vec![
+                (
+                    0,
+                    "-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-FORWARD\n\
+                     -A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP\n",
+                    "",
+                ),
+                (0, "", ""),
+            ]),
+            Mutex::new(vec![]),
+        );
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let a = apply(&ipt, &set).unwrap();
+        assert!(a.changed);
+        assert_eq!(a.rules[0]["state"], "moved");
+        let calls = r.1.lock().unwrap().clone();
+        assert_eq!(
+            calls[1],
+            "/usr/sbin/iptables-restore -w 10 --noflush <<< *filter;\
+             -D FORWARD -d 169.254.169.254/32 -i docker+ -j DROP;\
+             -I FORWARD 1 -d 169.254.169.254/32 -i docker+ -j DROP;COMMIT;"
+        );
+        // Already on top: nothing to do, one listing.
+        let r = Canned(
+            Mutex::new(vec![(
+                0,
+                "-P FORWARD ACCEPT\n-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP\n\
+                 -A FORWARD -j DOCKER-FORWARD\n",
+                "",
+            )]),
+            Mutex::new(vec![]),
+        );
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let a = apply(&ipt, &set).unwrap();
+        assert!(!a.changed);
+        assert_eq!(r.1.lock().unwrap().len(), 1);
     }
 
     /// A lock held past the wait is not retried (that would double the wait): the error says so.

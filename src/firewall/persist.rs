@@ -7,7 +7,7 @@
 //!   and write atomically. Only our lines are ever added, so Docker's
 //!   and the ECS agent's run-time rules never end up in the file. A missing or empty file
 //!   becomes a minimal valid one. CRLF line ends become LF (iptables-restore rejects `\r`).
-//! - `full-save`: the `iptables-save -t filter` output, as the AWS documentation does (this
+//! - `full-save`: the `iptables-save` output, every table, as the AWS documentation does (this
 //!   does persist Docker's run-time rules); date comments dropped and counters zeroed so a
 //!   second run leaves the file unchanged.
 //! - `none`: nothing (the dockerd drop-in uses it).
@@ -21,7 +21,7 @@
 //! anyone edited is merged as usual; if it still rejects forwarded traffic we warn.
 
 use super::iptables::Ipt;
-use super::rules::RuleSet;
+use super::rules::{Family, RuleSet};
 use crate::fsutil::{self, WriteOutcome};
 use crate::sys::Root;
 use std::os::unix::fs::PermissionsExt as _;
@@ -37,7 +37,7 @@ const HEADER: &str = "# Written by ecs-bootstrap: keeps containers on the Docker
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Distro {
     /// Amazon Linux, RHEL, CentOS, Fedora, Rocky, Alma, Oracle: `/etc/sysconfig/ip(6)tables`,
-    /// loaded at boot by `iptables.service` from `iptables-services`.
+    /// loaded at boot by `iptables.service` and `ip6tables.service` from `iptables-services`.
     RhelFamily(String),
     /// Debian, Ubuntu: `/etc/iptables/rules.v4|v6`, loaded by `netfilter-persistent`.
     DebianFamily(String),
@@ -107,10 +107,17 @@ impl Distro {
         }
     }
 
-    /// The systemd units that load the files at boot, and the package that ships them.
-    pub fn loader(&self) -> Option<(&'static [&'static str], &'static str)> {
+    /// The systemd units that load the `family`'s file at boot, and the package that ships
+    /// them (iptables-services has one unit per family; netfilter-persistent loads both).
+    pub fn loader(&self, family: Family) -> Option<(&'static [&'static str], &'static str)> {
         match self {
-            Distro::RhelFamily(_) => Some((&["iptables.service"], "iptables-services")),
+            Distro::RhelFamily(_) => Some((
+                match family {
+                    Family::V4 => &["iptables.service"],
+                    Family::V6 => &["ip6tables.service"],
+                },
+                "iptables-services",
+            )),
             Distro::DebianFamily(_) => Some((
                 &["netfilter-persistent.service"],
                 "iptables-persistent (netfilter-persistent)",
@@ -466,7 +473,7 @@ pub fn merge_into(ipt: &Ipt, path: &Path, set: &RuleSet) -> anyhow::Result<Persi
             fsutil::write_atomic(&b, old.as_bytes(), mode)?;
         }
         warnings.push(format!(
-            "{} was the iptables-services sample, which rejects all forwarded traffic and all inbound traffic but ssh (restored at boot it would cut every container off); replaced it with a file holding only our rules, the sample is kept in {}",
+            "{} was the iptables-services sample, which rejects all forwarded traffic and all inbound traffic but ssh (restored at boot it would cut every container off); replaced it with a file holding only our rules, so INPUT and FORWARD accept by default as on a host without the file (filter inbound traffic with security groups, or add your own INPUT rules to the file); the sample is kept in {}",
             path.display(),
             b.display()
         ));
@@ -503,7 +510,7 @@ pub fn merge_into(ipt: &Ipt, path: &Path, set: &RuleSet) -> anyhow::Result<Persi
 /// `--persist full-save`: see the module docs.
 pub fn full_save_into(ipt: &Ipt, path: &Path) -> anyhow::Result<Persisted> {
     let old = read_existing(path)?;
-    let text = normalize_save(&ipt.save_filter()?);
+    let text = normalize_save(&ipt.save_all()?);
     let outcome = validate_and_write(ipt, path, &text, &old, mode_of(path), false)?;
     Ok(Persisted {
         file: path.to_owned(),
@@ -795,6 +802,18 @@ COMMIT
             ]
         );
         assert!(!m.text.contains("DOCKER-USER"));
+    }
+
+    #[test]
+    fn each_family_has_its_loader() {
+        let rhel = Distro::RhelFamily("Amazon Linux".into());
+        assert_eq!(rhel.loader(Family::V4).unwrap().0, ["iptables.service"]);
+        assert_eq!(rhel.loader(Family::V6).unwrap().0, ["ip6tables.service"]);
+        let deb = Distro::DebianFamily("Debian".into());
+        assert_eq!(
+            deb.loader(Family::V6).unwrap().0,
+            ["netfilter-persistent.service"]
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl RuleSet {
 }
 
 /// Checks an interface pattern as iptables accepts it: 1 to 15 bytes, no blank, no `/`, no
-/// leading `!`, `+` only as the last character. The error says what is wrong and the fix.
+/// quote or backslash (for the rules file), no leading `!`, `+` only as the last character. The error says what is wrong and the fix.
 pub fn validate_interface(p: &str) -> Result<(), String> {
     let problem = if p.is_empty() {
         Some("it is empty")
@@ -147,9 +147,11 @@ pub fn validate_interface(p: &str) -> Result<(), String> {
         Some("it is longer than 15 characters (the kernel's limit for interface names)")
     } else if p
         .chars()
-        .any(|c| c.is_whitespace() || c == '/' || c == '\0')
+        .any(|c| c.is_whitespace() || "/\0\"'\\".contains(c))
     {
-        Some("it contains a blank or a '/'")
+        // Quotes and backslashes are legal in a kernel name, but iptables-restore's tokenizer
+        // would read them in the rules file that boots the host.
+        Some("it contains a blank, a '/', a quote or a backslash")
     } else if p.starts_with('!') || p.starts_with('-') {
         Some("it starts with '!' or '-'")
     } else if p.trim_end_matches('+').contains('+') || p.ends_with("++") {
@@ -241,6 +243,9 @@ mod tests {
             "!docker0",
             "do+cker",
             "-x",
+            "br-\"x",
+            "br-'x",
+            "br-\\x",
         ] {
             let e = validate_interface(bad).unwrap_err();
             assert!(e.contains("not a valid interface pattern"), "{e}");
