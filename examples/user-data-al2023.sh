@@ -41,7 +41,7 @@ if [[ $baked == no ]]; then
     status=0
     ecs-bootstrap run --report /run/ecs-bootstrap/report.json || status=$?
     if ((status != 0)); then
-        echo "ecs-bootstrap run failed (exit $status: 3 config, 4 firewall, 5 check); see the lines above and /run/ecs-bootstrap/report.json" >&2
+        echo "ecs-bootstrap run failed (exit $status: 3 config, 4 firewall, 5 check, 7 IMDS unreachable); see the lines above and /run/ecs-bootstrap/report.json" >&2
         exit "$status"
     fi
 fi

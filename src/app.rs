@@ -281,6 +281,19 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         }
         _ => StepReport::skipped(Step::Prove),
     };
+    // A metadata request that gave up on an unreachable IMDS explains every failed step that
+    // needs IMDS, also when the error reached the step only as text (the SDK's credentials
+    // error) or when the wait left the next step no time: exit code 7.
+    let (mut config, mut check, mut prove) = (config, check, prove);
+    if let Some(Ok(imds)) = &imds
+        && imds.was_unreachable()
+    {
+        for s in [&mut config, &mut check, &mut prove] {
+            if s.outcome == crate::report::Outcome::Failed {
+                s.imds_unreachable = true;
+            }
+        }
+    }
     let steps = match plan.command {
         "run" if plan.prove.is_some() => vec![config, firewall, check, prove],
         "run" => vec![config, firewall, check],

@@ -26,7 +26,8 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
         a flag beats the environment, which beats the file.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
-        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed.\n\
+        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed, \
+        7 the host cannot reach instance metadata (whichever step noticed it).\n\
         For `run`, the code names the first step that failed."
 )]
 pub struct Cli {

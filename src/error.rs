@@ -42,6 +42,9 @@ pub enum Exit {
     Firewall = 4,
     Check = 5,
     Prove = 6,
+    /// The host cannot reach instance metadata: whichever step noticed it first (the region
+    /// lookup, the credentials, the check), this is the cause to fix, so it has its own code.
+    ImdsUnreachable = 7,
 }
 
 impl Exit {

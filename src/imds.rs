@@ -69,6 +69,11 @@ pub enum MetadataError {
     },
     #[error("instance metadata request for {path} failed: {detail}")]
     Other { path: String, detail: String },
+    #[error(
+        "instance metadata request for {path} not made: the overall deadline has passed (an earlier step used the \
+         time up); raise --deadline"
+    )]
+    NoTimeLeft { path: String },
 }
 
 /// The shared IMDS handle; clones share the client, the token and the region.
@@ -85,6 +90,8 @@ struct Inner {
     /// No request or retry runs past this instant.
     deadline: Instant,
     region: OnceCell<String>,
+    /// Some request gave up because IMDS did not answer (after its retries).
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 /// One failed attempt, classified.
@@ -132,12 +139,21 @@ impl Imds {
                 endpoint,
                 deadline: deadline - margin,
                 region: OnceCell::new(),
+                unreachable: Default::default(),
             }),
         })
     }
 
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// Whether a request of this run gave up because IMDS did not answer, however the error
+    /// travelled afterwards (the SDK's credentials error keeps only its text).
+    pub fn was_unreachable(&self) -> bool {
+        self.inner
+            .unreachable
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The instant by which every metadata request gives up.
@@ -180,6 +196,10 @@ impl Imds {
         let mut delay = FIRST_DELAY;
         let mut renewed = false;
         let mut attempt = 1u32;
+        if start >= self.inner.deadline {
+            // Not a sign of an unreachable IMDS: there was no time to ask.
+            return Err(MetadataError::NoTimeLeft { path: path.into() });
+        }
         loop {
             let (generation, r) = self.attempt(path).await;
             let (detail, status) = match r {
@@ -221,10 +241,15 @@ impl Imds {
                             " ({tried}): instance metadata is not serving; wait and retry, or raise --deadline"
                         ),
                     },
-                    None => MetadataError::Unreachable {
-                        endpoint: self.inner.endpoint.clone(),
-                        detail: format!("{detail}; {tried}"),
-                    },
+                    None => {
+                        self.inner
+                            .unreachable
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        MetadataError::Unreachable {
+                            endpoint: self.inner.endpoint.clone(),
+                            detail: format!("{detail}; {tried}"),
+                        }
+                    }
                 });
             }
             tracing::warn!(

@@ -46,6 +46,9 @@ pub struct StepReport {
     pub details: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The step failed because the host cannot reach instance metadata (exit code 7).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub imds_unreachable: bool,
 }
 
 impl StepReport {
@@ -60,8 +63,15 @@ impl StepReport {
                 summary: r.summary,
                 details: r.details,
                 error: None,
+                imds_unreachable: false,
             },
             Err(e) => {
+                let imds_unreachable = e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<crate::imds::MetadataError>(),
+                        Some(crate::imds::MetadataError::Unreachable { .. })
+                    )
+                });
                 let (summary, details) = match e.downcast_ref::<Failure>() {
                     Some(f) => (f.summary.clone(), f.details.clone()),
                     None => (vec![], serde_json::Value::Null),
@@ -74,6 +84,7 @@ impl StepReport {
                     summary,
                     details,
                     error: Some(format!("{e:#}")),
+                    imds_unreachable,
                 }
             }
         }
@@ -88,6 +99,7 @@ impl StepReport {
             summary: vec![],
             details: serde_json::Value::Null,
             error: None,
+            imds_unreachable: false,
         }
     }
 }
@@ -173,6 +185,12 @@ impl Report {
 
 /// The exit code names the first failed step, in step order.
 pub fn exit_for(steps: &[StepReport]) -> Exit {
+    if steps
+        .iter()
+        .any(|s| s.outcome == Outcome::Failed && s.imds_unreachable)
+    {
+        return Exit::ImdsUnreachable;
+    }
     steps
         .iter()
         .filter(|s| s.outcome == Outcome::Failed)
@@ -206,6 +224,37 @@ mod tests {
             exit_for(&[StepReport::skipped(Step::Config)]),
             Exit::Success
         );
+    }
+
+    /// IMDS out of reach is the cause to fix, whichever step noticed it: code 7, also when an
+    /// earlier step failed for it (the config step's region lookup) and the check did too.
+    #[test]
+    fn unreachable_metadata_has_its_own_code() {
+        let unreachable = || {
+            anyhow::Error::new(crate::imds::MetadataError::Unreachable {
+                endpoint: "http://169.254.169.254".into(),
+                detail: "connect timeout".into(),
+            })
+            .context("finding the region in instance metadata")
+        };
+        let config = StepReport::from_result(Step::Config, Duration::ZERO, Err(unreachable()));
+        assert!(config.imds_unreachable);
+        assert_eq!(
+            exit_for(&[config.clone(), failed(Step::Check)]),
+            Exit::ImdsUnreachable
+        );
+        assert_eq!(Exit::ImdsUnreachable.code(), 7);
+        assert!(
+            serde_json::to_string(&config)
+                .unwrap()
+                .contains("\"imds_unreachable\":true")
+        );
+        // Any other IMDS failure keeps the step's code.
+        let e = anyhow::Error::new(crate::imds::MetadataError::NotFound {
+            path: "/latest/meta-data/iam/info".into(),
+        });
+        let check = StepReport::from_result(Step::Check, Duration::ZERO, Err(e));
+        assert_eq!(exit_for(&[check]), Exit::Check);
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
     let t = Instant::now();
     let r = sb.run(&["check-imds", "--deadline", "4"]);
     let took = t.elapsed();
-    r.assert_code(5);
+    r.assert_code(7);
     assert_names_the_causes(&r);
     assert!(
         r.stderr.matches(RETRY_LINE).count() >= 2,
@@ -154,7 +154,8 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
     );
 
     // A DROP on the host's own OUTPUT chain: connections time out. After the firewall step
-    // (which succeeds), the check fails with the same guidance and its own exit code.
+    // (which succeeds), the check fails with the same guidance and the exit code of an
+    // unreachable IMDS, 7; the connect timeouts were retried.
     sb.imds_control(json!({}));
     assert!(sb.reaches_imds(Ns::Host, false));
     sb.cut_host_from_imds();
@@ -174,15 +175,55 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
         "json",
     ]);
     let took = t.elapsed();
-    r.assert_code(5);
+    r.assert_code(7);
     assert_names_the_causes(&r);
     let v = r.json();
     assert_eq!(v["steps"][0]["outcome"], "skipped");
     assert_eq!(v["steps"][1]["outcome"], "ok");
     assert_eq!(v["steps"][2]["outcome"], "failed");
+    assert_eq!(v["steps"][2]["imds_unreachable"], true, "{v}");
+    let timeouts = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains(RETRY_LINE) && l.contains("timeout"))
+        .count();
+    assert!(timeouts >= 2, "connect timeouts retried:\n{}", r.stderr);
     assert!(
         took < Duration::from_secs(30),
         "a 5 s deadline bounds the run; took {took:?}"
+    );
+
+    // The DROP goes away 3 s into a run (IMDS slow to come up at boot): the connect
+    // timeouts are retried until it answers, and the run succeeds.
+    let mut c = sb.cmd();
+    c.args(["check-imds", "--deadline", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let del = sb.exec(
+        Ns::Host,
+        &[
+            "iptables",
+            "-w",
+            "5",
+            "-D",
+            "OUTPUT",
+            "-d",
+            "169.254.169.254",
+            "-j",
+            "DROP",
+        ],
+    );
+    assert_eq!(del.code, Some(0), "{}", del.stderr);
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(RETRY_LINE) && l.contains("timeout")),
+        "{stderr}"
     );
 }
 

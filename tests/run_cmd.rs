@@ -188,7 +188,7 @@ fn a_failed_step_does_not_stop_the_others_and_the_code_names_it() {
     assert_eq!(step(&v, "firewall")["outcome"], "failed", "{v}");
     assert_eq!(step(&v, "check")["outcome"], "ok");
 
-    // Only the check fails (IMDS gone after the other steps would have run): exit 5.
+    // Only the check fails, because IMDS is gone: exit 7 (an unreachable IMDS), not 5.
     let src = sb.source();
     sb.imds_control(json!({"unavailable_until": now_epoch() + 3600}));
     let r = sb.run(&[
@@ -203,7 +203,17 @@ fn a_failed_step_does_not_stop_the_others_and_the_code_names_it() {
         "--deadline",
         "3",
     ]);
-    r.assert_code(5);
+    r.assert_code(7);
+    // The check failing for another reason keeps the check's own code: no instance profile.
+    sb.imds_control(json!({"profile": false}));
+    let r = sb.run(&[
+        "run",
+        "--skip-config",
+        "--skip-firewall",
+        "--deadline",
+        "10",
+    ]);
+    r.assert_code(5).assert_contains("ecsInstanceRole");
 }
 
 #[test]
@@ -406,19 +416,49 @@ fn every_imds_wait_ends_within_the_deadline() {
         "json",
     ]);
     let took = t.elapsed();
-    r.assert_code(3);
+    // The exit code of an unreachable IMDS, whichever step saw it first.
+    r.assert_code(7);
     assert!(
         took < Duration::from_secs(30),
         "the deadline bounds the run: {took:?}"
     );
     let v = r.json();
-    assert_eq!(step(&v, "config")["outcome"], "failed");
+    let config = step(&v, "config");
+    assert_eq!(config["outcome"], "failed");
+    assert_eq!(config["imds_unreachable"], true);
+    let err = config["error"].as_str().unwrap();
+    assert!(err.contains("cannot reach instance metadata"), "{err}");
+    assert!(err.contains("OUTPUT chain"), "{err}");
     assert_eq!(step(&v, "firewall")["outcome"], "ok", "no wait for IMDS");
+    // The config step waited for IMDS up to the deadline; the check had no time left (it says
+    // so rather than blaming IMDS a second time) or a last moment in which IMDS did not answer.
     let check = step(&v, "check");
     assert_eq!(check["outcome"], "failed");
     let err = check["error"].as_str().unwrap();
-    assert!(err.contains("cannot reach instance metadata"), "{err}");
-    assert!(err.contains("OUTPUT chain"), "{err}");
+    assert!(
+        err.contains("the overall deadline has passed")
+            || err.contains("cannot reach instance metadata"),
+        "{err}"
+    );
+
+    // With AWS_REGION set the config step meets IMDS only through the SDK's credentials
+    // provider, whose error keeps just the text: still exit 7, still flagged.
+    let mut c = sb.cmd();
+    c.env("AWS_REGION", "us-east-1").args([
+        "run",
+        "--source",
+        &src,
+        "--skip-firewall",
+        "--skip-check",
+        "--deadline",
+        "4",
+        "--output",
+        "json",
+    ]);
+    let r = Sandbox::run_cmd(c);
+    r.assert_code(7);
+    let v = r.json();
+    assert_eq!(step(&v, "config")["imds_unreachable"], true, "{v}");
 }
 
 #[test]
