@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Checks the examples and the packaging scripts:
 #   - shellcheck on every shell script in examples/ and packaging/ (maintainer scripts too);
-#   - the Image Builder component parses as YAML (python3 with PyYAML; without it that one
-#     check is skipped, loudly), has build, validate and test phases, and the commands of its
-#     ExecuteBash steps pass shellcheck;
+#   - the Image Builder component parses as YAML (python3 with PyYAML, which tests/run.sh
+#     installs in the sandbox venv; without it the check fails), has build, validate and test
+#     phases, and the commands of its ExecuteBash steps pass shellcheck;
 #   - the Packer template's inline commands pass shellcheck and its braces balance.
 # Needs: shellcheck, python3 (PyYAML for the YAML check).
 set -euo pipefail

@@ -559,7 +559,8 @@ fn imds_no_instance_profile() {
     let r = run_moto(&sb, 30, &[]);
     r.assert_code(3)
         .assert_contains("the instance has no instance profile (iam/security-credentials/ is 404)")
-        .assert_contains("attach an instance profile with a role that may read the object")
+        .assert_contains("ecsInstanceRole: AmazonEC2ContainerServiceforEC2Role")
+        .assert_contains("attach an instance profile with the ECS container instance role")
         .assert_contains("the instance has no instance profile (iam/info is 404)")
         .assert_contains("keeps its previous content");
     assert_eq!(attempts_logged(&r), 0, "no retry: {}", r.stderr);

@@ -69,8 +69,9 @@ pub enum FetchError {
     )]
     TooLargeStreamed { url: String, max: u64 },
     #[error(
-        "cannot get credentials of the instance role to read {url}: {detail}; attach an instance profile with a role \
-         that may read the object"
+        "cannot get credentials of the instance role to read {url}: {detail}; attach an instance profile with the ECS \
+         container instance role (ecsInstanceRole: AmazonEC2ContainerServiceforEC2Role plus s3:GetObject on the \
+         object; `ecs-bootstrap iam-policy` prints it)"
     )]
     NoCredentials { url: String, detail: String },
     #[error("giving up on {url} after {attempts} attempt(s) ({why}); last failure: {last}")]
