@@ -37,7 +37,7 @@ use std::time::Duration;
 pub use rules::{IMDS_V4, IMDS_V6};
 
 /// The warning `--chain FORWARD` prints.
-pub const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start.";
+pub const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start (the docker.service drop-in does, and moves the rule back to the top; between dockerd's start and that rerun, containers reach IMDS).";
 
 /// How long a run waits for another run's lock.
 pub const LOCK_PATIENCE: Duration = Duration::from_secs(30);
