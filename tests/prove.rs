@@ -144,10 +144,11 @@ fn prove_says_reachable_before_the_block_and_blocked_after_ipv4_and_ipv6() {
     assert!(!r.stdout.contains("fd00:ec2::254"), "{}", r.stdout);
     assert_clean(&sb, pid);
 
-    // The host cut off from IMDS: blocked from the bridge is not enough.
+    // The host cut off from IMDS: blocked from the bridge is not enough. The code is that of
+    // an unreachable IMDS (7), the cause to fix; 6 is for a bridge that reaches IMDS.
     sb.cut_host_from_imds();
     let (pid, r) = run_pid(&sb, &["prove", "--ipv6", "off", "--deadline", "4"]);
-    r.assert_code(6)
+    r.assert_code(7)
         .assert_contains("the host itself cannot reach instance metadata")
         .assert_contains("OUTPUT chain");
     assert_clean(&sb, pid);
