@@ -371,32 +371,26 @@ fn killed_runs_leave_the_old_file_and_the_next_run_cleans_up() {
     assert_old_intact(&sb);
 
     // A temp file left by a writer killed with SIGKILL while writing.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf 'ECS_CLUS' > \"{}/.ecs.config.ecs-bootstrap-tmp.$$\"; kill -9 $$",
-            dir.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(!out.success());
-    assert_eq!(temp_files(&dir).len(), 1);
+    let leave_temp = || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf 'ECS_CLUS' > \"{}/.ecs.config.ecs-bootstrap-tmp.$$\"; kill -9 $$",
+                dir.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(!out.success());
+        assert_eq!(temp_files(&dir).len(), 1);
+    };
+    leave_temp();
     // The next run fails before it writes anything (no such key): the leftover, which may
     // hold secrets, goes all the same, and the old file stays.
     let missing = format!("s3://{}/no-such-key", sb.s("bucket"));
     fetch_src(&sb, None, &missing, &[]).assert_code(3);
     assert_old_intact(&sb);
     // Another leftover, then a run that succeeds.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf 'ECS_CLUS' > \"{}/.ecs.config.ecs-bootstrap-tmp.$$\"; kill -9 $$",
-            dir.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(!out.success());
-    assert_eq!(temp_files(&dir).len(), 1);
+    leave_temp();
     sb.proxy_control(json!({"plan": [], "then": "pass"}));
     fetch(&sb, None, &[]).assert_code(0);
     assert_eq!(

@@ -680,21 +680,24 @@ fn minimal_rendering_passes_restore_test_on_both_backends() {
 /// IPv6 disabled by sysctl, only IPv4, and the report says why.
 #[test]
 fn ipv6_auto_follows_the_host() {
+    let auto = |ns: &Ns| {
+        let root = tempdir();
+        let (p4, p6) = files(root.path());
+        let extra = [
+            "--ipv6",
+            "auto",
+            "--persist-file",
+            &p4,
+            "--persist-file6",
+            &p6,
+        ];
+        let r = block(ns, root.path(), NFT, &extra);
+        assert_eq!(r.code, 0, "{}", r.text());
+        r.step()["details"]["ipv6"].clone()
+    };
     let on = Ns::new("a6");
-    let root = tempdir();
-    let (p4, p6) = files(root.path());
-    let extra = [
-        "--ipv6",
-        "auto",
-        "--persist-file",
-        &p4,
-        "--persist-file6",
-        &p6,
-    ];
-    let r = block(&on, root.path(), NFT, &extra);
-    assert_eq!(r.code, 0, "{}", r.text());
-    let v6 = &r.step()["details"]["ipv6"];
-    assert_eq!(v6["enabled"], true, "{}", r.text());
+    let v6 = auto(&on);
+    assert_eq!(v6["enabled"], true, "{v6}");
     assert_eq!(v6["reason"], "auto: the host has IPv6");
     assert_eq!(count(&on.rules(&six(NFT)), RULE6), 1);
 
@@ -706,20 +709,8 @@ fn ipv6_auto_follows_the_host() {
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let root = tempdir();
-    let (p4, p6) = files(root.path());
-    let extra = [
-        "--ipv6",
-        "auto",
-        "--persist-file",
-        &p4,
-        "--persist-file6",
-        &p6,
-    ];
-    let r = block(&off, root.path(), NFT, &extra);
-    assert_eq!(r.code, 0, "{}", r.text());
-    let v6 = &r.step()["details"]["ipv6"];
-    assert_eq!(v6["enabled"], false, "{}", r.text());
+    let v6 = auto(&off);
+    assert_eq!(v6["enabled"], false, "{v6}");
     assert_eq!(v6["reason"], "auto: the host has no IPv6");
     assert_eq!(count(&off.rules(NFT), RULE4), 1);
     assert_eq!(count(&off.rules(&six(NFT)), RULE6), 0);
