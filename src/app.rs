@@ -282,8 +282,9 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         _ => StepReport::skipped(Step::Prove),
     };
     // A metadata request that gave up on an unreachable IMDS explains every failed step that
-    // needs IMDS, also when the error reached the step only as text (the SDK's credentials
-    // error) or when the wait left the next step no time: exit code 7.
+    // needs IMDS, however its error reached the step (as a MetadataError, as the text of the
+    // SDK's credentials error, or as a deadline the wait used up): exit code 7. The shared
+    // handle is the one place that knows.
     let (mut config, mut check, mut prove) = (config, check, prove);
     if let Some(Ok(imds)) = &imds
         && imds.was_unreachable()

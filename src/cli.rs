@@ -28,7 +28,7 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
         3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed, \
         7 the host cannot reach instance metadata (whichever step noticed it).\n\
-        For `run`, the code names the first step that failed."
+        For `run`, the code names the first step that failed, except that 7 outranks the others."
 )]
 pub struct Cli {
     #[command(flatten)]

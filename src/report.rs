@@ -46,7 +46,8 @@ pub struct StepReport {
     pub details: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The step failed because the host cannot reach instance metadata (exit code 7).
+    /// The step failed because the host cannot reach instance metadata (exit code 7). Set by
+    /// `app`, which owns the shared IMDS handle that knows it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub imds_unreachable: bool,
 }
@@ -66,12 +67,6 @@ impl StepReport {
                 imds_unreachable: false,
             },
             Err(e) => {
-                let imds_unreachable = e.chain().any(|c| {
-                    matches!(
-                        c.downcast_ref::<crate::imds::MetadataError>(),
-                        Some(crate::imds::MetadataError::Unreachable { .. })
-                    )
-                });
                 let (summary, details) = match e.downcast_ref::<Failure>() {
                     Some(f) => (f.summary.clone(), f.details.clone()),
                     None => (vec![], serde_json::Value::Null),
@@ -84,7 +79,7 @@ impl StepReport {
                     summary,
                     details,
                     error: Some(format!("{e:#}")),
-                    imds_unreachable,
+                    imds_unreachable: false,
                 }
             }
         }
@@ -183,7 +178,8 @@ impl Report {
     }
 }
 
-/// The exit code names the first failed step, in step order.
+/// The exit code names the first failed step, in step order; a step that failed on an
+/// unreachable IMDS outranks that order (7).
 pub fn exit_for(steps: &[StepReport]) -> Exit {
     if steps
         .iter()
@@ -230,15 +226,8 @@ mod tests {
     /// earlier step failed for it (the config step's region lookup) and the check did too.
     #[test]
     fn unreachable_metadata_has_its_own_code() {
-        let unreachable = || {
-            anyhow::Error::new(crate::imds::MetadataError::Unreachable {
-                endpoint: "http://169.254.169.254".into(),
-                detail: "connect timeout".into(),
-            })
-            .context("finding the region in instance metadata")
-        };
-        let config = StepReport::from_result(Step::Config, Duration::ZERO, Err(unreachable()));
-        assert!(config.imds_unreachable);
+        let mut config = failed(Step::Config);
+        config.imds_unreachable = true;
         assert_eq!(
             exit_for(&[config.clone(), failed(Step::Check)]),
             Exit::ImdsUnreachable
@@ -249,12 +238,14 @@ mod tests {
                 .unwrap()
                 .contains("\"imds_unreachable\":true")
         );
-        // Any other IMDS failure keeps the step's code.
-        let e = anyhow::Error::new(crate::imds::MetadataError::NotFound {
-            path: "/latest/meta-data/iam/info".into(),
-        });
-        let check = StepReport::from_result(Step::Check, Duration::ZERO, Err(e));
-        assert_eq!(exit_for(&[check]), Exit::Check);
+        // Any other failure keeps the step's code, and the report leaves the field out.
+        let check = failed(Step::Check);
+        assert_eq!(exit_for(std::slice::from_ref(&check)), Exit::Check);
+        assert!(
+            !serde_json::to_string(&check)
+                .unwrap()
+                .contains("imds_unreachable")
+        );
     }
 
     #[test]
