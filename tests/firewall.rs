@@ -296,12 +296,15 @@ fn forward_placement_bypassed(bin: &str) {
     for layout in [DockerLayout::V20To27, DockerLayout::V28] {
         let t = Topo::new();
         let root = tempdir();
-        let r = block(
-            &t.host,
-            root.path(),
-            bin,
-            &["--chain", "FORWARD", "--persist", "none", "--ipv6", "off"],
-        );
+        let block_forward = || {
+            block(
+                &t.host,
+                root.path(),
+                bin,
+                &["--chain", "FORWARD", "--persist", "none", "--ipv6", "off"],
+            )
+        };
+        let r = block_forward();
         assert_eq!(r.code, 0, "{}", r.text());
         assert!(
             r.stdout
@@ -327,12 +330,7 @@ fn forward_placement_bypassed(bin: &str) {
         );
         // A rerun (what the docker.service drop-in does after every dockerd start) moves the
         // rule back to the top: blocked again, one copy, first in FORWARD.
-        let again = block(
-            &t.host,
-            root.path(),
-            bin,
-            &["--chain", "FORWARD", "--persist", "none", "--ipv6", "off"],
-        );
+        let again = block_forward();
         assert_eq!(again.code, 0, "{}", again.text());
         assert!(again.changed(), "{}", again.text());
         assert!(again.stdout.contains("moved"), "{}", again.text());
@@ -357,12 +355,7 @@ fn forward_placement_bypassed(bin: &str) {
             IMDS4,
             &format!("{layout:?}: FORWARD placement after a rerun"),
         );
-        let third = block(
-            &t.host,
-            root.path(),
-            bin,
-            &["--chain", "FORWARD", "--persist", "none", "--ipv6", "off"],
-        );
+        let third = block_forward();
         assert!(!third.changed(), "{}", third.text());
     }
 }
