@@ -90,6 +90,8 @@ struct Inner {
     /// No request or retry runs past this instant.
     deadline: Instant,
     region: OnceCell<String>,
+    /// The instance profile's role, asked once per run (the credentials and the check need it).
+    role: OnceCell<Option<String>>,
     /// Some request gave up because IMDS did not answer (after its retries).
     unreachable: std::sync::atomic::AtomicBool,
 }
@@ -139,6 +141,7 @@ impl Imds {
                 endpoint,
                 deadline: deadline - margin,
                 region: OnceCell::new(),
+                role: OnceCell::new(),
                 unreachable: Default::default(),
             }),
         })
@@ -293,20 +296,27 @@ impl Imds {
     }
 
     /// The role of the instance profile (first line of `iam/security-credentials/`), or `None`
-    /// when the instance has no instance profile (404 or empty).
+    /// when the instance has no instance profile (404 or empty). Asked once per run: the
+    /// credentials provider and the check share the answer.
     pub async fn role_name(&self) -> Result<Option<String>, MetadataError> {
-        match self
-            .get("/latest/meta-data/iam/security-credentials/")
+        self.inner
+            .role
+            .get_or_try_init(|| async {
+                match self
+                    .get("/latest/meta-data/iam/security-credentials/")
+                    .await
+                {
+                    Ok(body) => Ok(body
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                        .map(str::to_owned)),
+                    Err(MetadataError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
             .await
-        {
-            Ok(body) => Ok(body
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .map(str::to_owned)),
-            Err(MetadataError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+            .cloned()
     }
 
     /// A credentials provider for the instance role on the shared client, token and retries.

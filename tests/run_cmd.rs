@@ -54,6 +54,7 @@ fn run_with_prove_has_four_steps_one_token_and_writes_the_report_file() {
     let pf = sb.persist_file();
     let report = sb.root.path().join("run/ecs-bootstrap/report.json");
     let puts = sb.token_puts();
+    let asked = sb.imds_requests().len();
     let r = sb.run(&[
         "run",
         "--source",
@@ -72,6 +73,19 @@ fn run_with_prove_has_four_steps_one_token_and_writes_the_report_file() {
         1,
         "one token PUT for config, check and prove"
     );
+    // The region and the role are asked once per run and serve the config step and the check
+    // alike (prove asks instance-id again on purpose: IMDS must answer after the probe too).
+    let requests = sb.imds_requests();
+    for path in [
+        "/latest/meta-data/placement/region",
+        "/latest/meta-data/iam/security-credentials/",
+    ] {
+        let n = requests[asked..]
+            .iter()
+            .filter(|q| q["path"] == path)
+            .count();
+        assert_eq!(n, 1, "{path} asked {n} times: {:?}", &requests[asked..]);
+    }
     let v = r.json();
     assert_report_shape(&v);
     assert_eq!(v["command"], "run");
