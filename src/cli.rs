@@ -236,6 +236,13 @@ pub struct FirewallArgs {
     /// IPv6 rules file; default from the distribution. Example: --persist-file6 /etc/iptables/rules.v6
     #[arg(long, env = "ECS_BOOTSTRAP_PERSIST_FILE6", value_name = "PATH")]
     pub persist_file6: Option<PathBuf>,
+
+    /// Undo the block: remove every rule ecs-bootstrap added (they carry the comment
+    /// `ecs-bootstrap`), from the kernel and from the rules file; DOCKER-USER and its jump too
+    /// when nothing else uses them. Containers on the bridges reach instance metadata again.
+    /// Example: block-imds --remove
+    #[arg(long)]
+    pub remove: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
