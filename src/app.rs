@@ -146,7 +146,9 @@ impl Plan {
                     .transpose()?,
                 check: !r.skip_check,
                 prove: r.prove.then(|| prove::Options {
-                    bridge: "docker0".into(),
+                    bridge: None,
+                    interfaces: r.firewall.interfaces.clone(),
+                    iptables: r.firewall.iptables.clone(),
                     ipv6: r.firewall.ipv6,
                 }),
             },

@@ -24,6 +24,8 @@ pub struct Failure {
     pub message: String,
     pub summary: Vec<String>,
     pub details: serde_json::Value,
+    /// The exit code when it is not the step's own (prove's "not proven", 8).
+    pub exit: Option<Exit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +52,9 @@ pub struct StepReport {
     /// `app`, which owns the shared IMDS handle that knows it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub imds_unreachable: bool,
+    /// The exit code of a failure that is not the step's own (from [`Failure::exit`]).
+    #[serde(skip)]
+    pub exit: Option<Exit>,
 }
 
 impl StepReport {
@@ -65,11 +70,12 @@ impl StepReport {
                 details: r.details,
                 error: None,
                 imds_unreachable: false,
+                exit: None,
             },
             Err(e) => {
-                let (summary, details) = match e.downcast_ref::<Failure>() {
-                    Some(f) => (f.summary.clone(), f.details.clone()),
-                    None => (vec![], serde_json::Value::Null),
+                let (summary, details, exit) = match e.downcast_ref::<Failure>() {
+                    Some(f) => (f.summary.clone(), f.details.clone(), f.exit),
+                    None => (vec![], serde_json::Value::Null, None),
                 };
                 StepReport {
                     step,
@@ -80,6 +86,7 @@ impl StepReport {
                     details,
                     error: Some(format!("{e:#}")),
                     imds_unreachable: false,
+                    exit,
                 }
             }
         }
@@ -95,6 +102,7 @@ impl StepReport {
             details: serde_json::Value::Null,
             error: None,
             imds_unreachable: false,
+            exit: None,
         }
     }
 }
@@ -190,9 +198,8 @@ pub fn exit_for(steps: &[StepReport]) -> Exit {
     steps
         .iter()
         .filter(|s| s.outcome == Outcome::Failed)
-        .map(|s| s.step)
-        .min()
-        .map(Step::exit_code)
+        .min_by_key(|s| s.step)
+        .map(|s| s.exit.unwrap_or(s.step.exit_code()))
         .unwrap_or(Exit::Success)
 }
 
@@ -254,6 +261,7 @@ mod tests {
             message: "reachable".into(),
             summary: vec!["from docker0: reachable".into()],
             details: serde_json::json!({"from_bridge": {"ipv4": "reachable"}}),
+            exit: None,
         })
         .context("prove");
         let r = StepReport::from_result(Step::Prove, Duration::ZERO, Err(e));

@@ -364,10 +364,16 @@ fn host_has_ipv6() -> bool {
 }
 
 fn resolve_iptables(opts: &Options) -> Result<PathBuf, IptError> {
-    match &opts.iptables {
+    resolve_binary(opts.iptables.as_deref())
+}
+
+/// The iptables binary to run: `--iptables` (a path, or a name looked up like the default),
+/// else `iptables` from PATH or the sbin folders.
+pub fn resolve_binary(iptables: Option<&Path>) -> Result<PathBuf, IptError> {
+    match iptables {
         Some(p) if p.components().count() > 1 || p.is_absolute() => {
             if iptables::is_executable(p) {
-                Ok(p.clone())
+                Ok(p.to_path_buf())
             } else {
                 Err(IptError::Missing {
                     bin: p.display().to_string(),
