@@ -39,6 +39,7 @@ both_backends! {
     remove_undoes_everything_we_added => remove_undoes;
     churn_at_the_top_of_forward_loses_nothing_with_restore => churn_with_restore;
     churn_at_the_top_of_forward_loses_nothing_without_restore => churn_without_restore;
+    ipv6_auto_fails_closed_when_a_blocked_bridge_has_ipv6_and_no_ip6tables => ipv6_fails_closed;
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -1040,4 +1041,43 @@ fn churn(bin: &str, ours: String, one_by_one: bool) {
     let rules = t.host.rules(bin);
     assert_eq!(count(&rules, churn_rule), 0);
     assert_blocked_by_us(&t, bin, "after the churn");
+}
+
+/// `--ipv6 auto` with ip6tables missing: while docker0 has a global IPv6 address, containers
+/// reach fd00:ec2::254 (the control shows it), so the step fails (exit 4) and says what to
+/// install, with the IPv4 rule in place; once no blocked bridge has one, a warning remains.
+fn ipv6_fails_closed(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    let dir = tempdir();
+    let link = dir.path().join("iptables");
+    std::os::unix::fs::symlink(bin, &link).unwrap();
+    let link = link.to_str().unwrap();
+    let args = ["--persist", "none", "--ipv6", "auto"];
+    let r = block(&t.host, root.path(), link, &args);
+    assert_eq!(r.code, 4, "{}", r.text());
+    assert!(
+        r.stdout.contains("docker0 has a global IPv6 address")
+            && r.stdout.contains("ip6tables")
+            && r.stdout.contains("is missing")
+            && r.stdout.contains("apt-get install iptables"),
+        "{}",
+        r.text()
+    );
+    assert_blocked_by_us(&t, bin, "the IPv4 rule is in place");
+    assert_reaches(
+        &t.ctr,
+        IMDS6,
+        "no ip6tables: IPv6 IMDS is open, hence the failure",
+    );
+
+    t.host
+        .ip(&["addr", "del", "fd00:d0c::1/64", "dev", "docker0"]);
+    let r = block(&t.host, root.path(), link, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stdout.contains("fd00:ec2::254 is not blocked"),
+        "{}",
+        r.text()
+    );
 }

@@ -424,6 +424,7 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
     let bin4 = resolve_iptables(opts)?;
     let ipt4 = Ipt::new(bin4.clone(), Family::V4, runner);
 
+    let mut v6_error: Option<String> = None;
     let bin6 = iptables::ip6tables_beside(&bin4);
     let bin6_found = bin6.as_deref().filter(|p| iptables::is_executable(p));
     let (v6, v6_reason): (Option<PathBuf>, String) = match opts.ipv6 {
@@ -443,12 +444,24 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
             (true, Some(p)) => (Some(p.to_owned()), "auto: the host has IPv6".into()),
             (false, _) => (None, "auto: the host has no IPv6".into()),
             (true, None) => {
-                let w = format!(
-                    "the host has IPv6 but {} is missing: fd00:ec2::254 is not blocked; install ip6tables (package iptables) or pass --ipv6 off",
-                    bin6.map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "ip6tables".into())
-                );
-                warnings.push(w);
+                let bin6 = bin6
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "ip6tables".into());
+                let exposed = std::fs::read_to_string("/proc/net/if_inet6")
+                    .map(|t| global_v6_on(&t, &opts.interfaces))
+                    .unwrap_or_default();
+                if exposed.is_empty() {
+                    warnings.push(format!(
+                        "the host has IPv6 but {bin6} is missing: fd00:ec2::254 is not blocked (no blocked bridge has a global IPv6 address now, so containers cannot reach it yet); install ip6tables (package iptables) or pass --ipv6 off"
+                    ));
+                } else {
+                    // Fail closed: containers on these bridges can reach IMDS over IPv6.
+                    v6_error = Some(format!(
+                        "{} {} a global IPv6 address, so containers on it can reach instance metadata at fd00:ec2::254, but {bin6} is missing and the IPv6 rule cannot be put in place (the IPv4 rule is); install ip6tables (Amazon Linux 2023: `dnf install iptables-nft`; Amazon Linux 2 and RHEL: `yum install iptables`; Debian and Ubuntu: `apt-get install iptables`), or pass --ipv6 off if the instance's IPv6 metadata endpoint is disabled",
+                        exposed.join(", "),
+                        if exposed.len() == 1 { "has" } else { "have" }
+                    ));
+                }
                 (None, "auto: ip6tables missing".into())
             }
         },
@@ -508,10 +521,7 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
         tracing::warn!("{w}");
         summary.push(format!("warning: {w}"));
     }
-    Ok(StepResult {
-        changed,
-        summary,
-        details: json!({
+    let details = json!({
             "backend": backend,
             "iptables": bin4,
             "chain": opts.placement,
@@ -524,8 +534,42 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
             },
             "families": fam_details,
             "warnings": warnings,
-        }),
+    });
+    if let Some(message) = v6_error {
+        return Err(anyhow::Error::new(crate::report::Failure {
+            message,
+            summary,
+            details,
+            exit: None,
+        }));
+    }
+    Ok(StepResult {
+        changed,
+        summary,
+        details,
     })
+}
+
+/// The interfaces matching a blocked pattern that have a global IPv6 address, from the text of
+/// `/proc/net/if_inet6` (address, index, prefix, scope, flags, name; scope 00 is global, which
+/// includes unique local addresses such as Docker's fd00::/8 ones) (pure).
+pub fn global_v6_on(if_inet6: &str, patterns: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for l in if_inet6.lines() {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        if t.len() != 6 || t[3] != "00" {
+            continue;
+        }
+        let name = t[5].to_owned();
+        if patterns
+            .iter()
+            .any(|p| crate::prove::pattern_matches(p, &name))
+            && !out.contains(&name)
+        {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// What one address family's run did.
@@ -939,5 +983,17 @@ mod tests {
             moving_copy(&plan::jump_spec(None)).join(" "),
             "-m comment --comment ecs-bootstrap-moving -j DOCKER-USER"
         );
+    }
+
+    #[test]
+    fn global_ipv6_on_blocked_bridges() {
+        let t = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                 fd000d0c000000000000000000000001 05 40 00 80  docker0\n\
+                 fe80000000000000000000000000abcd 06 40 20 80  br-1234\n\
+                 20010db8000000000000000000000001 02 40 00 80     eth0\n";
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(global_v6_on(t, &p(&["docker+"])), ["docker0"]);
+        assert!(global_v6_on(t, &p(&["br-+"])).is_empty(), "link-local only");
+        assert!(global_v6_on(t, &p(&["docker1"])).is_empty());
     }
 }
