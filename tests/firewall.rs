@@ -40,6 +40,7 @@ both_backends! {
     churn_at_the_top_of_forward_loses_nothing_with_restore => churn_with_restore;
     churn_at_the_top_of_forward_loses_nothing_without_restore => churn_without_restore;
     ipv6_auto_fails_closed_when_a_blocked_bridge_has_ipv6_and_no_ip6tables => ipv6_fails_closed;
+    changed_sample_loaded_at_boot_is_merged_keeping_input_and_containers_work => sample_merged;
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -210,6 +211,7 @@ fn restore_after_al2_sample(bin: &str) {
         &root.path().join("usr/lib/systemd/system/iptables.service"),
         "[Service]\n",
     );
+    enable_unit(root.path(), "iptables.service");
 
     let first = Topo::new();
     let r = block(&first.host, root.path(), bin, &["--ipv6", "off"]);
@@ -1080,4 +1082,149 @@ fn ipv6_fails_closed(bin: &str) {
         "{}",
         r.text()
     );
+}
+
+/// `systemctl enable UNIT` under a root: the link in multi-user.target.wants.
+fn enable_unit(root: &Path, unit: &str) {
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{unit}"), wants.join(unit))
+        .unwrap();
+}
+
+/// An Amazon Linux root: os-release, iptables.service installed (enabled when asked), and
+/// /etc/sysconfig/iptables holding `rules`.
+fn al2_root(rules: &str, enabled: bool) -> tempfile::TempDir {
+    let root = tempdir();
+    write(
+        &root.path().join("etc/os-release"),
+        "NAME=\"Amazon Linux\"\nVERSION=\"2\"\nID=\"amzn\"\nID_LIKE=\"centos rhel fedora\"\n",
+    );
+    write(&root.path().join("etc/sysconfig/iptables"), rules);
+    write(
+        &root.path().join("usr/lib/systemd/system/iptables.service"),
+        "[Service]\n",
+    );
+    if enabled {
+        enable_unit(root.path(), "iptables.service");
+    }
+    root
+}
+
+/// The sample with a note of the operator's, loaded at boot by an enabled iptables.service:
+/// merged, not replaced. Its INPUT rules stay; its forwarding REJECT (which, restored, cuts
+/// every container off: the control) is commented out; restored into a fresh namespace the
+/// container is blocked from IMDS by our rule and reaches other addresses.
+fn sample_merged(bin: &str) {
+    let annotated = AL2_SAMPLE.replace("*filter\n", "# ops: keep ssh only, ticket 42\n*filter\n");
+    let control = Topo::new();
+    restore_into(&control.host, bin, annotated.as_bytes());
+    assert_blocked(
+        &control.ctr,
+        OTHER4,
+        "the sample's REJECT cuts containers off",
+    );
+    drop(control);
+
+    let root = al2_root(&annotated, true);
+    let host = Ns::new("s");
+    let r = block(&host, root.path(), bin, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let p = &r.step()["details"]["families"][0]["persist"];
+    assert_eq!(p["outcome"], "written", "{}", r.text());
+    assert_eq!(p["backup"], serde_json::Value::Null, "merged, not replaced");
+    assert_eq!(p["loaded_at_boot_by"], "iptables.service");
+    assert!(r.stdout.contains("keeping its INPUT rules"), "{}", r.text());
+    let merged = std::fs::read_to_string(root.path().join("etc/sysconfig/iptables")).unwrap();
+    for l in AL2_SAMPLE.lines().filter(|l| l.starts_with("-A INPUT")) {
+        assert!(merged.lines().any(|m| m == l), "{l} kept:\n{merged}");
+    }
+    assert!(
+        !merged
+            .lines()
+            .any(|l| l.starts_with("-A FORWARD -j REJECT")),
+        "{merged}"
+    );
+    drop(host);
+    let t = Topo::new();
+    restore_into(&t.host, bin, merged.as_bytes());
+    assert_blocked_by_us(&t, bin, "the merged sample, restored");
+}
+
+/// The same annotated sample with iptables.service installed but not enabled is inert at
+/// boot: replaced (kept as the backup), and no loader is reported, with a warning saying so.
+#[test]
+fn inert_sample_is_replaced_and_no_loader_is_reported() {
+    let annotated = AL2_SAMPLE.replace("*filter\n", "# ops note\n*filter\n");
+    let root = al2_root(&annotated, false);
+    let host = Ns::new("i");
+    let r = block(&host, root.path(), NFT, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let p = &r.step()["details"]["families"][0]["persist"];
+    assert_eq!(p["loaded_at_boot_by"], serde_json::Value::Null, "{p}");
+    assert!(p["backup"].is_string(), "{p}");
+    assert!(
+        r.stdout.contains("systemctl enable iptables.service"),
+        "{}",
+        r.text()
+    );
+    let file = std::fs::read_to_string(root.path().join("etc/sysconfig/iptables")).unwrap();
+    assert!(!file.contains("REJECT"), "{file}");
+}
+
+/// A rules file that is a symbolic link: written through to a root-owned regular target (the
+/// link stays a link); a target owned by someone else, or a dangling link, is not written and
+/// the step succeeds with a warning, the kernel rule in place.
+#[test]
+fn symlinked_rules_file_is_written_through_only_to_a_root_owned_file() {
+    use std::os::unix::fs::MetadataExt as _;
+    let host = Ns::new("l");
+    let root = tempdir();
+    let target = root.path().join("real.rules");
+    let link = root.path().join("rules.v4");
+    write(
+        &target,
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n",
+    );
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let args = ["--persist-file", link.to_str().unwrap(), "--ipv6", "off"];
+    let r = block(&host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let text = std::fs::read_to_string(&target).unwrap();
+    assert!(
+        text.contains(FILE_RULE4) && text.contains("-A INPUT -i lo -j ACCEPT"),
+        "{text}"
+    );
+
+    // Someone else's target: left alone.
+    let theirs = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n";
+    write(&target, theirs);
+    nix::unistd::chown(&target, Some(nix::unistd::Uid::from_raw(1000)), None).unwrap();
+    assert_eq!(std::fs::metadata(&target).unwrap().uid(), 1000);
+    let r = block(&host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stdout.contains("not a regular file owned by root"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.step()["details"]["families"][0]["persist"]["outcome"],
+        "skipped"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), theirs);
+    assert_eq!(count(&host.rules(NFT), RULE4), 1);
+
+    // Dangling.
+    std::fs::remove_file(&target).unwrap();
+    let r = block(&host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(r.stdout.contains("cannot be resolved"), "{}", r.text());
+    assert!(!target.exists());
 }

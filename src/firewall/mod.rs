@@ -678,9 +678,27 @@ fn persist_family(
             return Ok((json!({"outcome": "skipped", "reason": reason}), false));
         }
     };
+    let loader = loader_state(opts, distro, set.family, &path);
+    // A rules file that is a link is written through to its target only when that is a
+    // regular file of root's; otherwise persistence is skipped (the kernel rule is in place,
+    // so the step does not fail at every boot).
+    let file = match persist::resolve_rules_file(&path) {
+        Ok(f) => f,
+        Err(why) => {
+            warnings.push(format!(
+                "{why}: the {fam} rule is not persisted (ecs-bootstrap re-asserts it at every boot); replace the link with a regular file, or pass --persist-file"
+            ));
+            return Ok((
+                json!({"file": path, "outcome": "skipped", "reason": why}),
+                false,
+            ));
+        }
+    };
     let p = match opts.persist {
-        PersistMode::Merge => persist::merge_into(ipt, &path, set, opts.mode())?,
-        PersistMode::FullSave => persist::full_save_into(ipt, &path)?,
+        PersistMode::Merge => {
+            persist::merge_into(ipt, &file, set, opts.mode(), loader.0.is_some())?
+        }
+        PersistMode::FullSave => persist::full_save_into(ipt, &file)?,
         PersistMode::None => unreachable!("handled above"),
     };
     summary.push(format!(
@@ -692,12 +710,12 @@ fn persist_family(
         summary.push(format!("{fam}: {}: {n}", p.file.display()));
     }
     warnings.extend(p.warnings.iter().cloned());
-    let loader = loader_state(opts, distro, set.family, &path);
     if let Some(w) = &loader.1 {
         warnings.push(w.clone());
     }
     let details = json!({
         "file": p.file,
+        "link": (file != path).then_some(&path),
         "outcome": outcome_name(p.outcome),
         "backup": p.backup,
         "notes": p.notes,
@@ -723,19 +741,25 @@ fn loader_state(
     if !default {
         return (None, None);
     }
-    match units
-        .iter()
-        .find(|u| persist::unit_installed(&opts.root, u))
-    {
+    // A loader counts only when it is enabled: an installed but disabled iptables.service
+    // restores nothing at boot.
+    match units.iter().find(|u| persist::unit_enabled(&opts.root, u)) {
         Some(u) => (Some(u), None),
-        None => (
-            None,
-            Some(format!(
-                "nothing loads {} at boot: install {package} and enable {} (ecs-bootstrap re-asserts the rule at every boot regardless)",
-                path.display(),
-                units[0]
-            )),
-        ),
+        None => {
+            let installed = units.iter().any(|u| persist::unit_installed(&opts.root, u));
+            let fix = if installed {
+                format!("enable {} (systemctl enable {})", units[0], units[0])
+            } else {
+                format!("install {package} and enable {}", units[0])
+            };
+            (
+                None,
+                Some(format!(
+                    "nothing loads {} at boot: {fix} (ecs-bootstrap re-asserts the rule at every boot regardless)",
+                    path.display()
+                )),
+            )
+        }
     }
 }
 

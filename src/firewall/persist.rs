@@ -146,6 +146,49 @@ pub fn unit_installed(root: &Root, unit: &str) -> bool {
     .any(|d| root.join(d).join(unit).exists())
 }
 
+/// Whether `unit` is enabled under the root: a link to it in a `*.wants` folder of
+/// `/etc/systemd/system` (where `systemctl enable` and presets put them).
+pub fn unit_enabled(root: &Root, unit: &str) -> bool {
+    let dir = root.join("/etc/systemd/system");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with(".wants")
+                    && e.path().join(unit).symlink_metadata().is_ok()
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Where a rules file that may be a symbolic link is written: the path itself, or the link's
+/// target when that is a regular file owned by root (written through, the link kept). Err with
+/// the reason when the target is anything else (missing, not a regular file, not root's): we
+/// do not write through a link into a file someone else controls.
+pub fn resolve_rules_file(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(path).map_err(|e| {
+                format!(
+                    "{} is a symbolic link whose target cannot be resolved ({e})",
+                    path.display()
+                )
+            })?;
+            let tm = std::fs::metadata(&target)
+                .map_err(|e| format!("{} links to {} ({e})", path.display(), target.display()))?;
+            if !tm.is_file() || tm.uid() != 0 {
+                return Err(format!(
+                    "{} links to {}, which is not a regular file owned by root",
+                    path.display(),
+                    target.display()
+                ));
+            }
+            Ok(target)
+        }
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
 /// The result of a merge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merged {
@@ -484,6 +527,45 @@ const SAMPLE_LINES: &[&str] = &[
     "COMMIT",
 ];
 
+/// The sample files iptables-services has shipped, byte for byte (Amazon Linux 2, RHEL 7 and 8,
+/// and the conntrack spelling of later Fedora-based releases such as Amazon Linux 2023).
+pub const KNOWN_SAMPLES: &[&str] = &[
+    "# sample configuration for iptables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp-host-prohibited\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n",
+    "# sample configuration for ip6tables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p ipv6-icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -m state --state NEW -m tcp -p tcp --dport 22 -j ACCEPT\n-A INPUT -d fe80::/64 -p udp -m udp --dport 546 -m state --state NEW -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp6-adm-prohibited\n-A FORWARD -j REJECT --reject-with icmp6-adm-prohibited\nCOMMIT\n",
+    "# sample configuration for iptables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp-host-prohibited\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n",
+    "# sample configuration for ip6tables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p ipv6-icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -d fe80::/64 -p udp -m udp --dport 546 -m conntrack --ctstate NEW -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp6-adm-prohibited\n-A FORWARD -j REJECT --reject-with icmp6-adm-prohibited\nCOMMIT\n",
+];
+
+/// The note that replaces the sample's FORWARD REJECT in a sample we merge.
+const REJECT_DISABLED: &str =
+    "# ecs-bootstrap: disabled the sample's forwarding REJECT, which cuts every container off: ";
+
+/// Comments out the sample's `-A FORWARD -j REJECT ...` lines (pure), keeping everything else
+/// (its INPUT rules above all); returns the text and how many lines it disabled.
+pub fn disable_forward_reject(text: &str) -> (String, usize) {
+    let mut n = 0;
+    let mut out: Vec<String> = vec![];
+    for l in text.lines() {
+        if l.trim().starts_with("-A FORWARD -j REJECT") && SAMPLE_LINES.contains(&l.trim()) {
+            out.push(format!("{REJECT_DISABLED}{}", l.trim()));
+            n += 1;
+        } else {
+            out.push(l.to_owned());
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    (s, n)
+}
+
+/// Whether `text` starts with the sample's header comment (ignoring blank lines).
+fn has_sample_header(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l == SAMPLE_HEADER_V4 || l == SAMPLE_HEADER_V6)
+}
+
 /// Whether `text` is the untouched sample file of iptables-services (v4 or v6): its header,
 /// only its sample lines, and the FORWARD REJECT that makes it harmful.
 pub fn is_iptables_services_sample(text: &str) -> bool {
@@ -597,12 +679,34 @@ pub fn merge_into(
     path: &Path,
     set: &RuleSet,
     run_mode: Mode,
+    loader_enabled: bool,
 ) -> anyhow::Result<Persisted> {
     let old = read_existing(path)?;
     let mode = mode_of(path);
     let mut backup = None;
     let mut warnings = vec![];
-    let (text, notes) = if run_mode == Mode::Assert && is_iptables_services_sample(&old) {
+    // The sample is replaced only when it is byte for byte a known sample, or when nothing
+    // loads it at boot (iptables.service not enabled) and it holds nothing but sample rules.
+    // Any other file that grew from the sample (annotated, edited, loaded at boot) is
+    // somebody's: merged, keeping its INPUT rules, with only the sample's forwarding REJECT
+    // commented out.
+    let derived = run_mode == Mode::Assert && has_sample_header(&old);
+    let pristine = KNOWN_SAMPLES.contains(&old.as_str());
+    let sample = derived && (pristine || (is_iptables_services_sample(&old) && !loader_enabled));
+    let (text, notes) = if derived && !sample && disable_forward_reject(&old).1 > 0 {
+        let (relaxed, n) = disable_forward_reject(&old);
+        let m = merge_mode(&relaxed, set, run_mode)
+            .map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
+        warnings.push(format!(
+            "{} grew from the iptables-services sample (changed, or loaded at boot by an enabled iptables.service): merged, keeping its INPUT rules; its forwarding REJECT ({n} line(s)), which would cut every container off, is commented out",
+            path.display()
+        ));
+        let mut notes = vec![format!(
+            "commented out the sample's -A FORWARD -j REJECT ({n} line(s))"
+        )];
+        notes.extend(m.notes);
+        (m.text, notes)
+    } else if sample {
         let b = PathBuf::from(format!("{}{BACKUP_SUFFIX}", path.display()));
         if !b.exists() {
             fsutil::write_atomic(&b, old.as_bytes(), mode)?;
@@ -1085,5 +1189,26 @@ COMMIT
         assert!(n.contains(":INPUT ACCEPT [0:0]\n"));
         assert!(n.contains(":DOCKER-USER - [0:0]\n"));
         assert_eq!(normalize_save(&n), n);
+    }
+
+    #[test]
+    fn known_samples_are_recognised_and_the_reject_can_be_disabled() {
+        assert!(KNOWN_SAMPLES.contains(&AL2_SAMPLE));
+        assert!(KNOWN_SAMPLES.contains(&AL2_SAMPLE_V6));
+        for k in KNOWN_SAMPLES {
+            assert!(is_iptables_services_sample(k), "{k}");
+            let (t, n) = disable_forward_reject(k);
+            assert_eq!(n, 1);
+            let m = merge(&t, &v4()).unwrap();
+            assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+            keeps_all_but_ours(
+                &k.lines()
+                    .filter(|l| l.starts_with("-A INPUT"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &m.text,
+                &v4(),
+            );
+        }
     }
 }

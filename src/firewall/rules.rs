@@ -149,7 +149,13 @@ pub fn tokens(line: &str) -> Vec<String> {
 
 /// The operation, chain and the rest of a rule line (`-A CHAIN ...`, `--insert CHAIN 2 ...`).
 pub fn split_rule(line: &str) -> Option<(Op, String, Vec<String>)> {
-    let t = tokens(line);
+    let mut t = tokens(line);
+    // `iptables-save -c` puts the counters first: `[5:300] -A CHAIN ...`.
+    if t.first()
+        .is_some_and(|w| w.starts_with('[') && w.ends_with(']'))
+    {
+        t.remove(0);
+    }
     let mut it = t.into_iter();
     let op = it.next()?;
     let chain = it.next()?;
@@ -420,6 +426,10 @@ mod tests {
         );
         assert_eq!(v4.classify("-A FORWARD -j DOCKER-USER"), Line::Jump);
         assert_eq!(v4.classify("-I FORWARD -j DOCKER-USER"), Line::Jump);
+        assert_eq!(
+            v4.classify("[12:720] -A FORWARD -j DOCKER-USER"),
+            Line::Jump
+        );
         assert_eq!(
             v4.classify("-A FORWARD -m comment --comment ecs-bootstrap-moving -j DOCKER-USER"),
             Line::MovingJump
