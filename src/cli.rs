@@ -207,6 +207,11 @@ pub struct ConfigArgs {
     /// Example: --set ECS_CLUSTER=prod --set ECS_LOGLEVEL=debug
     #[arg(long = "set", env = "ECS_BOOTSTRAP_SET", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+
+    /// Write ECS_AWSVPC_BLOCK_IMDS=true into ecs.config (as a last --set): the ECS agent then
+    /// blocks instance metadata for tasks in awsvpc mode. Example: --block-awsvpc-imds
+    #[arg(long, env = "ECS_BOOTSTRAP_BLOCK_AWSVPC_IMDS")]
+    pub block_awsvpc_imds: bool,
 }
 
 #[derive(Debug, Args, Clone)]

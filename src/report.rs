@@ -117,6 +117,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_by: Option<&'static str>,
     pub steps: Vec<StepReport>,
+    /// `run`: one line per ECS network mode on what keeps its tasks from IMDS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub imds_posture: Vec<crate::posture::Line>,
 }
 
 impl Report {
@@ -130,6 +133,7 @@ impl Report {
             duration_ms: elapsed.as_millis() as u64,
             interrupted_by: None,
             steps,
+            imds_posture: vec![],
         }
     }
 
@@ -144,6 +148,7 @@ impl Report {
             duration_ms: elapsed.as_millis() as u64,
             interrupted_by: Some(signal),
             steps: vec![],
+            imds_posture: vec![],
         }
     }
 
@@ -171,6 +176,15 @@ impl Report {
             }
             if let Some(e) = &st.error {
                 s.push_str(&format!("          error: {e}\n"));
+            }
+        }
+        if !self.imds_posture.is_empty() {
+            s.push_str("imds posture:\n");
+            for l in &self.imds_posture {
+                s.push_str(&format!(
+                    "          {}: {} ({})\n",
+                    l.mode, l.state, l.detail
+                ));
             }
         }
         if let Some(sig) = self.interrupted_by {
