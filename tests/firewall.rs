@@ -41,6 +41,7 @@ both_backends! {
     churn_at_the_top_of_forward_loses_nothing_without_restore => churn_without_restore;
     ipv6_auto_fails_closed_when_a_blocked_bridge_has_ipv6_and_no_ip6tables => ipv6_fails_closed;
     changed_sample_loaded_at_boot_is_merged_keeping_input_and_containers_work => sample_merged;
+    docker_nftables_backend_replayed_keeps_the_block => docker_nftables_replay;
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -1227,4 +1228,67 @@ fn symlinked_rules_file_is_written_through_only_to_a_root_owned_file() {
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(r.stdout.contains("cannot be resolved"), "{}", r.text());
     assert!(!target.exists());
+}
+
+/// Docker 29's `firewall-backend: nftables`, replayed as Docker's documentation describes it:
+/// its rules live in its own table `ip docker-bridges`, whose forward base chain accepts the
+/// bridge's traffic, and there is no DOCKER-USER of Docker's. An accept ends only that base
+/// chain; our DROP (in the filter table, iptables-nft or iptables-legacy) is final. Before our
+/// run the container reaches IMDS (control); after it, whichever came first, it is blocked by
+/// our rule, and Docker's accept still lets other traffic through.
+fn docker_nftables_replay(bin: &str) {
+    const DOCKER_BRIDGES: &str = "table ip docker-bridges {
+    chain filter-FORWARD {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname \"docker0\" oifname != \"docker0\" accept
+    }
+}
+";
+    for docker_first in [true, false] {
+        let t = Topo::new();
+        let root = tempdir();
+        let nft = |t: &Topo| {
+            let o = t
+                .host
+                .exec_stdin("nft", &["-f", "-"], DOCKER_BRIDGES.as_bytes());
+            assert!(
+                o.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        if docker_first {
+            nft(&t);
+            assert_reaches(
+                &t.ctr,
+                IMDS4,
+                "Docker's nftables accept, no rule of ours yet",
+            );
+        }
+        let r = block(
+            &t.host,
+            root.path(),
+            bin,
+            &["--persist", "none", "--ipv6", "off"],
+        );
+        assert_eq!(r.code, 0, "{}", r.text());
+        if !docker_first {
+            nft(&t);
+        }
+        let tables = t.host.exec_ok("nft", &["list", "tables"]);
+        assert!(tables.contains("table ip docker-bridges"), "{tables}");
+        assert_blocked_by_us(
+            &t,
+            bin,
+            &format!("nftables backend, Docker first: {docker_first}"),
+        );
+        let again = block(
+            &t.host,
+            root.path(),
+            bin,
+            &["--persist", "none", "--ipv6", "off"],
+        );
+        assert!(!again.changed(), "{}", again.text());
+    }
 }
