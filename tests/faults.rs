@@ -1007,3 +1007,290 @@ fn settings_file_malformed() {
         .assert_contains("fix the line or remove it");
     nothing_lost(&sb, File::Old, NO_RULE);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Settings: no setting makes a boot worse than doing nothing
+// ---------------------------------------------------------------------------------------------
+
+/// Writes the settings file (root-owned, 0600 unless `mode` says otherwise).
+fn settings(sb: &Sandbox, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = sb.root.path().join("etc/ecs-bootstrap/env");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// The docker.service drop-in's command line, as shipped (`ExecStartPost=/usr/bin/ecs-bootstrap
+/// ARGS`): the test runs exactly these arguments.
+fn drop_in_args() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo().join("systemd/docker.service.d/10-ecs-bootstrap.conf"))
+            .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPost="))
+        .expect("the drop-in has an ExecStartPost");
+    let mut words = line.trim_start_matches(['-', '+', '!']).split_whitespace();
+    assert_eq!(words.next(), Some("/usr/bin/ecs-bootstrap"), "{line}");
+    words.map(str::to_owned).collect()
+}
+
+/// Booleans take the usual spellings (`QUIET=1`), and a bad value of a setting the command does
+/// not use only warns: fetch-config ignores a bad `CHAIN`, and the docker drop-in's block-imds
+/// a bad `MAX_SIZE`. A bad value that block-imds uses (`CHAIN`) falls back to the
+/// built-in default, said as an error, and the block is asserted (exit 0): docker.service fails
+/// only when the block cannot be asserted (control: no iptables, exit 4).
+#[test]
+fn settings_bad_values_never_stop_a_command_that_does_not_need_them() {
+    let sb = setup();
+    let secretish = "Zm9vYmFyLXNlY3JldA";
+    let path = settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_QUIET=1\nECS_BOOTSTRAP_CHAIN=bogus-{secretish}\nECS_BOOTSTRAP_SOURCE={}\n\
+             ECS_BOOTSTRAP_SHA256=nothex\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    // fetch-config: quiet (no info lines), CHAIN warned about, SHA256 used and bad: exit 2.
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("ECS_BOOTSTRAP_SHA256")
+        .assert_contains("--sha256 must be 64 hexadecimal digits");
+    assert!(!r.all().contains("nothex"), "{}", r.all());
+    // Without the bad SHA256 it runs, quietly, and warns about CHAIN with its line.
+    settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_QUIET=yes\nECS_BOOTSTRAP_CHAIN=bogus-{secretish}\nECS_BOOTSTRAP_SOURCE={}\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(0)
+        .assert_contains(&format!(
+            "ECS_BOOTSTRAP_CHAIN on line 2 of {}",
+            path.display()
+        ))
+        .assert_contains("`fetch-config` does not use it");
+    assert!(!r.stderr.contains("INFO"), "quiet: {}", r.stderr);
+    assert!(!r.all().contains(secretish), "{}", r.all());
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+
+    // The drop-in's block-imds with a bad CHAIN and QUIET, and a bad MAX_SIZE (not its flag).
+    settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_QUIET=maybe\nECS_BOOTSTRAP_CHAIN=bogus-{secretish}\nECS_BOOTSTRAP_MAX_SIZE=lots\n\
+             ECS_BOOTSTRAP_IPV6=off\n"
+        ),
+        0o600,
+    );
+    let args = drop_in_args();
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(&args);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("ECS_BOOTSTRAP_CHAIN on line 2")
+        .assert_contains("block-imds uses the built-in default instead")
+        .assert_contains("ECS_BOOTSTRAP_QUIET on line 1")
+        .assert_contains("not a boolean")
+        .assert_contains("ECS_BOOTSTRAP_MAX_SIZE on line 3")
+        .assert_contains("`block-imds` does not use it");
+    assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
+    assert!(!r.all().contains(secretish), "{}", r.all());
+    assert_eq!(sb.drop_rules(IPT), 1, "the block is asserted");
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+    // A value that passes the flag's syntax but not the step's check (an interface pattern
+    // iptables cannot take): the whole command falls back to the built-in defaults.
+    settings(
+        &sb,
+        "ECS_BOOTSTRAP_INTERFACE=docker+,bad/name\nECS_BOOTSTRAP_IPV6=off\n",
+        0o600,
+    );
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(&args);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("--interface is ECS_BOOTSTRAP_INTERFACE on line 1")
+        .assert_contains("block-imds uses the built-in defaults instead");
+    assert_eq!(sb.drop_rules(IPT), 1, "the block is asserted");
+    // Control: where the block cannot be asserted (iptables missing), the drop-in fails.
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(&args).args(["--iptables", "/nonexistent/iptables"]);
+        c
+    });
+    r.assert_code(4);
+}
+
+/// A bad setting that the command uses fails it (exit 2) naming the line and the reason, never
+/// the value; the same setting is only a warning when the command line overrides it.
+#[test]
+fn settings_bad_used_value_fails_unless_the_command_line_overrides_it() {
+    let sb = setup();
+    let path = settings(
+        &sb,
+        "# deadline\nECS_BOOTSTRAP_DEADLINE=s3kr1t-ish\n",
+        0o600,
+    );
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains(&format!(
+            "ECS_BOOTSTRAP_DEADLINE on line 2 of {}",
+            path.display()
+        ))
+        .assert_contains("the command line sets it");
+    assert!(!r.all().contains("s3kr1t"), "{}", r.all());
+    nothing_lost(&sb, File::New, ONE_RULE);
+    std::fs::write(sb.dest(), OLD).unwrap();
+    let r = sb.run(&["check-imds"]);
+    r.assert_code(2)
+        .assert_contains("ECS_BOOTSTRAP_DEADLINE on line 2")
+        .assert_contains("not a value --deadline accepts")
+        .assert_contains("fix or remove the setting");
+    assert!(!r.all().contains("s3kr1t"), "{}", r.all());
+    // The environment variable beats the file: no complaint about the file then.
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_DEADLINE", "20").arg("check-imds");
+        c
+    });
+    r.assert_code(0);
+}
+
+/// Every `ECS_BOOTSTRAP_SET` line applies, in order, also when systemd's EnvironmentFile= has
+/// put the last one in the environment; another duplicate warns and names both lines.
+#[test]
+fn settings_all_set_lines_apply_and_duplicates_warn() {
+    let sb = setup();
+    let path = settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_SOURCE={}\nECS_BOOTSTRAP_SET=ECS_CLUSTER=from-settings\n\
+             ECS_BOOTSTRAP_SET=ECS_RESERVED_MEMORY=256\nECS_BOOTSTRAP_DEADLINE=60\nECS_BOOTSTRAP_DEADLINE=30\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        // What systemd's EnvironmentFile= makes of the file: the last line of each name.
+        c.env("ECS_BOOTSTRAP_SET", "ECS_RESERVED_MEMORY=256")
+            .env("ECS_BOOTSTRAP_DEADLINE", "30")
+            .env("ECS_BOOTSTRAP_SOURCE", sb.source())
+            .arg("fetch-config");
+        c
+    });
+    r.assert_code(0).assert_contains(&format!(
+        "settings file {} line 5: ECS_BOOTSTRAP_DEADLINE is also set on line 4",
+        path.display()
+    ));
+    let written = std::fs::read_to_string(sb.dest()).unwrap();
+    assert!(written.contains("ECS_CLUSTER=from-settings\n"), "{written}");
+    assert!(written.contains("ECS_RESERVED_MEMORY=256\n"), "{written}");
+    assert!(
+        !r.all().contains("SET lines"),
+        "no warning about SET: {}",
+        r.all()
+    );
+}
+
+/// A settings line that cannot be read (a wrapped base64 secret) is named by its number and
+/// reason, never echoed: the config step refuses (exit 2, old file kept); block-imds warns and
+/// asserts the block.
+#[test]
+fn settings_unreadable_line_is_named_not_echoed() {
+    let sb = setup();
+    let secret = "dXNlcjpodW50ZXIyLXBhc3N3b3JkLWxvbmc";
+    settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_SOURCE={}\nECS_BOOTSTRAP_SET=ECS_ENGINE_AUTH_DATA={{\"auth\":\n  \"{secret}==\"}}\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(2)
+        .assert_contains("line 3: the text before `=` is not a variable name")
+        .assert_contains("fix the line or remove it");
+    assert!(!r.all().contains(secret), "{}", r.all());
+    nothing_lost(&sb, File::Old, NO_RULE);
+    let r = sb.run(&["block-imds", "--ipv6", "off", "--persist", "none"]);
+    r.assert_code(0).assert_contains("line 3:");
+    assert!(!r.all().contains(secret), "{}", r.all());
+    assert_eq!(sb.drop_rules(IPT), 1);
+}
+
+/// A settings file that others may write (or that root does not own) names programs that run
+/// as root: the config step refuses it (exit 2, what to run, old file kept), block-imds ignores
+/// it, also its values that systemd passed on as environment, and asserts the built-in block
+/// (docker+), saying so as an error. The file's --iptables program is never run.
+#[test]
+fn settings_file_untrusted() {
+    let sb = setup();
+    let marker = sb.root.path().join("evil-ran");
+    let evil = sb.root.path().join("evil.sh");
+    std::fs::write(
+        &evil,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let text = format!(
+        "ECS_BOOTSTRAP_SOURCE={}\nECS_BOOTSTRAP_IPTABLES={}\nECS_BOOTSTRAP_INTERFACE=nothing0\n",
+        sb.source(),
+        evil.display()
+    );
+    let path = settings(&sb, &text, 0o666);
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("is not trusted: group or others may write it (mode 0666)")
+        .assert_contains(&format!("chmod 600 {}", path.display()));
+    nothing_lost(&sb, File::Old, NO_RULE);
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_IPTABLES", evil.to_str().unwrap())
+            .env("ECS_BOOTSTRAP_INTERFACE", "nothing0")
+            .args(drop_in_args())
+            .args(["--ipv6", "off"]);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("is not trusted")
+        .assert_contains("the built-in defaults");
+    assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
+    assert!(!marker.exists(), "the untrusted file's program ran");
+    assert!(sb.rules(IPT).contains("-i docker+"), "{}", sb.rules(IPT));
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+    // Not owned by root: the same.
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    settings(&sb, &text, 0o600);
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    sb.run(&["fetch-config"])
+        .assert_code(2)
+        .assert_contains("owned by uid 65534, not root");
+    // Control: the same file, root's and 0600, is used.
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    settings(
+        &sb,
+        &format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()),
+        0o600,
+    );
+    sb.run(&["fetch-config"]).assert_code(0);
+}
