@@ -1294,3 +1294,69 @@ fn settings_file_untrusted() {
     );
     sb.run(&["fetch-config"]).assert_code(0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------------
+
+/// No credential in any output at any verbosity: `-vv` in text and JSON, with
+/// `LOG_SENSITIVE_BODIES=true` (which the SDK's own log line suggests), on a run that succeeds,
+/// one whose token is invalidated mid-run (a second token) and one S3 refuses. The IMDS
+/// session tokens (from the emulator's log), the role's key id, secret key and session token
+/// must not show; a control proves that -vv does log the SDK's requests.
+#[test]
+fn no_credential_in_logs_at_any_verbosity() {
+    let sb = setup();
+    let creds = &sb.state["role_credentials"];
+    let mut secrets: Vec<String> = ["access_key_id", "secret_access_key", "session_token"]
+        .iter()
+        .map(|k| creds[k].as_str().unwrap().to_owned())
+        .collect();
+    let mut outputs = Vec::new();
+    for (fmt, knobs, extra) in [
+        ("text", json!({}), vec![]),
+        ("json", json!({}), vec![]),
+        ("text", json!({"token_401_after": 2}), vec![]),
+        (
+            "text",
+            json!({}),
+            vec![
+                "--source".to_owned(),
+                format!("s3://{}/{}", sb.s("bucket"), sb.s("forbidden_key")),
+            ],
+        ),
+    ] {
+        sb.imds_control(knobs);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut c = sb.cmd();
+        c.env("LOG_SENSITIVE_BODIES", "true")
+            .args(run_args(&sb, 30, &extra))
+            .args(["-vv", "--log-format", fmt]);
+        let r = Sandbox::run_cmd(c);
+        assert!(r.code == Some(0) || r.code == Some(3), "{}", r.all());
+        assert!(
+            r.stderr.contains("LOG_SENSITIVE_BODIES is set and ignored"),
+            "{}",
+            r.stderr
+        );
+        outputs.push(r.all());
+    }
+    for rec in sb.imds_requests() {
+        if let Some(t) = rec["issued"].as_str() {
+            secrets.push(t.to_owned());
+        }
+    }
+    assert!(secrets.len() >= 3 + 5, "tokens issued: {secrets:?}");
+    let all = outputs.join("\n");
+    // Control: -vv shows the SDK's own lines (so the absence below means something).
+    assert!(
+        all.contains("entering 'transmit' phase") && all.contains("GetObject"),
+        "no SDK debug lines at -vv:\n{all}"
+    );
+    for s in &secrets {
+        assert!(
+            !all.contains(s.as_str()),
+            "a credential leaked ({s}):\n{all}"
+        );
+    }
+}

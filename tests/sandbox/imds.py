@@ -50,7 +50,9 @@ a GET without a token is 401 unless imdsv1 is on.
 
 Log: one JSON line per request, flushed at once:
     {"ts", "method", "path", "status", "token": bool, "ttl": int|str|null}
-status is null when the connection was dropped (unavailable_until).
+status is null when the connection was dropped (unavailable_until). A token
+PUT answered 200 also logs "issued": the token (so tests can look for it in
+the binary's output).
 """
 
 import argparse
@@ -189,6 +191,9 @@ class Handler(BaseHTTPRequestHandler):
             rec["status"] = self._reply(503, "Service Unavailable\n")
         else:
             rec["status"] = self._route(ctl)
+            if getattr(self, "issued", None):
+                rec["issued"] = self.issued
+                self.issued = None
         st.log(rec)
 
     def _route(self, ctl):
@@ -213,6 +218,7 @@ class Handler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 st.tokens = {t: e for t, e in st.tokens.items() if e > now}
                 st.tokens[token] = now + ttl
+            self.issued = token
             return self._reply(200, token, extra={TTL_HEADER: str(ttl)})
 
         if self.command not in ("GET", "HEAD"):
