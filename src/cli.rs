@@ -187,6 +187,12 @@ pub struct ConfigArgs {
     #[arg(long, env = "ECS_BOOTSTRAP_STRICT")]
     pub strict: bool,
 
+    /// Accept an object without a single setting (empty, or only comments): without this flag
+    /// it is an error and ecs.config is left as it is, since an empty ecs.config makes the ECS
+    /// agent join the `default` cluster. Example: --allow-empty
+    #[arg(long, env = "ECS_BOOTSTRAP_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+
     /// Override or add a key after the fetched content; repeatable.
     /// Example: --set ECS_CLUSTER=prod --set ECS_LOGLEVEL=debug
     #[arg(long = "set", env = "ECS_BOOTSTRAP_SET", value_name = "KEY=VALUE")]

@@ -1360,3 +1360,163 @@ fn no_credential_in_logs_at_any_verbosity() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ecs.config never regresses; keys others wrote
+// ---------------------------------------------------------------------------------------------
+
+/// The ecs.service drop-in's guard (its ExecStartPre shell script), with /etc/ under the test's
+/// root; returns the run. The script must hold no `$` or `%` (systemd would expand them).
+fn first_boot_guard(sb: &Sandbox) -> Run {
+    let text = std::fs::read_to_string(
+        repo().join("systemd/ecs.service.d/20-ecs-bootstrap-first-boot.conf"),
+    )
+    .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre=/bin/sh -c '"))
+        .expect("the drop-in runs a shell test in ExecStartPre");
+    let script = line.strip_suffix('\'').expect("one quoted script");
+    assert!(!script.contains(['$', '%', '\'']), "{script}");
+    let root = sb.root.path().display().to_string();
+    let script = script.replace("/etc/", &format!("{root}/etc/"));
+    Sandbox::run_cmd({
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    })
+}
+
+/// An empty (0-byte) or comment-only object is refused: exit 3, the old ecs.config
+/// byte-identical, the reason and `--allow-empty` named. With `--allow-empty` it is written.
+#[test]
+fn s3_empty_object_keeps_the_old_config() {
+    let sb = setup();
+    for body in ["", "# ecs.config\n\n; nothing here\n"] {
+        sb.proxy_control(json!({"plan": [], "then": {"body": body, "keep_headers": false}}));
+        let r = run_fault(&sb, 30, &[]);
+        r.assert_code(3)
+            .assert_contains("the source has no settings")
+            .assert_contains("--allow-empty")
+            .assert_contains("keeps its previous content");
+        nothing_lost(&sb, File::Old, ONE_RULE);
+    }
+    // Control: a good run (ecs-bootstrap's own file now), then an empty object it is told to
+    // accept: every key it wrote goes.
+    sb.proxy_control(json!({"plan": [], "then": "pass"}));
+    run_fault(&sb, 30, &[]).assert_code(0);
+    sb.proxy_control(json!({"plan": [], "then": {"body": "", "keep_headers": false}}));
+    let r = run_fault(&sb, 30, &["--allow-empty"]);
+    r.assert_code(0).assert_contains("(--allow-empty)");
+    assert_eq!(std::fs::read_to_string(sb.dest()).unwrap(), "");
+}
+
+/// First boot, the fetch fails: no ecs.config, and the ecs.service drop-in keeps the agent from
+/// starting with its defaults. It starts once ecs-bootstrap wrote ecs.config (and keeps
+/// starting with that file after later failed fetches), when user data wrote an ECS_CLUSTER,
+/// or when the operator allows it.
+#[test]
+fn first_boot_failed_fetch_keeps_the_agent_from_starting() {
+    let sb = setup();
+    std::fs::remove_dir_all(sb.dest().parent().unwrap()).unwrap();
+    sb.proxy_control(json!({"plan": [], "then":
+        {"status": 404, "code": "NoSuchKey", "message": "The specified key does not exist."}}));
+    run_fault(&sb, 30, &[]).assert_code(3);
+    assert!(!sb.dest().exists());
+    let g = first_boot_guard(&sb);
+    g.assert_code(1)
+        .assert_contains("not starting the ECS agent")
+        .assert_contains("allow-agent-defaults");
+    // User data wrote the cluster: the agent may start.
+    std::fs::create_dir_all(sb.dest().parent().unwrap()).unwrap();
+    std::fs::write(sb.dest(), "ECS_CLUSTER=from-user-data\n").unwrap();
+    first_boot_guard(&sb).assert_code(0);
+    std::fs::write(sb.dest(), "ECS_LOGLEVEL=debug\nECS_CLUSTER=\n").unwrap();
+    first_boot_guard(&sb).assert_code(1);
+    std::fs::remove_file(sb.dest()).unwrap();
+    // The operator's override.
+    let allow = sb
+        .root
+        .path()
+        .join("etc/ecs-bootstrap/allow-agent-defaults");
+    std::fs::create_dir_all(allow.parent().unwrap()).unwrap();
+    std::fs::write(&allow, "").unwrap();
+    first_boot_guard(&sb).assert_code(0);
+    std::fs::remove_file(&allow).unwrap();
+    first_boot_guard(&sb).assert_code(1);
+    // A good fetch; then a failed one: the last good file stays and the agent starts.
+    sb.proxy_control(json!({"plan": [], "then": "pass"}));
+    run_fault(&sb, 30, &[]).assert_code(0);
+    sb.proxy_control(json!({"plan": [], "then":
+        {"status": 404, "code": "NoSuchKey", "message": "The specified key does not exist."}}));
+    run_fault(&sb, 30, &[]).assert_code(3);
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+    first_boot_guard(&sb).assert_code(0);
+}
+
+/// Keys that user data appended to ecs.config (`echo KEY=V >> /etc/ecs/ecs.config`) are never
+/// dropped without a word: kept when the object does not set them (named once), replaced by the
+/// object's value when it does (named every time); a key ecs-bootstrap wrote and the object no
+/// longer sets goes; a key of ours edited by hand since counts as local. The sidecar records
+/// which is which, without values.
+#[test]
+fn keys_others_wrote_are_kept_or_named() {
+    let sb = setup();
+    let secret = "bG9jYWwtc2VjcmV0LXZhbHVl";
+    std::fs::write(
+        sb.dest(),
+        format!(
+            "ECS_CLUSTER=from-user-data\nECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n"
+        ),
+    )
+    .unwrap();
+    let object = sb.s("object_content");
+    let r = run_moto(&sb, 30, &["--output", "json"]);
+    r.assert_code(0)
+        .assert_contains(
+            "ECS_ENABLE_SPOT_INSTANCE_DRAINING, ECS_ENGINE_AUTH_DATA kept from the existing",
+        )
+        .assert_contains("ECS_CLUSTER in the existing")
+        .assert_contains("replaced by the value from the object");
+    assert!(!r.all().contains(secret) && !r.all().contains("from-user-data"));
+    let expect =
+        format!("{object}ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n");
+    assert_eq!(std::fs::read_to_string(sb.dest()).unwrap(), expect);
+    let side = sb.root.path().join("etc/ecs/ecs.config.ecs-bootstrap");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    assert_eq!(rec["keys"]["ECS_ENGINE_AUTH_DATA"]["from"], "local");
+    assert_eq!(rec["keys"]["ECS_CLUSTER"]["from"], "object");
+    assert!(!std::fs::read_to_string(&side).unwrap().contains(secret));
+    assert_eq!(mode(&side), 0o600);
+    // The next boot: the same file, nothing new to say.
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0);
+    assert!(!r.all().contains("kept from the existing"), "{}", r.all());
+    assert_eq!(std::fs::read_to_string(sb.dest()).unwrap(), expect);
+    // The object drops ECS_LOGLEVEL (ours: it goes), and someone edited
+    // ECS_ENABLE_TASK_IAM_ROLE by hand (local now; the object still sets it: replaced, named).
+    let text = std::fs::read_to_string(sb.dest()).unwrap().replace(
+        "ECS_ENABLE_TASK_IAM_ROLE=true",
+        "ECS_ENABLE_TASK_IAM_ROLE=false",
+    );
+    std::fs::write(sb.dest(), text).unwrap();
+    sb.put(
+        &sb.s("key"),
+        b"ECS_CLUSTER=sandbox\nECS_ENABLE_TASK_IAM_ROLE=true\n",
+    );
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("removed: ECS_LOGLEVEL")
+        .assert_contains("ECS_ENABLE_TASK_IAM_ROLE in the existing");
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        format!(
+            "ECS_CLUSTER=sandbox\nECS_ENABLE_TASK_IAM_ROLE=true\nECS_ENABLE_SPOT_INSTANCE_DRAINING=true\n\
+             ECS_ENGINE_AUTH_DATA={secret}\n"
+        )
+    );
+}

@@ -371,13 +371,26 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             line: n,
         });
     }
-    if out.entries.is_empty() && !out.has_errors() {
-        out.findings.push(warning(
-            At::File,
-            "the source has no settings: the ECS agent will use its defaults (cluster `default`)",
-        ));
-    }
     out
+}
+
+/// The finding for a source without a single setting (0 bytes, or only comments and blank
+/// lines): an error unless `allow_empty`. Written, it would make the ECS agent start with its
+/// defaults (cluster `default`, no registry authentication, no task roles).
+pub fn no_settings(allow_empty: bool) -> Finding {
+    if allow_empty {
+        warning(
+            At::File,
+            "the source has no settings (--allow-empty): the ECS agent will use its defaults (cluster `default`)",
+        )
+    } else {
+        error(
+            At::File,
+            "the source has no settings (empty, or only comments): written, it would make the ECS agent start \
+             with its defaults (cluster `default`, no registry authentication, no task IAM roles); upload the \
+             config (a truncated or wrong upload?), or pass --allow-empty if an empty ecs.config is meant",
+        )
+    }
 }
 
 /// Under `--strict`, warnings become errors.
@@ -614,12 +627,12 @@ mod tests {
     }
 
     #[test]
-    fn empty_source_warns_and_strict_escalates() {
-        let mut p = parse(b"# nothing\n\n");
+    fn empty_source_has_no_entries_and_strict_escalates() {
+        let p = parse(b"# nothing\n\n");
         assert!(!p.has_errors());
-        assert_eq!(msgs(&p, Severity::Warning).len(), 1);
-        escalate(&mut p.findings, true);
-        assert!(p.has_errors());
+        assert!(p.entries.is_empty());
+        assert_eq!(no_settings(false).severity, Severity::Error);
+        assert_eq!(no_settings(true).severity, Severity::Warning);
         let mut q = parse(b"ECS_CLUSTR=x\n");
         escalate(&mut q.findings, false);
         assert!(!q.has_errors());
