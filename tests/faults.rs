@@ -1469,7 +1469,8 @@ fn keys_others_wrote_are_kept_or_named() {
     std::fs::write(
         sb.dest(),
         format!(
-            "ECS_CLUSTER=from-user-data\nECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n"
+            "ECS_CLUSTER=from-user-data\nECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n\
+             {secret}-wrapped\n"
         ),
     )
     .unwrap();
@@ -1480,7 +1481,8 @@ fn keys_others_wrote_are_kept_or_named() {
             "ECS_ENABLE_SPOT_INSTANCE_DRAINING, ECS_ENGINE_AUTH_DATA kept from the existing",
         )
         .assert_contains("ECS_CLUSTER in the existing")
-        .assert_contains("replaced by the value from the object");
+        .assert_contains("replaced by the value from the object")
+        .assert_contains("line(s) 4 of the existing");
     assert!(!r.all().contains(secret) && !r.all().contains("from-user-data"));
     let expect =
         format!("{object}ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n");

@@ -198,7 +198,10 @@ pub async fn run(
         );
     }
 
-    let old = read_old(&opts.dest);
+    let (old, old_bad) = match read_old_lines(&opts.dest) {
+        Some((c, bad)) => (Some(c), bad),
+        None => (None, Vec::new()),
+    };
     let side = local::sidecar(&opts.dest);
     let prov = read_provenance(&side);
     let set_keys: Vec<&str> = opts.sets.iter().map(|s| s.key.as_str()).collect();
@@ -219,6 +222,18 @@ pub async fn run(
             if merged.newly_kept.len() == 1 { "it" } else { "them" },
             if merged.newly_kept.len() == 1 { "it" } else { "them" },
             if merged.newly_kept.len() == 1 { "it" } else { "them" },
+        ));
+    }
+    if !old_bad.is_empty() {
+        warnings.push(format!(
+            "line(s) {} of the existing {} could not be read as KEY=VALUE and are not kept; put what they \
+             set into the object (or --set)",
+            old_bad
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            opts.dest.display()
         ));
     }
     if !merged.replaced.is_empty() {
@@ -349,13 +364,31 @@ fn summarize(errors: &[String]) -> String {
 }
 
 /// The current destination, for the diff; `None` when absent or not a readable regular file.
+#[cfg(test)]
 fn read_old(dest: &Path) -> Option<Config> {
+    read_old_lines(dest).map(|(c, _)| c)
+}
+
+/// The current destination and the numbers of its lines that are not `KEY=VALUE` as we write
+/// them (such a line cannot be kept).
+fn read_old_lines(dest: &Path) -> Option<(Config, Vec<usize>)> {
     let meta = std::fs::symlink_metadata(dest).ok()?;
     if !meta.file_type().is_file() {
         return None;
     }
     let bytes = std::fs::read(dest).ok()?;
-    Some(Config::from_entries(&parse::parse(&bytes).entries))
+    let p = parse::parse(&bytes);
+    let mut bad: Vec<usize> = p
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .filter_map(|f| match f.at {
+            parse::At::Line(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    bad.dedup();
+    Some((Config::from_entries(&p.entries), bad))
 }
 
 /// The sidecar of the last write, when there is a readable one (anything else: no record, so
