@@ -1522,3 +1522,111 @@ fn keys_others_wrote_are_kept_or_named() {
         )
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retries: bounded by the deadline; skew, token refresh, late instance profile, slow IMDS
+// ---------------------------------------------------------------------------------------------
+
+/// A network that comes up late: 10 connections reset in a row (more than any fixed count of
+/// attempts used to allow), then S3 answers; the deadline, not a count, bounds the retries.
+#[test]
+fn s3_network_late_is_retried_until_the_deadline() {
+    let sb = setup();
+    let plan: Vec<serde_json::Value> = (0..10).map(|_| json!("reset")).collect();
+    sb.proxy_control(json!({"plan": plan, "then": "pass"}));
+    let r = run_fault(&sb, 90, &[]);
+    r.assert_code(0).assert_contains("written from");
+    assert_eq!(attempts_logged(&r), 10, "{}", r.stderr);
+    // Backoff is capped: no wait above 5 s.
+    for l in r.stderr.lines().filter(|l| l.contains("next_delay_ms")) {
+        let ms: u64 = l
+            .split("next_delay_ms=")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{l}"));
+        assert!(ms <= 5000, "{l}");
+    }
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// S3's clock is an hour ahead of ours: RequestTimeTooSkewed (with S3's Date), then the request
+/// is signed with S3's time and passes.
+#[test]
+fn s3_request_time_too_skewed_is_retried_with_the_server_clock() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": {"skew_seconds": 3600}}));
+    let before = sb.proxy_requests().len();
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("RequestTimeTooSkewed")
+        .assert_contains("s behind S3's")
+        .assert_contains("written from");
+    let reqs = sb.proxy_requests();
+    let reqs = &reqs[before..];
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0]["status"], 403);
+    assert_eq!(reqs[1]["upstream_status"], 200);
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// TokenRefreshRequired: new credentials from the instance role, then success.
+#[test]
+fn s3_token_refresh_required_gets_new_credentials() {
+    let sb = setup();
+    sb.proxy_control(
+        json!({"plan": [{"status": 400, "code": "TokenRefreshRequired",
+        "message": "The provided token must be refreshed."}], "then": "pass"}),
+    );
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("TokenRefreshRequired")
+        .assert_contains("written from");
+    let role = sb.s("role_name");
+    let creds_gets = sb
+        .imds_requests()
+        .iter()
+        .filter(|q| q["path"] == format!("/latest/meta-data/iam/security-credentials/{role}"))
+        .count();
+    assert_eq!(creds_gets, 2, "the credentials were fetched again");
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// The instance profile is associated 4 s after boot: iam/ is 404 until then; the run waits
+/// (a bounded grace, said in one line) and succeeds, the check included.
+#[test]
+fn imds_instance_profile_associated_late() {
+    let sb = setup();
+    let from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 4.0;
+    sb.imds_control(json!({"profile_from": from}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 60, &[]);
+    let took = start.elapsed();
+    r.assert_code(0)
+        .assert_contains("no instance profile yet")
+        .assert_contains("written from");
+    assert!(took >= Duration::from_millis(3500), "took {took:?}");
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// IMDS accepts connections but answers after 3 s (above the 2 s read limit): "too slow", not
+/// "unreachable" (exit 3, not 7).
+#[test]
+fn imds_too_slow_is_not_unreachable() {
+    let sb = setup();
+    sb.imds_control(json!({"delay_ms": 3000}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 8, &[]);
+    assert!(start.elapsed() < Duration::from_secs(12));
+    r.assert_code(3).assert_contains("too slow");
+    assert!(
+        !r.all().contains("cannot reach instance metadata"),
+        "{}",
+        r.all()
+    );
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}

@@ -21,6 +21,9 @@ starts from zero:
     imdsv1            bool, default false: serve GETs that carry no token.
     profile           bool, default true: false = no instance profile, every
                       /latest/meta-data/iam/... path is 404.
+    profile_from      epoch seconds, default null: before then, no instance
+                      profile (as `profile: false`); from then on, the
+                      profile (one associated just after launch).
     delay_ms          int, default 0: sleep before every response.
     fail_first        int, default 0: the first N requests (any method) are
                       answered 503.
@@ -248,6 +251,8 @@ class Handler(BaseHTTPRequestHandler):
         """Return the body for a metadata path, or None for 404."""
         c = self.st.config
         profile = ctl.get("profile", True)
+        if ctl.get("profile_from") is not None and time.time() < float(ctl["profile_from"]):
+            profile = False
         tags = ctl.get("tags")
         md = "/latest/meta-data/"
         p = path.rstrip("/")
