@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod keys;
 pub mod local;
 pub mod parse;
+pub mod readers;
 pub mod retry;
 pub mod source;
 
@@ -344,6 +345,12 @@ pub fn validate(
     }
     let mut config = Config::from_entries(&parsed.entries);
     findings.extend(parse::apply_sets(&mut config, sets));
+    let warned: std::collections::BTreeSet<String> = config
+        .keys()
+        .filter(|k| !parse::value_warnings(k, config.get(k).unwrap_or_default()).is_empty())
+        .map(str::to_owned)
+        .collect();
+    findings.extend(parse::reader_findings(&config, &warned));
     parse::escalate(&mut findings, strict);
     (config, findings)
 }
