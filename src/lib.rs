@@ -12,4 +12,5 @@ pub mod imds;
 pub mod logging;
 pub mod prove;
 pub mod report;
+pub mod settings;
 pub mod sys;
