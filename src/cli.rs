@@ -2,11 +2,10 @@
 //!
 //! Every flag is also read from an environment variable `ECS_BOOTSTRAP_<FLAG>` and from the
 //! settings file `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
-//! then file, then the built-in default. The file is applied in [`command_with_file_defaults`]
-//! by turning its entries into clap defaults, so clap's own precedence does the rest.
+//! then file, then the built-in default. [`crate::settings`] resolves the environment and the
+//! file and gives the result to clap as defaults, so clap's own precedence puts flags first.
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use std::collections::BTreeMap;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Path of the settings file, relative to the root (see `--root`).
@@ -203,6 +202,12 @@ pub struct ConfigArgs {
     #[arg(long, env = "ECS_BOOTSTRAP_STRICT")]
     pub strict: bool,
 
+    /// Accept an object without a single setting (empty, or only comments): without this flag
+    /// it is an error and ecs.config is left as it is, since an empty ecs.config makes the ECS
+    /// agent join the `default` cluster. Example: --allow-empty
+    #[arg(long, env = "ECS_BOOTSTRAP_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+
     /// Override or add a key after the fetched content; repeatable.
     /// Example: --set ECS_CLUSTER=prod --set ECS_LOGLEVEL=debug
     #[arg(long = "set", env = "ECS_BOOTSTRAP_SET", value_name = "KEY=VALUE")]
@@ -325,52 +330,13 @@ pub enum PersistMode {
     None,
 }
 
-/// The clap command with the settings file's entries applied as defaults, so that a flag beats
-/// the environment, which beats the file. Entries whose name is no flag's variable are returned
-/// so the caller can warn about them.
-pub fn command_with_file_defaults(file: &BTreeMap<String, String>) -> (clap::Command, Vec<String>) {
-    let mut used = std::collections::BTreeSet::new();
-    let mut apply = |arg: clap::Arg| -> clap::Arg {
-        let Some(name) = arg.get_env().and_then(|e| e.to_str()).map(str::to_owned) else {
-            return arg;
-        };
-        match file.get(&name) {
-            Some(value) => {
-                used.insert(name);
-                arg.default_value(value.clone()).required(false)
-            }
-            None => arg,
-        }
-    };
-    let mut cmd = Cli::command().mut_args(&mut apply);
-    let names: Vec<String> = cmd
-        .get_subcommands()
-        .map(|s| s.get_name().to_owned())
-        .collect();
-    for name in names {
-        cmd = cmd.mut_subcommand(name, |sub| sub.mut_args(&mut apply));
-    }
-    let unused = file
-        .keys()
-        .filter(|k| !used.contains(*k))
-        .cloned()
-        .collect();
-    (cmd, unused)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::FromArgMatches;
+    use clap::CommandFactory;
 
-    fn parse(file: &[(&str, &str)], args: &[&str]) -> Cli {
-        let file = file
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (cmd, _) = command_with_file_defaults(&file);
-        let m = cmd.try_get_matches_from(args).expect("parses");
-        Cli::from_arg_matches(&m).expect("matches")
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).expect("parses")
     }
 
     #[test]
@@ -379,38 +345,8 @@ mod tests {
     }
 
     #[test]
-    fn file_gives_defaults_and_flags_win() {
-        let cli = parse(
-            &[
-                ("ECS_BOOTSTRAP_SOURCE", "s3://from-file/key"),
-                ("ECS_BOOTSTRAP_DEST", "/tmp/file-dest"),
-                ("ECS_BOOTSTRAP_DEADLINE", "30"),
-            ],
-            &["ecs-bootstrap", "fetch-config", "--dest", "/tmp/flag-dest"],
-        );
-        assert_eq!(cli.global.deadline, 30);
-        let Command::FetchConfig(c) = cli.command else {
-            panic!("wrong command")
-        };
-        assert_eq!(c.source.as_deref(), Some("s3://from-file/key"));
-        assert_eq!(c.dest, Some(PathBuf::from("/tmp/flag-dest")));
-    }
-
-    #[test]
-    fn unknown_file_entries_are_reported() {
-        let file = [
-            ("ECS_BOOTSTRAP_SOURCE".to_string(), "x".to_string()),
-            ("ECS_BOOTSTRAP_SORCE".to_string(), "y".to_string()),
-        ]
-        .into_iter()
-        .collect();
-        let (_, unused) = command_with_file_defaults(&file);
-        assert_eq!(unused, vec!["ECS_BOOTSTRAP_SORCE".to_string()]);
-    }
-
-    #[test]
     fn global_flags_after_subcommand() {
-        let cli = parse(&[], &["ecs-bootstrap", "run", "--output", "json", "-v"]);
+        let cli = parse(&["ecs-bootstrap", "run", "--output", "json", "-v"]);
         assert_eq!(cli.global.output, OutputFormat::Json);
         assert_eq!(cli.global.verbose, 1);
     }

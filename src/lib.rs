@@ -13,4 +13,5 @@ pub mod logging;
 pub mod posture;
 pub mod prove;
 pub mod report;
+pub mod settings;
 pub mod sys;

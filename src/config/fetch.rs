@@ -96,6 +96,9 @@ const MARGIN: Duration = Duration::from_millis(300);
 struct AttemptError {
     failure: Failure,
     detail: String,
+    /// The `Date` header of S3's answer, when it sent one: the clock to sign with after a
+    /// RequestTimeTooSkewed.
+    server_date: Option<std::time::SystemTime>,
 }
 
 impl AttemptError {
@@ -103,7 +106,36 @@ impl AttemptError {
         AttemptError {
             failure,
             detail: detail.into(),
+            server_date: None,
         }
+    }
+}
+
+/// The system clock moved by the offset learnt from S3's `Date` header, for signing.
+#[derive(Debug, Clone, Copy)]
+struct SkewedClock {
+    /// S3's clock minus ours, in milliseconds.
+    offset_ms: i64,
+}
+
+impl aws_smithy_async::time::TimeSource for SkewedClock {
+    fn now(&self) -> std::time::SystemTime {
+        let now = std::time::SystemTime::now();
+        let d = Duration::from_millis(self.offset_ms.unsigned_abs());
+        if self.offset_ms >= 0 {
+            now + d
+        } else {
+            now.checked_sub(d).unwrap_or(now)
+        }
+    }
+}
+
+/// S3's clock minus ours, from a `Date` header's time.
+fn clock_offset_ms(server: std::time::SystemTime) -> i64 {
+    let now = std::time::SystemTime::now();
+    match server.duration_since(now) {
+        Ok(ahead) => ahead.as_millis().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
     }
 }
 
@@ -140,10 +172,11 @@ pub async fn fetch(
         .unwrap_or_else(|| "us-east-1".to_owned());
     let mut redirected = false;
     let mut creds: Option<Credentials> = None;
+    let mut clock: Option<SkewedClock> = None;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let result = one_attempt(req, sdk, &region, &mut creds, deadline).await;
+        let result = one_attempt(req, sdk, &region, &mut creds, clock, deadline).await;
         let err = match result {
             Ok(mut f) => {
                 f.region = region;
@@ -171,10 +204,24 @@ pub async fn fetch(
             Decision::Fail => return Err(fatal(req, err, imds, deadline).await),
             Decision::Retry => {}
         }
-        if matches!(err.failure, Failure::CredentialsTransient)
-            || matches!(&err.failure, Failure::Http { code: Some(c), .. } if c == "ExpiredToken")
-        {
+        if super::retry::needs_new_credentials(&err.failure) {
             creds = None;
+        }
+        if let (Failure::Http { code: Some(c), .. }, Some(date)) = (&err.failure, err.server_date)
+            && c == "RequestTimeTooSkewed"
+        {
+            let offset_ms = clock_offset_ms(date);
+            tracing::warn!(
+                attempt,
+                source = %url,
+                clock_offset_s = offset_ms / 1000,
+                "S3 refused the request time (RequestTimeTooSkewed): this host's clock is {:.0} s {} S3's; \
+                 signing the next attempts with S3's time (fix the clock: is chronyd or systemd-timesyncd \
+                 running, and does it reach 169.254.169.123?)",
+                (offset_ms.unsigned_abs() as f64) / 1000.0,
+                if offset_ms >= 0 { "behind" } else { "ahead of" }
+            );
+            clock = Some(SkewedClock { offset_ms });
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match backoff.next(attempt, remaining, fastrand::f64()) {
@@ -212,6 +259,7 @@ async fn one_attempt(
     sdk: &aws_config::SdkConfig,
     region: &str,
     creds: &mut Option<Credentials>,
+    clock: Option<SkewedClock>,
     deadline: Instant,
 ) -> Result<Fetched, AttemptError> {
     let now = Instant::now();
@@ -230,7 +278,11 @@ async fn one_attempt(
             c
         }
     };
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
+    let mut conf = aws_sdk_s3::config::Builder::from(sdk);
+    if let Some(c) = clock {
+        conf = conf.time_source(c);
+    }
+    let conf = conf
         .region(Region::new(region.to_owned()))
         .credentials_provider(c)
         .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
@@ -389,7 +441,18 @@ fn classify(e: &GetError) -> AttemptError {
                 .map(|h| h.trim().to_owned());
             let err = ctx.err();
             let message = err.message().unwrap_or("").to_owned();
-            AttemptError::new(
+            let server_date = raw
+                .headers()
+                .get("date")
+                .and_then(|d| {
+                    aws_sdk_s3::primitives::DateTime::from_str(
+                        d.trim(),
+                        aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+                    )
+                    .ok()
+                })
+                .and_then(|d| std::time::SystemTime::try_from(d).ok());
+            let mut e = AttemptError::new(
                 Failure::Http {
                     status: raw.status().as_u16(),
                     code: err.code().map(str::to_owned),
@@ -400,7 +463,9 @@ fn classify(e: &GetError) -> AttemptError {
                 } else {
                     message
                 },
-            )
+            );
+            e.server_date = server_date;
+            e
         }
         SdkError::TimeoutError(_) => AttemptError::new(Failure::Timeout, text),
         SdkError::DispatchFailure(d) => {

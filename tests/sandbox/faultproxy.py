@@ -43,6 +43,12 @@ Actions:
                                     present and differs from ACCOUNT gets
                                     403 AccessDenied (moto not contacted);
                                     any other request is passed.
+    {"skew_seconds": N}             S3 whose clock is N seconds off ours: a
+                                    request whose x-amz-date is more than 15
+                                    minutes away from now+N gets 403
+                                    RequestTimeTooSkewed with a Date header of
+                                    now+N (as S3 answers; moto not contacted);
+                                    any other request is passed.
 
 Log: one JSON line per request: {"ts", "method", "path", "action", "status",
 "upstream_status", "body_bytes"}.
@@ -50,6 +56,8 @@ Log: one JSON line per request: {"ts", "method", "path", "action", "status",
 
 import argparse
 import base64
+import calendar
+import email.utils
 import hashlib
 import http.client
 import json
@@ -206,6 +214,21 @@ class Handler(BaseHTTPRequestHandler):
             rec["expected_bucket_owner"] = sent
             if sent is not None and sent != str(action["expected_owner"]):
                 action = {"status": 403, "code": "AccessDenied", "message": "Access Denied"}
+            else:
+                action = "pass"
+        if isinstance(action, dict) and "skew_seconds" in action:
+            server_now = time.time() + float(action["skew_seconds"])
+            sent = self.headers.get("x-amz-date") or ""
+            try:
+                t = calendar.timegm(time.strptime(sent, "%Y%m%dT%H%M%SZ"))
+            except ValueError:
+                t = None
+            rec["x_amz_date"] = sent
+            if t is None or abs(t - server_now) > 900:
+                date = email.utils.formatdate(server_now, usegmt=True)
+                action = {"status": 403, "code": "RequestTimeTooSkewed",
+                          "message": "The difference between the request time and the current time is too large.",
+                          "headers": {"Date": date}}
             else:
                 action = "pass"
         if action == "reset":

@@ -21,6 +21,9 @@ starts from zero:
     imdsv1            bool, default false: serve GETs that carry no token.
     profile           bool, default true: false = no instance profile, every
                       /latest/meta-data/iam/... path is 404.
+    profile_from      epoch seconds, default null: before then, no instance
+                      profile (as `profile: false`); from then on, the
+                      profile (one associated just after launch).
     delay_ms          int, default 0: sleep before every response.
     fail_first        int, default 0: the first N requests (any method) are
                       answered 503.
@@ -50,7 +53,9 @@ a GET without a token is 401 unless imdsv1 is on.
 
 Log: one JSON line per request, flushed at once:
     {"ts", "method", "path", "status", "token": bool, "ttl": int|str|null}
-status is null when the connection was dropped (unavailable_until).
+status is null when the connection was dropped (unavailable_until). A token
+PUT answered 200 also logs "issued": the token (so tests can look for it in
+the binary's output).
 """
 
 import argparse
@@ -189,6 +194,9 @@ class Handler(BaseHTTPRequestHandler):
             rec["status"] = self._reply(503, "Service Unavailable\n")
         else:
             rec["status"] = self._route(ctl)
+            if getattr(self, "issued", None):
+                rec["issued"] = self.issued
+                self.issued = None
         st.log(rec)
 
     def _route(self, ctl):
@@ -213,6 +221,7 @@ class Handler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 st.tokens = {t: e for t, e in st.tokens.items() if e > now}
                 st.tokens[token] = now + ttl
+            self.issued = token
             return self._reply(200, token, extra={TTL_HEADER: str(ttl)})
 
         if self.command not in ("GET", "HEAD"):
@@ -242,6 +251,8 @@ class Handler(BaseHTTPRequestHandler):
         """Return the body for a metadata path, or None for 404."""
         c = self.st.config
         profile = ctl.get("profile", True)
+        if ctl.get("profile_from") is not None and time.time() < float(ctl["profile_from"]):
+            profile = False
         tags = ctl.get("tags")
         md = "/latest/meta-data/"
         p = path.rstrip("/")
