@@ -295,6 +295,9 @@ fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::postu
             .map(|t| (t, c.dest.display().to_string()))
     });
     let imdsv1_open = step(Step::Check).and_then(|r| r.details["imdsv1_open"].as_bool());
+    let put_hop_limit = step(Step::Prove)
+        .and_then(|r| r.details["put_hop_limit"].as_str())
+        .map(str::to_owned);
     crate::posture::assess(&crate::posture::Facts {
         firewall_ok,
         interfaces: plan
@@ -305,6 +308,7 @@ fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::postu
         prove,
         ecs_config,
         imdsv1_open,
+        put_hop_limit,
     })
 }
 

@@ -20,6 +20,8 @@ pub struct Facts {
     pub ecs_config: Option<(String, String)>,
     /// From the check step: whether IMDSv1 (no token) still answers.
     pub imdsv1_open: Option<bool>,
+    /// From prove: the PUT response hop limit ("1" or "2 or more").
+    pub put_hop_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -108,13 +110,20 @@ pub fn assess(f: &Facts) -> Vec<Line> {
     };
     let mut out = vec![bridge, awsvpc, host];
     if let Some(open) = f.imdsv1_open {
+        let hops = match f.put_hop_limit.as_deref() {
+            Some("1") => "PUT response hop limit 1 (tokens do not reach containers)".to_owned(),
+            Some(h) => format!(
+                "PUT response hop limit {h} (a container past the block could get tokens; set it to 1 unless tasks need IMDS through a bridge)"
+            ),
+            None => "PUT response hop limit not measured (measured by prove: add --prove)".into(),
+        };
         out.push(Line {
             mode: "metadata options",
             state: if open { "open" } else { "blocked" },
             detail: if open {
-                "IMDSv1 answers without a token (http-tokens optional); the PUT response hop limit is not measured".into()
+                format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
             } else {
-                "IMDSv2 only (http-tokens required); the PUT response hop limit is not measured".into()
+                format!("IMDSv2 only (http-tokens required); {hops}")
             },
         });
     }
@@ -145,6 +154,7 @@ mod tests {
             prove: Some(0),
             ecs_config: Some(("ECS_CLUSTER=a\n".into(), "/etc/ecs/ecs.config".into())),
             imdsv1_open: Some(false),
+            put_hop_limit: Some("1".into()),
         };
         let l = assess(&f);
         let modes: Vec<&str> = l.iter().map(|l| l.mode).collect();

@@ -581,6 +581,87 @@ async fn probe_bridge(
     Ok((Some(p4), p6.or(v6_missing)))
 }
 
+/// The comment of the counting rule (no target) that measures the PUT response hop limit.
+const TTL_COMMENT: &str = "ecs-bootstrap-ttl";
+
+/// The instance's PUT response hop limit as the host can measure it without IMDSv1: a token
+/// PUT while a counting rule (no target, so it changes nothing) on INPUT counts IMDS's packets
+/// that arrive with TTL 1. A hop limit of 1 (the answer dies at the first forward) also keeps
+/// containers on the bridges from IMDSv2 tokens. Ok("1") or Ok("2 or more"); Err: not measured.
+fn put_hop_limit(runner: &dyn CommandRunner, bin: &Path) -> Result<&'static str, String> {
+    let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_default();
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    if !endpoint.is_empty() && endpoint != "http://169.254.169.254" {
+        return Err(format!("IMDS is at {endpoint}, not 169.254.169.254"));
+    }
+    let spec: Vec<String> = [
+        "-s",
+        "169.254.169.254/32",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--sport",
+        "80",
+        "-m",
+        "ttl",
+        "--ttl-eq",
+        "1",
+        "-m",
+        "comment",
+        "--comment",
+        TTL_COMMENT,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let ipt = |args: Vec<String>| -> Result<String, String> {
+        let mut a: Vec<OsString> = ["-w", "10", "-t", "filter"].map(OsString::from).to_vec();
+        a.extend(args.into_iter().map(OsString::from));
+        let out = runner
+            .run(bin, &a, None)
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}: {}", bin.display(), out.stderr.trim()))
+        }
+    };
+    let mut insert = vec!["-I".to_owned(), "INPUT".to_owned(), "1".to_owned()];
+    insert.extend(spec.iter().cloned());
+    ipt(insert)?;
+    let put = (|| -> std::io::Result<bool> {
+        use std::io::{Read as _, Write as _};
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::new(IMDS_V4.into(), 80), CONNECT_TIMEOUT)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(
+            b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )?;
+        let mut buf = vec![];
+        let _ = s.take(64 * 1024).read_to_end(&mut buf);
+        Ok(buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200"))
+    })();
+    let listing = ipt(vec!["-S".into(), "INPUT".into(), "-v".into()]);
+    let mut delete = vec!["-D".to_owned(), "INPUT".to_owned()];
+    delete.extend(spec);
+    let _ = ipt(delete);
+    match put {
+        Ok(true) => {}
+        Ok(false) => return Err("the token PUT was not answered 200".into()),
+        Err(e) => return Err(format!("the token PUT failed: {e}")),
+    }
+    let packets: u64 = listing?
+        .lines()
+        .filter(|l| l.contains(TTL_COMMENT))
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let c = t.iter().position(|w| *w == "-c")?;
+            t.get(c + 1)?.parse::<u64>().ok()
+        })
+        .sum();
+    Ok(if packets > 0 { "1" } else { "2 or more" })
+}
+
 pub async fn run(
     opts: &Options,
     imds: &Imds,
@@ -650,7 +731,20 @@ pub async fn run(
         Ok(id) => format!("from the host: IMDS answers (instance {})", id.trim()),
         Err(e) => format!("from the host: IMDS does not answer: {e}"),
     });
+    let hop_limit = match (&host, family_bin(opts, Family::V4)) {
+        (Ok(_), Ok(bin)) => put_hop_limit(runner, &bin),
+        (Err(_), _) => Err("IMDS does not answer the host".into()),
+        (_, Err(e)) => Err(e),
+    };
+    summary.push(match &hop_limit {
+        Ok("1") => "PUT response hop limit: 1 (tokens do not reach containers)".into(),
+        Ok(h) => format!(
+            "PUT response hop limit: {h} (a container that got past the block could get tokens)"
+        ),
+        Err(e) => format!("PUT response hop limit: not measured ({e})"),
+    });
     let details = json!({
+        "put_hop_limit": hop_limit.as_ref().ok(),
         "bridges": per_bridge,
         "from_bridge": {"ipv4": worst(Family::V4), "ipv6": worst(Family::V6)},
         "from_host": if host.is_ok() { "reachable" } else { "unreachable" },

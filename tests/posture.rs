@@ -52,10 +52,16 @@ fn run_reports_the_posture_per_mode_and_block_awsvpc_imds_writes_the_key() {
         "{v}"
     );
     assert_eq!(posture(&v, "host")["state"], "not blockable");
-    assert_eq!(
-        posture(&v, "metadata options")["state"],
-        "blocked",
-        "IMDSv2 only: {v}"
+    let options = posture(&v, "metadata options");
+    assert_eq!(options["state"], "blocked", "IMDSv2 only: {v}");
+    // The sandbox's IMDS answers with the usual TTL: a hop limit above 1 (the control for the
+    // hop-limit test below).
+    assert!(
+        options["detail"]
+            .as_str()
+            .unwrap()
+            .contains("hop limit 2 or more"),
+        "{v}"
     );
     assert!(
         !std::fs::read_to_string(sb.dest())
@@ -81,4 +87,48 @@ fn run_reports_the_posture_per_mode_and_block_awsvpc_imds_writes_the_key() {
     );
     assert!(r.stdout.contains("bridge: blocked"), "{}", r.stdout);
     assert!(r.stdout.contains("add --prove"), "{}", r.stdout);
+}
+
+/// The PUT response hop limit, measured by prove without IMDSv1: with the emulator answering
+/// token PUTs with TTL 1 (HttpPutResponseHopLimit=1), prove and the posture say 1; the counting
+/// rule it used is gone afterwards.
+#[test]
+fn prove_measures_a_put_response_hop_limit_of_one() {
+    let sb = Sandbox::up();
+    sb.imds_control(serde_json::json!({"put_hop_limit": 1}));
+    let src = sb.source();
+    let pf = sb.persist_file();
+    let r = sb.run(&[
+        "run",
+        "--source",
+        &src,
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--prove",
+        "--ipv6",
+        "off",
+        "--output",
+        "json",
+    ]);
+    r.assert_code(0);
+    let v = r.json();
+    let prove = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "prove")
+        .unwrap()
+        .clone();
+    assert_eq!(prove["details"]["put_hop_limit"], "1", "{v}");
+    assert!(
+        posture(&v, "metadata options")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("hop limit 1"),
+        "{v}"
+    );
+    assert!(
+        !sb.rules("iptables").contains("ecs-bootstrap-ttl"),
+        "the counting rule is removed"
+    );
 }

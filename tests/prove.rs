@@ -139,7 +139,12 @@ fn prove_says_reachable_before_the_block_and_blocked_after_ipv4_and_ipv6() {
         assert!(p["counter_rise"].as_u64().unwrap() >= 1, "{d}");
     }
     assert_eq!(d["from_host"], "reachable");
-    assert_eq!(sb.token_puts() - puts, 1, "the host check asks IMDSv2");
+    assert_eq!(
+        sb.token_puts() - puts,
+        2,
+        "the host check asks IMDSv2 (one PUT), and the hop-limit measurement makes its own"
+    );
+    assert_eq!(d["put_hop_limit"], "2 or more", "{d}");
     assert_clean(&sb, pid);
 
     // Text report; --ipv6 off probes IPv4 only.
