@@ -412,6 +412,12 @@ pub fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged, String
     result.extend(lines[next..].iter().cloned());
     let mut new_text = result.join("\n");
     new_text.push('\n');
+    if mode == Mode::Remove
+        && let Some(rest) = new_text.strip_prefix(HEADER)
+    {
+        // Our header would claim a block the file no longer holds.
+        new_text = rest.to_owned();
+    }
 
     if new_text != text {
         // What changed, for the report: lines taken out that do not come back the same, lines
@@ -1123,6 +1129,7 @@ COMMIT
     fn remove_takes_our_lines_out() {
         let m = merge_mode(&minimal(&v4()), &v4(), Mode::Remove).unwrap();
         assert!(!m.text.contains("DOCKER-USER"), "{}", m.text);
+        assert!(!m.text.contains("Written by ecs-bootstrap"), "{}", m.text);
         assert!(!m.text.contains("ecs-bootstrap -j"), "{}", m.text);
         assert!(m.text.contains(":INPUT ACCEPT [0:0]\n"));
         let merged = merge(DOCKER_SAVE, &v4()).unwrap().text;
