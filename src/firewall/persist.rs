@@ -352,6 +352,16 @@ pub fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged, String
                 dropped.push(l.clone());
                 continue;
             }
+            if matches!(
+                l.split_whitespace().collect::<Vec<_>>()[..],
+                ["-N" | "--new-chain" | "--new", DOCKER_USER]
+            ) {
+                // Declared by a command instead of a `:` line: a second declaration would make
+                // iptables-restore fail.
+                seen_decl = true;
+                body_out.push(l.clone());
+                continue;
+            }
             if is_decl(l, DOCKER_USER) {
                 let dup = std::mem::replace(&mut seen_decl, true);
                 if (dup && docker_user) || chain_unused {
@@ -1022,6 +1032,12 @@ COMMIT
             assert_eq!(again.text, m.text);
             assert!(again.notes.is_empty(), "{:?}", again.notes);
         }
+        // A chain declared with -N gets no second declaration.
+        let n =
+            "*filter\n:FORWARD ACCEPT [0:0]\n-N DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n";
+        let m = merge(n, &v4()).unwrap();
+        assert!(!m.text.contains(":DOCKER-USER"), "{}", m.text);
+        holds_after_restore(&m.text, &v4());
         // The seed rule (the last file) is recognised and moved, with a note.
         let m = merge(&files[5], &v4()).unwrap();
         assert!(!m.text.contains("--jump DROP"), "{}", m.text);
