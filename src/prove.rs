@@ -415,7 +415,8 @@ async fn probe_family(
                 format!("IMDS did not answer, but our DROP rule's counter cannot be read ({e})")
             }
             Ok(_) => format!(
-                "IMDS did not answer and the control did, but no rule of ecs-bootstrap for {bridge} dropped the probe (its packet counter did not move): something else stopped it (IP forwarding off? no route to IMDS? no rule?); run `ecs-bootstrap block-imds` and check `sysctl net.ipv4.ip_forward`"
+                "IMDS did not answer and the control did, but no rule of ecs-bootstrap for {bridge} dropped the probe (its packet counter did not move): something else stopped it (IP forwarding off? no route to IMDS? no rule, or the rules in the other iptables backend than {}?); run `ecs-bootstrap block-imds`, check `sysctl net.ipv4.ip_forward`, and pass prove the --iptables that block-imds uses",
+                bin.display()
             ),
         }),
         _ => None,
