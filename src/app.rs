@@ -214,6 +214,13 @@ struct Plan {
 
 impl Plan {
     fn from_cli(cli: &Cli, root: &Root) -> Result<Self, UsageError> {
+        if let Command::Run(r) = &cli.command
+            && r.firewall.remove
+        {
+            return Err(UsageError(
+                "--remove undoes the block and belongs to `ecs-bootstrap block-imds --remove`, not to run".into(),
+            ));
+        }
         Ok(match &cli.command {
             Command::Run(r) => Plan {
                 command: "run",

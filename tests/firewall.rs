@@ -562,6 +562,20 @@ fn debian_default_file_without_loader_warns() {
     );
 }
 
+/// `--remove` belongs to block-imds; on `run` it is a usage error (exit 2), before any work.
+#[test]
+fn remove_on_run_is_a_usage_error() {
+    let root = tempdir();
+    let o = std::process::Command::new(BIN)
+        .args(["run", "--root", root.path().to_str().unwrap()])
+        .args(["--remove", "--skip-config", "--skip-check"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("block-imds --remove"), "{err}");
+}
+
 #[test]
 fn bad_interface_is_a_usage_error() {
     let root = tempdir();
