@@ -41,6 +41,10 @@ starts from zero:
                       metadata service that predates IMDSv2 (or a proxy that
                       knows only IMDSv1) does; combine with imdsv1 for an
                       IMDSv1-only service.
+    put_hop_limit     int, default null: the IP TTL (hop limit) of the
+                      answer to a token PUT, as the instance metadata option
+                      HttpPutResponseHopLimit sets it (1: a container behind
+                      the host's forwarding never gets the answer).
     credentials       dict, default null: merged over the served
                       iam/security-credentials/<role> JSON (e.g. to serve bad
                       or expired credentials).
@@ -222,6 +226,14 @@ class Handler(BaseHTTPRequestHandler):
                 st.tokens = {t: e for t, e in st.tokens.items() if e > now}
                 st.tokens[token] = now + ttl
             self.issued = token
+            hops = ctl.get("put_hop_limit")
+            if hops is not None:
+                v6 = self.connection.family == socket.AF_INET6
+                self.connection.setsockopt(
+                    socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
+                    socket.IPV6_UNICAST_HOPS if v6 else socket.IP_TTL,
+                    int(hops),
+                )
             return self._reply(200, token, extra={TTL_HEADER: str(ttl)})
 
         if self.command not in ("GET", "HEAD"):
