@@ -240,6 +240,16 @@ fn is_decl(line: &str, chain: &str) -> bool {
         == Some(chain)
 }
 
+/// Whether `--remove` takes the line out: ours, a temporary copy, the jump, or the uncommented
+/// DROP in DOCKER-USER for an interface we block (an earlier rendering of ours).
+fn removable(set: &RuleSet, line: &str) -> bool {
+    match set.classify(line) {
+        Line::Ours { .. } | Line::Moving { .. } | Line::MovingJump | Line::Jump => true,
+        Line::Plain { chain, iface } => chain == DOCKER_USER && set.wants(&iface),
+        Line::Other => false,
+    }
+}
+
 /// The `*filter` tables of a file: (line of `*filter`, line of its COMMIT).
 fn filter_tables(lines: &[String]) -> Result<Vec<(usize, usize)>, String> {
     let mut out = vec![];
@@ -327,24 +337,18 @@ pub fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged, String
         let body = &lines[start + 1..commit];
         let is_last = start == last_start;
         // On removal, DOCKER-USER and the jump go when nothing else in the table uses them.
-        let chain_unused = mode == Mode::Remove
-            && {
-                let others = body.iter().any(|l| {
-                let k = set.classify(l);
-                let mine = matches!(
-                    k,
-                    Line::Ours { .. } | Line::Moving { .. } | Line::MovingJump | Line::Jump
-                ) || matches!(&k, Line::Plain { chain, iface } if chain == DOCKER_USER && set.wants(iface));
-                !mine && !is_decl(l, DOCKER_USER) && l.contains(DOCKER_USER)
+        let chain_unused = mode == Mode::Remove && {
+            let others = body
+                .iter()
+                .any(|l| !removable(set, l) && !is_decl(l, DOCKER_USER) && l.contains(DOCKER_USER));
+            let docker = body.iter().any(|l| {
+                l.trim()
+                    .strip_prefix(':')
+                    .and_then(|r| r.split_whitespace().next())
+                    .is_some_and(|c| c.starts_with("DOCKER") && c != DOCKER_USER)
             });
-                let docker = body.iter().any(|l| {
-                    l.trim()
-                        .strip_prefix(':')
-                        .and_then(|r| r.split_whitespace().next())
-                        .is_some_and(|c| c.starts_with("DOCKER") && c != DOCKER_USER)
-                });
-                !others && !docker
-            };
+            !others && !docker
+        };
         let mut seen_decl = false;
         let mut body_out: Vec<String> = vec![];
         for l in body {
