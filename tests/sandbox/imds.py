@@ -57,7 +57,9 @@ a GET without a token is 401 unless imdsv1 is on.
 
 Log: one JSON line per request, flushed at once:
     {"ts", "method", "path", "status", "token": bool, "ttl": int|str|null}
-status is null when the connection was dropped (unavailable_until). A token
+status is null when the connection was dropped (unavailable_until). A line is
+written before the answer is sent, so it is in the log once the client has its
+answer. A token
 PUT answered 200 also logs "issued": the token (so tests can look for it in
 the binary's output).
 """
@@ -147,6 +149,15 @@ class Handler(BaseHTTPRequestHandler):
     def _reply(self, status, body=b"", ctype="text/plain", extra=None):
         if isinstance(body, str):
             body = body.encode()
+        # The request's log line is written before the answer leaves: a client that has its
+        # answer (and a test that reads the log once the binary exited) finds the line there.
+        rec, self._rec = getattr(self, "_rec", None), None
+        if rec is not None:
+            rec["status"] = status
+            issued, self.issued = getattr(self, "issued", None), None
+            if issued:
+                rec["issued"] = issued
+            self.st.log(rec)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -194,14 +205,14 @@ class Handler(BaseHTTPRequestHandler):
         delay = int(ctl.get("delay_ms") or 0)
         if delay > 0:
             time.sleep(delay / 1000.0)
+        self._rec = rec
         if nreq <= int(ctl.get("fail_first") or 0):
-            rec["status"] = self._reply(503, "Service Unavailable\n")
+            self._reply(503, "Service Unavailable\n")
         else:
-            rec["status"] = self._route(ctl)
-            if getattr(self, "issued", None):
-                rec["issued"] = self.issued
-                self.issued = None
-        st.log(rec)
+            self._route(ctl)
+        if self._rec is not None:  # answered without _reply: log what is known
+            self._rec = None
+            st.log(rec)
 
     def _route(self, ctl):
         st = self.st
