@@ -32,6 +32,7 @@ both_backends! {
     runner_tells_absent_chain_missing_and_failed_apart => runner_kinds;
     full_save_writes_a_restorable_stable_file => full_save;
     invalid_existing_rules_file_is_left_alone_with_a_clear_error => invalid_file_untouched;
+    rules_file_over_the_size_cap_is_left_alone_and_the_rule_still_asserted => oversized_file_untouched;
     return_or_accept_above_our_drop_is_repaired_keeping_them_below => foreign_rule_above_ours;
     rules_files_that_leaked_block_after_merge_and_restore => leaky_rules_files;
     documented_seed_rule_is_recognised_and_moved => seed_rule_moved;
@@ -472,6 +473,70 @@ fn invalid_file_untouched(bin: &str) {
     assert_eq!(std::fs::read_to_string(&f4).unwrap(), broken);
     // The rule itself is in place: persistence failing does not undo the block.
     assert_eq!(count(&host.rules(bin), RULE4), 1);
+}
+
+/// A rules file just over the 16 MiB cap (generated `-A INPUT` and comment lines) is not read: exit 4 with
+/// the figure and the fix, the file as it was, and the kernel rule in place. The control: the
+/// same file 1 KiB under the cap is merged.
+fn oversized_file_untouched(bin: &str) {
+    let cap = ecs_bootstrap::firewall::persist::MAX_RULES_FILE as usize;
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    let rules = |size: usize| {
+        // Rules, then comment lines (cheap for iptables-restore --test in the control).
+        let line = "-A INPUT -s 10.0.0.1/32 -j ACCEPT\n";
+        let pad = "# padding padding padding padding padding padding padding padding\n";
+        let mut t = String::with_capacity(size + pad.len());
+        t.push_str("*filter\n:INPUT ACCEPT [0:0]\n");
+        t.push_str(&line.repeat(1000));
+        while t.len() + pad.len() + "COMMIT\n".len() <= size {
+            t.push_str(pad);
+        }
+        while t.len() + "COMMIT\n".len() < size {
+            t.push('#');
+            t.push('\n');
+        }
+        t.push_str("COMMIT\n");
+        t
+    };
+    let big = rules(cap + 1);
+    assert_eq!(big.len(), cap + 1);
+    write(Path::new(&f4), &big);
+    let host = Ns::new("h");
+    let r = block(
+        &host,
+        root.path(),
+        bin,
+        &["--persist-file", &f4, "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 4, "{}", r.text());
+    assert!(
+        r.stdout.contains("more than the 16 MiB") && r.stdout.contains("kernel rule is in place"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        std::fs::read_to_string(&f4).unwrap() == big,
+        "the file changed"
+    );
+    assert_eq!(count(&host.rules(bin), RULE4), 1);
+    drop(host);
+
+    // Control: just under the cap, the same kind of file is merged.
+    let small = rules(cap - 1024);
+    write(Path::new(&f4), &small);
+    let host = Ns::new("h");
+    let r = block(
+        &host,
+        root.path(),
+        bin,
+        &["--persist-file", &f4, "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(
+        r.step()["details"]["families"][0]["persist"]["outcome"],
+        "written"
+    );
 }
 
 #[test]

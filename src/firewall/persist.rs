@@ -658,9 +658,32 @@ fn mode_of(path: &Path) -> u32 {
         .unwrap_or(0o600)
 }
 
+/// The largest rules file read (16 MiB). A distribution's file is a few KiB; one with
+/// hundreds of thousands of rules is not something to merge at boot (a 100 MB file took
+/// ~800 MB of memory and a minute past the deadline), so it is left as it was.
+pub const MAX_RULES_FILE: u64 = 16 << 20;
+
 fn read_existing(path: &Path) -> anyhow::Result<String> {
-    match std::fs::read(path) {
-        Ok(b) => String::from_utf8(b).map_err(|_| {
+    use std::io::Read as _;
+    let too_big = |size: u64| {
+        anyhow::anyhow!(
+            "the rules file {} is {size} bytes, more than the {} MiB ecs-bootstrap reads; it was left as it was, so the rule is not persisted (the kernel rule is in place); shrink the file, or pass --persist none",
+            path.display(),
+            MAX_RULES_FILE >> 20
+        )
+    };
+    let read = std::fs::File::open(path).and_then(|f| {
+        let size = f.metadata()?.len();
+        let mut b = vec![];
+        if size <= MAX_RULES_FILE {
+            // Bounded even if the file grows while it is read.
+            f.take(MAX_RULES_FILE + 1).read_to_end(&mut b)?;
+        }
+        Ok((size.max(b.len() as u64), b))
+    });
+    match read {
+        Ok((size, _)) if size > MAX_RULES_FILE => Err(too_big(size)),
+        Ok((_, b)) => String::from_utf8(b).map_err(|_| {
             anyhow::anyhow!(
                 "{} is not text (invalid UTF-8); fix or remove it, or pass --persist none",
                 path.display()
