@@ -226,8 +226,9 @@ pub struct FirewallArgs {
     #[arg(long, value_enum, env = "ECS_BOOTSTRAP_CHAIN", default_value_t = ChainChoice::DockerUser)]
     pub chain: ChainChoice,
 
-    /// Input interface pattern to block; repeatable or comma-separated. User-defined bridge
-    /// networks use br-* interfaces, which docker+ does not match: add br-+ to cover them.
+    /// Input interface pattern to block; repeatable or comma-separated. iptables' wildcard is a
+    /// trailing + (not *). User-defined bridge networks use interfaces named br-<id>, which
+    /// docker+ does not match: add br-+ to cover them.
     /// Example: --interface docker+ --interface br-+
     #[arg(
         long = "interface",

@@ -654,6 +654,83 @@ fn bad_interface_is_a_usage_error() {
     assert!(err.contains("not a valid interface pattern"), "{err}");
 }
 
+/// The shell-glob habit (`docker*`, `br-*`), formerly rendered as `-i docker*`, which matches
+/// no bridge (exit 0, nothing blocked): a usage error naming iptables' wildcard and no rule
+/// added; from the environment, the error and the built-in default asserted (in a namespace of the test's own, as
+/// the run it refuses would otherwise touch the firewall).
+#[test]
+fn shell_glob_interface_is_a_usage_error_naming_the_plus_wildcard() {
+    for bin in [NFT, LEGACY] {
+        let host = Ns::new("g");
+        let root = tempdir();
+        for (args, env, fix) in [
+            (vec!["--interface", "docker*"], None, "docker+"),
+            (vec!["--interface", "docker+,br-*"], None, "br-+"),
+        ] {
+            let mut cmd = vec![
+                "env".to_owned(),
+                format!("ECS_BOOTSTRAP_INTERFACE={}", env.unwrap_or("docker+")),
+                BIN.to_owned(),
+                "block-imds".into(),
+                "--root".into(),
+                root.path().to_str().unwrap().into(),
+                "--iptables".into(),
+                bin.into(),
+                "--persist".into(),
+                "none".into(),
+            ];
+            cmd.extend(args.iter().map(|a| a.to_string()));
+            let argv: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+            let o = host.exec(&cmd[0], &argv);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{args:?} {env:?}: {err}");
+            assert!(
+                err.contains("iptables' wildcard is +")
+                    && err.contains(&format!("did you mean {fix}?")),
+                "{args:?} {env:?}: {err}"
+            );
+            let rules = host.rules(bin);
+            assert!(
+                !rules.iter().any(|r| r.contains("169.254.169.254")),
+                "{args:?} {env:?}: {rules:?}"
+            );
+        }
+        // From the environment, block-imds falls back to the built-in default (docker+), as
+        // for any bad setting of the environment file, so the block is still asserted.
+        let o = host.exec(
+            "env",
+            &[
+                "ECS_BOOTSTRAP_INTERFACE=docker*",
+                BIN,
+                "block-imds",
+                "--root",
+                root.path().to_str().unwrap(),
+                "--iptables",
+                bin,
+                "--persist",
+                "none",
+                "--ipv6",
+                "off",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.contains("did you mean docker+?"), "{err}");
+        assert_eq!(count(&host.rules(bin), RULE4), 1);
+        drop(host);
+        // Control: the same run with docker+ adds the rule.
+        let host = Ns::new("g");
+        let r = block(
+            &host,
+            root.path(),
+            bin,
+            &["--persist", "none", "--ipv6", "off"],
+        );
+        assert_eq!(r.code, 0, "{}", r.text());
+        assert_eq!(count(&host.rules(bin), RULE4), 1);
+    }
+}
+
 /// The docker.service drop-in's command, run after dockerd's layout was replayed (a dockerd
 /// restart that also lost our rule): the block is back, and the rules file is not written.
 #[test]

@@ -299,7 +299,7 @@ fn prove_with_a_broken_probe_path_is_not_proven() {
 }
 
 /// Every bridge matching a blocked pattern is probed, not only docker0: a user-defined
-/// bridge (br-*) left out of block-imds leaks (6) and is named; once blocked, both pass.
+/// bridge (br-<id>) left out of block-imds leaks (6) and is named; once blocked, both pass.
 #[test]
 fn prove_probes_every_bridge_matching_the_patterns() {
     let _s = serial();
