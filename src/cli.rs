@@ -25,7 +25,8 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
         a flag beats the environment, which beats the file.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
-        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed \
+        3 config step failed, 4 firewall step failed, 5 metadata check failed (an unexpected answer \
+        from instance metadata, also in prove), 6 prove failed \
         (a bridge reaches instance metadata), 7 the host cannot reach instance metadata \
         (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, the \
         probe path is broken, or our DROP rule's counter did not move).\n\

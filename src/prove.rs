@@ -790,11 +790,24 @@ pub async fn run(
             Some(Exit::NotProven),
         ));
     }
+    // A fault on the host's side is never 6 (that is for a bridge that reaches IMDS): 7 when
+    // IMDS did not answer the host, else 5 (an unexpected answer, as the check reports it).
     if let Err(e) = &host {
-        return Err(fail(
-            format!("the block holds, but the host itself cannot reach instance metadata: {e}"),
-            None,
-        ));
+        let unreachable =
+            imds.was_unreachable() || matches!(e, crate::imds::MetadataError::Unreachable { .. });
+        return Err(if unreachable {
+            fail(
+                format!("the block holds, but the host itself cannot reach instance metadata: {e}"),
+                Some(Exit::ImdsUnreachable),
+            )
+        } else {
+            fail(
+                format!(
+                    "the block holds, but instance metadata did not answer the host as expected: {e}"
+                ),
+                Some(Exit::Check),
+            )
+        });
     }
     Ok(StepResult {
         changed: false,

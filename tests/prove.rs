@@ -349,3 +349,46 @@ fn prove_probes_every_bridge_matching_the_patterns() {
     }
     assert_clean(&sb, pid);
 }
+
+/// A fault on the host's side of IMDS is not a leak: with the block proven, IMDS answering the
+/// host's token PUT with 200 and a body that is no token (a proxy or portal in the path), or
+/// with 404 (IMDSv2 off), was exit 6 ("reachable from the bridge"). It is 5 (an unexpected
+/// answer), the message names the host, and the bridges are still "blocked". The control: the
+/// same sandbox before the knob, 0.
+#[test]
+fn prove_with_a_host_side_imds_fault_is_not_a_leak() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    block(&sb);
+    let (pid, r) = run_pid(&sb, &["prove", "--ipv6", "off"]);
+    r.assert_code(0);
+    assert_clean(&sb, pid);
+    for knobs in [
+        serde_json::json!({"token_body": "<html>sign in to continue</html>"}),
+        serde_json::json!({"v2_disabled": true}),
+    ] {
+        sb.imds_control(knobs.clone());
+        let (pid, r) = run_pid(
+            &sb,
+            &[
+                "prove",
+                "--ipv6",
+                "off",
+                "--deadline",
+                "20",
+                "--output",
+                "json",
+            ],
+        );
+        r.assert_code(5)
+            .assert_contains("did not answer the host as expected");
+        assert!(
+            !r.stdout.contains("can reach instance metadata"),
+            "{knobs}: {}",
+            r.stdout
+        );
+        let d = &r.json()["steps"][0]["details"];
+        assert_eq!(d["from_bridge"]["ipv4"], "blocked", "{knobs}: {d}");
+        assert_clean(&sb, pid);
+    }
+}
