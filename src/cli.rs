@@ -28,8 +28,9 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         3 config step failed, 4 firewall step failed, 5 metadata check failed (an unexpected answer \
         from instance metadata, also in prove), 6 prove failed \
         (a bridge reaches instance metadata), 7 the host cannot reach instance metadata \
-        (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, the \
-        probe path is broken, or our DROP rule's counter did not move).\n\
+        (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, no \
+        free address for the probe, the probe path is broken, or our DROP rule's counter did \
+        not move).\n\
         For `run`, the code names the first step that failed, except that 7 outranks the others."
 )]
 pub struct Cli {
