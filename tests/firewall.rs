@@ -539,6 +539,49 @@ fn oversized_file_untouched(bin: &str) {
     );
 }
 
+/// A FIFO at the rules file's path (formerly: the run blocked opening it, past its deadline and
+/// SIGTERM): exit 4 at once, naming the file, the kernel rule in place.
+#[test]
+fn fifo_rules_file_fails_at_once_and_the_rule_is_asserted() {
+    let host = Ns::new("f");
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    std::fs::create_dir_all(Path::new(&f4).parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(
+        Path::new(&f4),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let root_s = root.path().to_str().unwrap();
+    let o = host.exec(
+        "timeout",
+        &[
+            "-s",
+            "KILL",
+            "30",
+            BIN,
+            "--deadline",
+            "10",
+            "block-imds",
+            "--root",
+            root_s,
+            "--iptables",
+            NFT,
+            "--persist-file",
+            &f4,
+            "--ipv6",
+            "off",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.contains("not a regular file") && out.contains(&f4),
+        "{out}"
+    );
+    assert_eq!(count(&host.rules(NFT), RULE4), 1);
+}
+
 #[test]
 fn missing_iptables_names_the_package() {
     let root = tempdir();

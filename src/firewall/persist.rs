@@ -672,15 +672,28 @@ fn read_existing(path: &Path) -> anyhow::Result<String> {
             MAX_RULES_FILE >> 20
         )
     };
-    let read = std::fs::File::open(path).and_then(|f| {
-        let size = f.metadata()?.len();
-        let mut b = vec![];
-        if size <= MAX_RULES_FILE {
-            // Bounded even if the file grows while it is read.
-            f.take(MAX_RULES_FILE + 1).read_to_end(&mut b)?;
-        }
-        Ok((size.max(b.len() as u64), b))
-    });
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Non-blocking, so that a FIFO at the path cannot hold the run past its deadline; only a
+    // regular file is read.
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .and_then(|f| {
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(std::io::Error::other(
+                    "it is not a regular file (fix or remove it, or pass --persist none)",
+                ));
+            }
+            let size = m.len();
+            let mut b = vec![];
+            if size <= MAX_RULES_FILE {
+                // Bounded even if the file grows while it is read.
+                f.take(MAX_RULES_FILE + 1).read_to_end(&mut b)?;
+            }
+            Ok((size.max(b.len() as u64), b))
+        });
     match read {
         Ok((size, _)) if size > MAX_RULES_FILE => Err(too_big(size)),
         Ok((_, b)) => String::from_utf8(b).map_err(|_| {
