@@ -125,6 +125,22 @@ pub struct IamPolicyArgs {
     #[arg(long, env = "ECS_BOOTSTRAP_KMS_KEY", value_name = "ARN")]
     pub kms_key: Option<String>,
 
+    /// The 12-digit account that owns the bucket: the read is allowed only from that account's
+    /// bucket (an s3:ResourceAccount condition), as --expected-bucket-owner enforces at fetch
+    /// time. Example: --expected-bucket-owner 123456789012
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_EXPECTED_BUCKET_OWNER",
+        value_name = "ACCOUNT_ID"
+    )]
+    pub expected_bucket_owner: Option<String>,
+
+    /// Partition of the ARNs and service domains: aws, aws-cn or aws-us-gov [default: the one
+    /// of --kms-key or of an access point source, else aws]. Example: --partition aws-cn
+    #[arg(long, env = "ECS_BOOTSTRAP_PARTITION", value_name = "PARTITION",
+          value_parser = ["aws", "aws-cn", "aws-us-gov"])]
+    pub partition: Option<String>,
+
     /// Output format: json (the policy documents) or cloudformation (a template snippet).
     /// Example: --format cloudformation
     #[arg(long, value_enum, default_value_t = PolicyFormat::Json)]
