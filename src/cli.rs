@@ -23,7 +23,9 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         reaches IMDSv2.\n\n\
         Every flag can also be set with an environment variable ECS_BOOTSTRAP_<FLAG> \
         (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
-        a flag beats the environment, which beats the file.",
+        a flag beats the environment, which beats the file. Booleans take 1/0, true/false, \
+        yes/no, on/off. A bad setting fails only a command that uses it (block-imds falls back \
+        to its defaults); the file is used only when root owns it and others cannot write it.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
         3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed, \
         7 the host cannot reach instance metadata (whichever step noticed it).\n\

@@ -68,7 +68,13 @@ impl SettingsFile {
             Ok(meta) => {
                 let text = std::fs::read_to_string(&path);
                 let file = text.as_deref().ok().map(envfile::parse);
-                match (trust_problem(&meta), text) {
+                // Whoever may write the folder may replace the file.
+                let problem = trust_problem(&meta).or_else(|| {
+                    let dir = path.parent()?;
+                    let m = std::fs::metadata(dir).ok()?;
+                    folder_trust_problem(&m).map(|p| format!("its folder {}: {p}", dir.display()))
+                });
+                match (problem, text) {
                     (Some(reason), _) => FileState::Untrusted { reason, file },
                     (None, Err(e)) => FileState::Untrusted {
                         reason: format!("it cannot be read ({e})"),
@@ -114,6 +120,22 @@ pub fn trust_problem(meta: &std::fs::Metadata) -> Option<String> {
         ));
     }
     (!why.is_empty()).then(|| why.join(" and "))
+}
+
+/// Why a folder holding the file must not be trusted: someone other than root may replace
+/// files in it (a sticky folder such as /tmp lets only the owner of a file replace it).
+pub fn folder_trust_problem(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if meta.uid() != 0 {
+        return Some(format!("owned by uid {}, not root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Some(format!(
+            "group or others may write it (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    None
 }
 
 /// Where a value came from.

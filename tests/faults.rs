@@ -1285,8 +1285,19 @@ fn settings_file_untrusted() {
     sb.run(&["fetch-config"])
         .assert_code(2)
         .assert_contains("owned by uid 65534, not root");
-    // Control: the same file, root's and 0600, is used.
+    // A folder others may write: they could replace the file.
     nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = path.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        sb.run(&["fetch-config"])
+            .assert_code(2)
+            .assert_contains("its folder")
+            .assert_contains("group or others may write it (mode 0777)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Control: the same file, root's and 0600, is used.
     settings(
         &sb,
         &format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()),
