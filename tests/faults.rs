@@ -1532,6 +1532,13 @@ fn keys_others_wrote_are_kept_or_named() {
              ECS_ENGINE_AUTH_DATA={secret}\n"
         )
     );
+    // A kept local value that the two readers of ecs.config read differently is named too.
+    let mut text = std::fs::read_to_string(sb.dest()).unwrap();
+    text.push_str("ECS_AWSVPC_BLOCK_IMDS=\"true\n");
+    std::fs::write(sb.dest(), text).unwrap();
+    run_moto(&sb, 30, &[])
+        .assert_code(0)
+        .assert_contains("kept local key ECS_AWSVPC_BLOCK_IMDS: the value of ECS_AWSVPC_BLOCK_IMDS starts with a quote");
 }
 
 // ---------------------------------------------------------------------------------------------
