@@ -1767,7 +1767,17 @@ fn s3_403_on_a_kms_object_names_the_key() {
     assert!(key_arn.starts_with("arn:aws:kms:"), "{put}");
     let denied = json!({"status": 403, "code": "AccessDenied", "message": "Access Denied"});
     sb.proxy_control(json!({"plan": [denied], "then": "pass"}));
+    let before = sb.proxy_requests().len();
     let r = run_fault(&sb, 30, &[]);
+    let methods: Vec<String> = sb.proxy_requests()[before..]
+        .iter()
+        .map(|q| q["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        methods,
+        ["GET", "HEAD"],
+        "one GET, then the HEAD that shows the key"
+    );
     r.assert_code(3)
         .assert_contains(&format!("encrypted with the KMS key {key_arn}"))
         .assert_contains("needs kms:Decrypt on that key")

@@ -49,7 +49,7 @@ pub enum FetchError {
         detail: String,
     },
     #[error(
-        "access denied reading {url} ({detail}): the instance role may read the object (HeadObject works) but \
+        "access denied reading {url} ({detail}): the instance role may read the object (a HEAD of it works) but \
          not decrypt it: it is encrypted with the KMS key {key}, and the role (instance profile: {profile}) \
          needs kms:Decrypt on that key, through S3 (`ecs-bootstrap iam-policy --kms-key {key}` prints the \
          statement), and the key policy must allow the role's account"
@@ -302,7 +302,7 @@ async fn one_attempt(
             c
         }
     };
-    let client = s3_client(sdk, region, c, clock);
+    let client = s3_client(sdk, region, c, clock, false);
     let send = client
         .get_object()
         .bucket(&req.url.bucket)
@@ -393,16 +393,21 @@ async fn one_attempt(
 }
 
 /// An S3 client for one attempt: our retries, our time limits, the region of the attempt, and
-/// the signing clock learnt from S3 when ours is off.
+/// the signing clock learnt from S3 when ours is off; with `head`, its GetObject is sent as a
+/// HEAD (see [`HeadInstead`]).
 fn s3_client(
     sdk: &aws_config::SdkConfig,
     region: &str,
     creds: Credentials,
     clock: Option<SkewedClock>,
+    head: bool,
 ) -> aws_sdk_s3::Client {
     let mut conf = aws_sdk_s3::config::Builder::from(sdk);
     if let Some(c) = clock {
         conf = conf.time_source(c);
+    }
+    if head {
+        conf = conf.interceptor(HeadInstead);
     }
     let conf = conf
         .region(Region::new(region.to_owned()))
@@ -418,7 +423,29 @@ fn s3_client(
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-/// After GetObject was denied: the KMS key of the object when a HeadObject (which GetObject's
+/// Turns the GetObject of the client it is configured on into a HEAD of the same object (signed as a HEAD):
+/// S3 answers with the object's headers and no body, and GetObject's output reads them. This
+/// spares the HeadObject operation's code in the binary.
+#[derive(Debug)]
+struct HeadInstead;
+
+impl aws_sdk_s3::config::Intercept for HeadInstead {
+    fn name(&self) -> &'static str {
+        "HeadInstead"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        context.request_mut().set_method("HEAD")?;
+        Ok(())
+    }
+}
+
+/// After GetObject was denied: the KMS key of the object when a HEAD (which GetObject's
 /// permission allows and which needs no kms:Decrypt) shows that it is encrypted with SSE-KMS.
 /// Best effort, within 3 s.
 async fn kms_key_of(
@@ -429,9 +456,9 @@ async fn kms_key_of(
     clock: Option<SkewedClock>,
     deadline: Instant,
 ) -> Option<String> {
-    let client = s3_client(sdk, region, creds?, clock);
+    let client = s3_client(sdk, region, creds?, clock, true);
     let head = client
-        .head_object()
+        .get_object()
         .bucket(&req.url.bucket)
         .key(&req.url.key)
         .set_version_id(req.url.version_id.clone())
