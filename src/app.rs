@@ -214,24 +214,33 @@ struct Plan {
 
 impl Plan {
     fn from_cli(cli: &Cli, root: &Root) -> Result<Self, UsageError> {
+        if let Command::Run(r) = &cli.command
+            && r.firewall.remove
+        {
+            return Err(UsageError(
+                "--remove undoes the block and belongs to `ecs-bootstrap block-imds --remove`, not to run".into(),
+            ));
+        }
         Ok(match &cli.command {
             Command::Run(r) => Plan {
                 command: "run",
                 config: (!r.skip_config)
-                    .then(|| config::Options::from_args(&r.config, root))
+                    .then(|| config::Options::from_args(&with_awsvpc(&r.config), root))
                     .transpose()?,
                 firewall: (!r.skip_firewall)
                     .then(|| firewall::Options::from_args(&r.firewall, root))
                     .transpose()?,
                 check: !r.skip_check,
                 prove: r.prove.then(|| prove::Options {
-                    bridge: "docker0".into(),
+                    bridge: None,
+                    interfaces: r.firewall.interfaces.clone(),
+                    iptables: r.firewall.iptables.clone(),
                     ipv6: r.firewall.ipv6,
                 }),
             },
             Command::FetchConfig(c) => Plan {
                 command: "fetch-config",
-                config: Some(config::Options::from_args(c, root)?),
+                config: Some(config::Options::from_args(&with_awsvpc(c), root)?),
                 firewall: None,
                 check: false,
                 prove: None,
@@ -262,6 +271,52 @@ impl Plan {
             },
         })
     }
+}
+
+/// `--block-awsvpc-imds` as the last `--set`, so it goes through the same validation and wins.
+fn with_awsvpc(c: &crate::cli::ConfigArgs) -> crate::cli::ConfigArgs {
+    let mut c = c.clone();
+    if c.block_awsvpc_imds {
+        c.set.push(format!("{}=true", crate::posture::AWSVPC_KEY));
+    }
+    c
+}
+
+/// The IMDS posture lines of a `run` (see [`crate::posture`]).
+fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::posture::Line> {
+    use crate::report::Outcome;
+    let step = |s: Step| steps.iter().find(|r| r.step == s);
+    let firewall_ok = step(Step::Firewall)
+        .filter(|r| r.outcome != Outcome::Skipped)
+        .map(|r| r.outcome == Outcome::Ok);
+    let prove = step(Step::Prove)
+        .filter(|r| r.outcome != Outcome::Skipped)
+        .map(|r| match r.outcome {
+            Outcome::Ok => 0,
+            _ if r.imds_unreachable => Exit::ImdsUnreachable.code(),
+            _ => r.exit.unwrap_or(Exit::Prove).code(),
+        });
+    let ecs_config = plan.config.as_ref().and_then(|c| {
+        std::fs::read_to_string(&c.dest)
+            .ok()
+            .map(|t| (t, c.dest.display().to_string()))
+    });
+    let imdsv1_open = step(Step::Check).and_then(|r| r.details["imdsv1_open"].as_bool());
+    let put_hop_limit = step(Step::Prove)
+        .and_then(|r| r.details["put_hop_limit"].as_str())
+        .map(str::to_owned);
+    crate::posture::assess(&crate::posture::Facts {
+        firewall_ok,
+        interfaces: plan
+            .firewall
+            .as_ref()
+            .map(|f| f.interfaces.clone())
+            .unwrap_or_default(),
+        prove,
+        ecs_config,
+        imdsv1_open,
+        put_hop_limit,
+    })
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.
@@ -382,7 +437,14 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
             .filter(|s| s.outcome != crate::report::Outcome::Skipped)
             .collect(),
     };
-    Report::new(plan.command, steps, start.elapsed())
+    let posture = if plan.command == "run" {
+        posture(plan, &steps)
+    } else {
+        vec![]
+    };
+    let mut report = Report::new(plan.command, steps, start.elapsed());
+    report.imds_posture = posture;
+    report
 }
 
 /// The SDK configuration: region from `AWS_REGION` or IMDS, credentials from the instance role

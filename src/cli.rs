@@ -27,8 +27,10 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         yes/no, on/off. A bad setting fails only a command that uses it (block-imds falls back \
         to its defaults); the file is used only when root owns it and others cannot write it.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
-        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed, \
-        7 the host cannot reach instance metadata (whichever step noticed it).\n\
+        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed \
+        (a bridge reaches instance metadata), 7 the host cannot reach instance metadata \
+        (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, the \
+        probe path is broken, or our DROP rule's counter did not move).\n\
         For `run`, the code names the first step that failed, except that 7 outranks the others."
 )]
 pub struct Cli {
@@ -91,8 +93,9 @@ pub enum Command {
     BlockImds(FirewallArgs),
     /// Check that the host reaches IMDSv2 and print what it says.
     CheckImds(CheckArgs),
-    /// Prove the block: from a throwaway namespace on docker0, IMDS must be unreachable, and
-    /// from the host reachable.
+    /// Prove the block: from a throwaway namespace on each blocked bridge, a control connection
+    /// to the bridge's address must succeed, IMDS must not answer and our DROP rule's counter
+    /// must rise; from the host IMDS must answer.
     Prove(ProveArgs),
     /// Print the least-privilege IAM policies for the instance role and its trust policy.
     IamPolicy(IamPolicyArgs),
@@ -105,14 +108,26 @@ pub struct ProveArgs {
     #[arg(long = "ipv6", value_enum, env = "ECS_BOOTSTRAP_IPV6", default_value_t = Ipv6Mode::Auto)]
     pub ipv6: Ipv6Mode,
 
-    /// Bridge to attach the probe namespace to. Example: --bridge docker0
+    /// Probe only this bridge [default: every bridge matching an --interface pattern].
+    /// Example: --bridge docker0
+    #[arg(long, env = "ECS_BOOTSTRAP_BRIDGE", value_name = "NAME")]
+    pub bridge: Option<String>,
+
+    /// Interface patterns that block-imds blocks; prove probes every bridge matching one.
+    /// Example: --interface docker+ --interface br-+
     #[arg(
-        long,
-        env = "ECS_BOOTSTRAP_BRIDGE",
-        value_name = "NAME",
-        default_value = "docker0"
+        long = "interface",
+        env = "ECS_BOOTSTRAP_INTERFACE",
+        value_name = "PATTERN",
+        default_value = "docker+",
+        value_delimiter = ','
     )]
-    pub bridge: String,
+    pub interfaces: Vec<String>,
+
+    /// iptables binary whose DROP counters prove the block (ip6tables is looked up beside it).
+    /// Example: --iptables /usr/sbin/iptables-legacy
+    #[arg(long, env = "ECS_BOOTSTRAP_IPTABLES", value_name = "PATH")]
+    pub iptables: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -215,6 +230,11 @@ pub struct ConfigArgs {
     /// Example: --set ECS_CLUSTER=prod --set ECS_LOGLEVEL=debug
     #[arg(long = "set", env = "ECS_BOOTSTRAP_SET", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+
+    /// Write ECS_AWSVPC_BLOCK_IMDS=true into ecs.config (as a last --set): the ECS agent then
+    /// blocks instance metadata for tasks in awsvpc mode. Example: --block-awsvpc-imds
+    #[arg(long, env = "ECS_BOOTSTRAP_BLOCK_AWSVPC_IMDS")]
+    pub block_awsvpc_imds: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -259,6 +279,13 @@ pub struct FirewallArgs {
     /// IPv6 rules file; default from the distribution. Example: --persist-file6 /etc/iptables/rules.v6
     #[arg(long, env = "ECS_BOOTSTRAP_PERSIST_FILE6", value_name = "PATH")]
     pub persist_file6: Option<PathBuf>,
+
+    /// Undo the block: remove every rule ecs-bootstrap added (they carry the comment
+    /// `ecs-bootstrap`), from the kernel and from the rules file; DOCKER-USER and its jump too
+    /// when nothing else uses them. Containers on the bridges reach instance metadata again.
+    /// Example: block-imds --remove
+    #[arg(long)]
+    pub remove: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

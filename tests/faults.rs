@@ -1234,6 +1234,58 @@ fn settings_unreadable_line_is_named_not_echoed() {
     assert_eq!(sb.drop_rules(IPT), 1);
 }
 
+/// An untrusted settings file read by systemd's own rules: a line ending in a backslash is
+/// joined with the next by `EnvironmentFile=`, so the value systemd passes on is not the one our
+/// parser reads from the file. It is ignored all the same (the name occurs in the file), and the
+/// program it names never runs. Likewise for a file that is not UTF-8 text, whose message names
+/// the line rather than a chmod that would not fix it.
+#[test]
+fn settings_file_untrusted_read_by_systemds_rules() {
+    let sb = setup();
+    let marker = sb.root.path().join("evil-ran");
+    let evil = sb.root.path().join("evil.sh");
+    std::fs::write(
+        &evil,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let evil_s = evil.to_str().unwrap();
+    let (head, tail) = evil_s.split_at(evil_s.len() - 3);
+    // What systemd makes of the continued line is the whole path; our parser sees `head\`.
+    let text = format!("ECS_BOOTSTRAP_IPTABLES={head}\\\n{tail}\n");
+    settings(&sb, &text, 0o666);
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_IPTABLES", evil_s)
+            .args(drop_in_args())
+            .args(["--ipv6", "off"]);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("ECS_BOOTSTRAP_IPTABLES in the environment is ignored")
+        .assert_contains("is not trusted");
+    assert!(!marker.exists(), "the untrusted file's program ran");
+    assert!(sb.rules(IPT).contains("-i docker+"), "{}", sb.rules(IPT));
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+
+    // Not UTF-8 text (root's, 0600): untrusted, and the fix names the line, not a chmod.
+    let mut bytes =
+        b"ECS_BOOTSTRAP_CHAIN=DOCKER-USER\nECS_BOOTSTRAP_INTERFACE=dock\xffer+\n".to_vec();
+    bytes.extend_from_slice(format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()).as_bytes());
+    let p = settings(&sb, "", 0o600);
+    std::fs::write(&p, &bytes).unwrap();
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("it is not UTF-8 text (line 2)")
+        .assert_contains("rewrite line 2");
+    assert!(!r.stderr.contains("chmod 600"), "{}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
 /// A settings file that others may write (or that root does not own) names programs that run
 /// as root: the config step refuses it (exit 2, what to run, old file kept), block-imds ignores
 /// it, also its values that systemd passed on as environment, and asserts the built-in block
