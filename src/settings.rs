@@ -76,15 +76,27 @@ impl SettingsFile {
                     "`chown root:root {p} && chmod 600 {p}` once its content is checked",
                     p = path.display()
                 );
-                match (trust_problem(&meta), std::fs::read(&path)) {
+                // Whoever may write the folder may replace the file.
+                let problem = trust_problem(&meta).or_else(|| {
+                    let dir = path.parent()?;
+                    let m = std::fs::metadata(dir).ok()?;
+                    folder_trust_problem(&m).map(|p| format!("its folder {}: {p}", dir.display()))
+                });
+                match (problem, std::fs::read(&path)) {
                     (_, Err(e)) => FileState::Untrusted {
                         reason: format!("it cannot be read ({e})"),
                         fix: "make it a readable regular file owned by root, mode 0600".into(),
                         raw: None,
                     },
                     (Some(reason), Ok(raw)) => FileState::Untrusted {
+                        fix: match path.parent() {
+                            Some(dir) if reason.starts_with("its folder") => format!(
+                                "`chown root:root {d} && chmod 755 {d}`, then check the files in it",
+                                d = dir.display()
+                            ),
+                            _ => perms_fix,
+                        },
                         reason,
-                        fix: perms_fix,
                         raw: Some(raw),
                     },
                     (None, Ok(raw)) => match String::from_utf8(raw) {
@@ -146,6 +158,22 @@ pub fn trust_problem(meta: &std::fs::Metadata) -> Option<String> {
         ));
     }
     (!why.is_empty()).then(|| why.join(" and "))
+}
+
+/// Why a folder holding the file must not be trusted: someone other than root may replace
+/// files in it (a sticky folder such as /tmp lets only the owner of a file replace it).
+pub fn folder_trust_problem(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if meta.uid() != 0 {
+        return Some(format!("owned by uid {}, not root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Some(format!(
+            "group or others may write it (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    None
 }
 
 /// Where a value came from.
