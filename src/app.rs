@@ -480,6 +480,22 @@ async fn sdk_config(imds: &Imds) -> anyhow::Result<aws_config::SdkConfig> {
     if let Some(url) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
         sdk = sdk.endpoint_url(url);
     }
+    // The standard switches for FIPS and dual-stack (IPv6) endpoints, as the SDK's default
+    // chain reads them.
+    let flag = |name: &str| match env(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            tracing::warn!("{name} is neither true nor false; it is ignored");
+            false
+        }
+    };
+    if flag("AWS_USE_FIPS_ENDPOINT") {
+        sdk = sdk.use_fips(true);
+    }
+    if flag("AWS_USE_DUALSTACK_ENDPOINT") {
+        sdk = sdk.use_dual_stack(true);
+    }
     Ok(sdk.build())
 }
 

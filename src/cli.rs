@@ -23,7 +23,9 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         reaches IMDSv2.\n\n\
         Every flag can also be set with an environment variable ECS_BOOTSTRAP_<FLAG> \
         (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
-        a flag beats the environment, which beats the file.",
+        a flag beats the environment, which beats the file. Booleans take 1/0, true/false, \
+        yes/no, on/off. A bad setting fails only a command that uses it (block-imds falls back \
+        to its defaults); the file is used only when root owns it and others cannot write it.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
         3 config step failed, 4 firewall step failed, 5 metadata check failed (an unexpected answer \
         from instance metadata, also in prove), 6 prove failed \
@@ -141,6 +143,22 @@ pub struct IamPolicyArgs {
     /// Example: --kms-key arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
     #[arg(long, env = "ECS_BOOTSTRAP_KMS_KEY", value_name = "ARN")]
     pub kms_key: Option<String>,
+
+    /// The 12-digit account that owns the bucket: the read is allowed only from that account's
+    /// bucket (an s3:ResourceAccount condition), as --expected-bucket-owner enforces at fetch
+    /// time. Example: --expected-bucket-owner 123456789012
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_EXPECTED_BUCKET_OWNER",
+        value_name = "ACCOUNT_ID"
+    )]
+    pub expected_bucket_owner: Option<String>,
+
+    /// Partition of the ARNs and service domains: aws, aws-cn or aws-us-gov [default: the one
+    /// of --kms-key or of an access point source, else aws]. Example: --partition aws-cn
+    #[arg(long, env = "ECS_BOOTSTRAP_PARTITION", value_name = "PARTITION",
+          value_parser = ["aws", "aws-cn", "aws-us-gov"])]
+    pub partition: Option<String>,
 
     /// Output format: json (the policy documents) or cloudformation (a template snippet).
     /// Example: --format cloudformation

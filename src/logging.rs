@@ -84,7 +84,7 @@ fn credential_char(b: u8) -> bool {
 }
 
 /// `line` with the values after each credential-bearing name replaced by `<redacted>`: every
-/// run of at least 16 credential characters that starts within the next 160 bytes (the
+/// run of at least 16 credential characters that starts within the next 64 bytes (the
 /// formatting between a header's name and its value varies: `: `, `": HeaderValue { _private:
 /// H0("`, `=`).
 /// `x-aws-ec2-metadata-token-ttl-seconds` is not a secret and stays.
@@ -97,10 +97,17 @@ pub fn redact(line: &str) -> String {
         while let Some(i) = lower[from..].find(name) {
             let start = from + i + name.len();
             from = start;
-            if lower[start..].starts_with("-ttl") {
+            // A whole name only: `AuthorizationHeaderMalformed` (an S3 error code) or
+            // `x-aws-ec2-metadata-token-ttl-seconds` are not credentials.
+            if lower[start..].starts_with("-ttl")
+                || lower[start..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
                 continue;
             }
-            let end = (start + 160).min(bytes.len());
+            let end = (start + 64).min(bytes.len());
             let mut j = start;
             while j < end {
                 if credential_char(bytes[j]) {
@@ -175,6 +182,9 @@ mod tests {
         }
         let plain = "x-aws-ec2-metadata-token-ttl-seconds: 21600 for /latest/api/token";
         assert_eq!(redact(plain), plain);
+        let code =
+            "HTTP 400 AuthorizationHeaderMalformed: the region of ecs-bootstrap-sandbox is wrong";
+        assert_eq!(redact(code), code);
         assert_eq!(
             redact("fetched the config object"),
             "fetched the config object"

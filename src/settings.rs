@@ -19,7 +19,11 @@
 //! - The file names programs that run as root (`--iptables`) and where ecs.config comes from,
 //!   so it is trusted only when root owns it and neither group nor others may write it. An
 //!   untrusted file fails the config step (exit 2, with the command that fixes it); every other
-//!   command ignores the file, uses the built-in defaults, and says so as an error.
+//!   command ignores the file, uses the built-in defaults, and says so as an error. Under
+//!   systemd the untrusted file's values still arrive as environment, parsed by systemd's rules
+//!   (line continuations, quotes, backslashes), which need not give the value we would parse:
+//!   so every variable whose name occurs anywhere in an untrusted file is ignored, whatever its
+//!   value. A file that is not UTF-8 text is untrusted too (its lines cannot be judged).
 //!
 //! Messages name the setting, its line and the reason, never the value: a value may be a
 //! secret (`ECS_BOOTSTRAP_SET=ECS_ENGINE_AUTH_DATA=...`).
@@ -42,11 +46,12 @@ const ROOT: &str = "ECS_BOOTSTRAP_ROOT";
 pub enum FileState {
     Absent,
     Trusted(EnvFile),
-    /// Not used; `file` is still parsed when readable, to recognise its values in the
-    /// environment (systemd's `EnvironmentFile=`).
+    /// Not used. `raw` is its content when readable: a variable whose name occurs in it may
+    /// have come from it (systemd's `EnvironmentFile=`) and is ignored too.
     Untrusted {
         reason: String,
-        file: Option<EnvFile>,
+        fix: String,
+        raw: Option<Vec<u8>>,
     },
 }
 
@@ -63,29 +68,68 @@ impl SettingsFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
             Err(e) => FileState::Untrusted {
                 reason: format!("it cannot be read ({e})"),
-                file: None,
+                fix: "make it a readable regular file owned by root, mode 0600".into(),
+                raw: None,
             },
             Ok(meta) => {
-                let text = std::fs::read_to_string(&path);
-                let file = text.as_deref().ok().map(envfile::parse);
-                match (trust_problem(&meta), text) {
-                    (Some(reason), _) => FileState::Untrusted { reason, file },
-                    (None, Err(e)) => FileState::Untrusted {
+                let perms_fix = format!(
+                    "`chown root:root {p} && chmod 600 {p}` once its content is checked",
+                    p = path.display()
+                );
+                // Whoever may write the folder may replace the file.
+                let problem = trust_problem(&meta).or_else(|| {
+                    let dir = path.parent()?;
+                    let m = std::fs::metadata(dir).ok()?;
+                    folder_trust_problem(&m).map(|p| format!("its folder {}: {p}", dir.display()))
+                });
+                match (problem, std::fs::read(&path)) {
+                    (_, Err(e)) => FileState::Untrusted {
                         reason: format!("it cannot be read ({e})"),
-                        file: None,
+                        fix: "make it a readable regular file owned by root, mode 0600".into(),
+                        raw: None,
                     },
-                    (None, Ok(_)) => FileState::Trusted(file.unwrap_or_default()),
+                    (Some(reason), Ok(raw)) => FileState::Untrusted {
+                        fix: match path.parent() {
+                            Some(dir) if reason.starts_with("its folder") => format!(
+                                "`chown root:root {d} && chmod 755 {d}`, then check the files in it",
+                                d = dir.display()
+                            ),
+                            _ => perms_fix,
+                        },
+                        reason,
+                        raw: Some(raw),
+                    },
+                    (None, Ok(raw)) => match String::from_utf8(raw) {
+                        Ok(text) => FileState::Trusted(envfile::parse(&text)),
+                        Err(e) => {
+                            let at = e.utf8_error().valid_up_to();
+                            let line =
+                                e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+                            FileState::Untrusted {
+                                reason: format!("it is not UTF-8 text (line {line})"),
+                                fix: format!(
+                                    "rewrite line {line} as plain KEY=VALUE text (UTF-8) and check the rest of the file"
+                                ),
+                                raw: Some(e.into_bytes()),
+                            }
+                        }
+                    },
                 }
             }
         };
         SettingsFile { path, state }
     }
 
-    fn parsed(&self) -> Option<&EnvFile> {
+    /// Whether the environment's value of `name` may have come from an untrusted file: its
+    /// name occurs in the file's bytes (whatever systemd made of the line), or the file could
+    /// not be read at all.
+    fn untrusted_names(&self, name: &str) -> bool {
         match &self.state {
-            FileState::Trusted(f) => Some(f),
-            FileState::Untrusted { file, .. } => file.as_ref(),
-            FileState::Absent => None,
+            FileState::Untrusted { raw: Some(raw), .. } => {
+                raw.windows(name.len()).any(|w| w == name.as_bytes())
+            }
+            FileState::Untrusted { raw: None, .. } => true,
+            _ => false,
         }
     }
 
@@ -114,6 +158,22 @@ pub fn trust_problem(meta: &std::fs::Metadata) -> Option<String> {
         ));
     }
     (!why.is_empty()).then(|| why.join(" and "))
+}
+
+/// Why a folder holding the file must not be trusted: someone other than root may replace
+/// files in it (a sticky folder such as /tmp lets only the owner of a file replace it).
+pub fn folder_trust_problem(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if meta.uid() != 0 {
+        return Some(format!("owned by uid {}, not root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Some(format!(
+            "group or others may write it (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    None
 }
 
 /// Where a value came from.
@@ -171,7 +231,8 @@ pub struct Prepared {
     ids: BTreeMap<String, String>,
     /// Where each applied value came from, by argument id, with the argument's flag.
     applied: BTreeMap<String, (String, Origin)>,
-    untrusted: Option<String>,
+    /// Why the file is not trusted, and what fixes it.
+    untrusted: Option<(String, String)>,
     path: PathBuf,
 }
 
@@ -192,7 +253,7 @@ pub fn prepare(
 ) -> Prepared {
     let mut notes = Vec::new();
     let untrusted = match &file.state {
-        FileState::Untrusted { reason, .. } => Some(reason.clone()),
+        FileState::Untrusted { reason, fix, .. } => Some((reason.clone(), fix.clone())),
         _ => None,
     };
     let file_origin = |e: &envfile::Entry| Origin::File {
@@ -211,7 +272,18 @@ pub fn prepare(
             continue;
         }
         let from_env = env(name).filter(|v| !v.is_empty());
-        let in_file = file.parsed().and_then(|f| f.last(name));
+        if from_env.is_some() && file.untrusted_names(name) {
+            notes.push(Note {
+                level: Level::Error,
+                message: format!(
+                    "{name} in the environment is ignored: the untrusted settings file {} names it, and \
+                     systemd passes that file's values on as environment",
+                    file.path.display()
+                ),
+            });
+            continue;
+        }
+        let in_file = file.trusted().and_then(|f| f.last(name));
         // A variable equal to the file's value came from the file (systemd's EnvironmentFile=).
         let env_is_file = matches!((&from_env, in_file), (Some(v), Some(e)) if *v == e.value);
         match from_env {
@@ -476,11 +548,7 @@ pub fn judge(
     u: Use<'_>,
 ) -> Result<Vec<Note>, UsageError> {
     let mut notes = prep.notes.clone();
-    if let Some(reason) = &prep.untrusted {
-        let fix = format!(
-            "`chown root:root {p} && chmod 600 {p}` once its content is checked",
-            p = prep.path.display()
-        );
+    if let Some((reason, fix)) = &prep.untrusted {
         if u.config_step {
             return Err(UsageError(format!(
                 "the settings file {} is not trusted: {reason}; it names the programs that run as root and where \
@@ -721,13 +789,22 @@ mod tests {
             path: PathBuf::from("/etc/ecs-bootstrap/env"),
             state: FileState::Untrusted {
                 reason: "group or others may write it (mode 0666)".into(),
-                file: Some(envfile::parse("ECS_BOOTSTRAP_INTERFACE=nothing\n")),
+                fix: "`chown root:root /etc/ecs-bootstrap/env && chmod 600 /etc/ecs-bootstrap/env`"
+                    .into(),
+                // A continued line: systemd joins it, so its value is not what we would parse.
+                raw: Some(
+                    b"ECS_BOOTSTRAP_INTERFACE=noth\\\ning\nECS_BOOTSTRAP_IPTABLES=/tmp/ev\\\nil\n"
+                        .to_vec(),
+                ),
             },
         };
-        // systemd passed the file's value on: it is recognised and ignored too.
+        // systemd passed the file's values on, in its own reading: ignored whatever the value.
         let (m, n) = run(
             &f,
-            &[("ECS_BOOTSTRAP_INTERFACE", "nothing")],
+            &[
+                ("ECS_BOOTSTRAP_INTERFACE", "nothing"),
+                ("ECS_BOOTSTRAP_IPTABLES", "/tmp/evil"),
+            ],
             &["x", "block-imds"],
             &[],
         )
@@ -735,6 +812,24 @@ mod tests {
         let (_, sub) = m.subcommand().unwrap();
         let ifs: Vec<&String> = sub.get_many::<String>("interfaces").unwrap().collect();
         assert_eq!(ifs, ["docker+"]);
+        assert_eq!(sub.get_one::<std::path::PathBuf>("iptables"), None);
+        assert!(n.iter().any(|n| {
+            n.level == Level::Error
+                && n.message
+                    .contains("ECS_BOOTSTRAP_IPTABLES in the environment is ignored")
+        }));
+        // A variable the file does not name still applies (e.g. the unit's own Environment=).
+        let (m, _) = run(
+            &f,
+            &[("ECS_BOOTSTRAP_CHAIN", "FORWARD")],
+            &["x", "block-imds"],
+            &[],
+        )
+        .unwrap();
+        let (_, sub) = m.subcommand().unwrap();
+        assert!(
+            format!("{:?}", sub.get_raw("chain").unwrap().collect::<Vec<_>>()).contains("FORWARD")
+        );
         assert!(
             n.iter()
                 .any(|n| n.level == Level::Error && n.message.contains("not trusted"))

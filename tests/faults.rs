@@ -1234,6 +1234,58 @@ fn settings_unreadable_line_is_named_not_echoed() {
     assert_eq!(sb.drop_rules(IPT), 1);
 }
 
+/// An untrusted settings file read by systemd's own rules: a line ending in a backslash is
+/// joined with the next by `EnvironmentFile=`, so the value systemd passes on is not the one our
+/// parser reads from the file. It is ignored all the same (the name occurs in the file), and the
+/// program it names never runs. Likewise for a file that is not UTF-8 text, whose message names
+/// the line rather than a chmod that would not fix it.
+#[test]
+fn settings_file_untrusted_read_by_systemds_rules() {
+    let sb = setup();
+    let marker = sb.root.path().join("evil-ran");
+    let evil = sb.root.path().join("evil.sh");
+    std::fs::write(
+        &evil,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let evil_s = evil.to_str().unwrap();
+    let (head, tail) = evil_s.split_at(evil_s.len() - 3);
+    // What systemd makes of the continued line is the whole path; our parser sees `head\`.
+    let text = format!("ECS_BOOTSTRAP_IPTABLES={head}\\\n{tail}\n");
+    settings(&sb, &text, 0o666);
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_IPTABLES", evil_s)
+            .args(drop_in_args())
+            .args(["--ipv6", "off"]);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("ECS_BOOTSTRAP_IPTABLES in the environment is ignored")
+        .assert_contains("is not trusted");
+    assert!(!marker.exists(), "the untrusted file's program ran");
+    assert!(sb.rules(IPT).contains("-i docker+"), "{}", sb.rules(IPT));
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+
+    // Not UTF-8 text (root's, 0600): untrusted, and the fix names the line, not a chmod.
+    let mut bytes =
+        b"ECS_BOOTSTRAP_CHAIN=DOCKER-USER\nECS_BOOTSTRAP_INTERFACE=dock\xffer+\n".to_vec();
+    bytes.extend_from_slice(format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()).as_bytes());
+    let p = settings(&sb, "", 0o600);
+    std::fs::write(&p, &bytes).unwrap();
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("it is not UTF-8 text (line 2)")
+        .assert_contains("rewrite line 2");
+    assert!(!r.stderr.contains("chmod 600"), "{}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
 /// A settings file that others may write (or that root does not own) names programs that run
 /// as root: the config step refuses it (exit 2, what to run, old file kept), block-imds ignores
 /// it, also its values that systemd passed on as environment, and asserts the built-in block
@@ -1285,8 +1337,19 @@ fn settings_file_untrusted() {
     sb.run(&["fetch-config"])
         .assert_code(2)
         .assert_contains("owned by uid 65534, not root");
-    // Control: the same file, root's and 0600, is used.
+    // A folder others may write: they could replace the file.
     nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = path.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        sb.run(&["fetch-config"])
+            .assert_code(2)
+            .assert_contains("its folder")
+            .assert_contains("group or others may write it (mode 0777)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Control: the same file, root's and 0600, is used.
     settings(
         &sb,
         &format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()),
@@ -1521,6 +1584,13 @@ fn keys_others_wrote_are_kept_or_named() {
              ECS_ENGINE_AUTH_DATA={secret}\n"
         )
     );
+    // A kept local value that the two readers of ecs.config read differently is named too.
+    let mut text = std::fs::read_to_string(sb.dest()).unwrap();
+    text.push_str("ECS_AWSVPC_BLOCK_IMDS=\"true\n");
+    std::fs::write(sb.dest(), text).unwrap();
+    run_moto(&sb, 30, &[])
+        .assert_code(0)
+        .assert_contains("kept local key ECS_AWSVPC_BLOCK_IMDS: the value of ECS_AWSVPC_BLOCK_IMDS starts with a quote");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1629,4 +1699,148 @@ fn imds_too_slow_is_not_unreachable() {
         r.all()
     );
     nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints and access-denied diagnosis
+// ---------------------------------------------------------------------------------------------
+
+/// The S3 endpoint the client resolves, seen where it must go: through `HTTPS_PROXY` (the fault
+/// proxy), which logs the host of each CONNECT and refuses it, so nothing leaves the sandbox.
+/// FIPS and dual-stack by the standard variables, the aws-cn and aws-us-gov partitions by region,
+/// an access point ARN as the source (its own region), with no endpoint override.
+#[test]
+fn s3_endpoints_resolve_the_standard_way() {
+    let sb = setup();
+    let proxy = fault(&sb);
+    let bucket = sb.s("bucket");
+    let ap = "s3://arn:aws:s3:us-west-2:123456789012:accesspoint/my-ap/ecs.config";
+    let ap_gov = "s3://arn:aws-us-gov:s3:us-gov-east-1:123456789012:accesspoint/my-ap/ecs.config";
+    let cases: Vec<(&str, &str, &str, String, String)> = vec![
+        (
+            "us-east-1",
+            "",
+            "",
+            sb.source(),
+            format!("{bucket}.s3.us-east-1.amazonaws.com:443"),
+        ),
+        (
+            "us-east-1",
+            "true",
+            "",
+            sb.source(),
+            format!("{bucket}.s3-fips.us-east-1.amazonaws.com:443"),
+        ),
+        (
+            "us-east-1",
+            "",
+            "true",
+            sb.source(),
+            format!("{bucket}.s3.dualstack.us-east-1.amazonaws.com:443"),
+        ),
+        (
+            "us-gov-west-1",
+            "true",
+            "true",
+            sb.source(),
+            format!("{bucket}.s3-fips.dualstack.us-gov-west-1.amazonaws.com:443"),
+        ),
+        (
+            "cn-north-1",
+            "",
+            "",
+            sb.source(),
+            format!("{bucket}.s3.cn-north-1.amazonaws.com.cn:443"),
+        ),
+        (
+            "us-east-1",
+            "",
+            "",
+            ap.to_owned(),
+            "my-ap-123456789012.s3-accesspoint.us-west-2.amazonaws.com:443".to_owned(),
+        ),
+        (
+            "us-east-1",
+            "true",
+            "",
+            ap.to_owned(),
+            "my-ap-123456789012.s3-accesspoint-fips.us-west-2.amazonaws.com:443".to_owned(),
+        ),
+        (
+            "us-gov-east-1",
+            "",
+            "",
+            ap_gov.to_owned(),
+            "my-ap-123456789012.s3-accesspoint.us-gov-east-1.amazonaws.com:443".to_owned(),
+        ),
+    ];
+    for (region, fips, dual, source, want) in cases {
+        let before = sb.proxy_requests().len();
+        let mut c = sb.cmd();
+        c.env_remove("AWS_ENDPOINT_URL_S3")
+            .env("HTTPS_PROXY", &proxy)
+            .env("AWS_REGION", region)
+            .args(["fetch-config", "--source", &source, "--deadline", "3"]);
+        if !fips.is_empty() {
+            c.env("AWS_USE_FIPS_ENDPOINT", fips);
+        }
+        if !dual.is_empty() {
+            c.env("AWS_USE_DUALSTACK_ENDPOINT", dual);
+        }
+        let r = Sandbox::run_cmd(c);
+        r.assert_code(3);
+        let reqs = sb.proxy_requests();
+        let connects: Vec<&str> = reqs[before..]
+            .iter()
+            .filter(|q| q["method"] == "CONNECT")
+            .map(|q| q["path"].as_str().unwrap())
+            .collect();
+        assert!(
+            !connects.is_empty(),
+            "{region} {fips} {dual} {source}: no CONNECT\n{}",
+            r.all()
+        );
+        assert!(
+            connects.iter().all(|h| *h == want),
+            "{region} fips={fips} dualstack={dual} {source}: {connects:?}, want {want}"
+        );
+    }
+    nothing_lost(&sb, File::Old, NO_RULE);
+}
+
+/// GetObject denied on an SSE-KMS object: the HEAD that GetObject's permission allows names the
+/// KMS key, and the message says the role needs kms:Decrypt on it. Control: the same denial on
+/// an object without KMS gives the plain access-denied message.
+#[test]
+fn s3_403_on_a_kms_object_names_the_key() {
+    let sb = setup();
+    let put = sb.put_with(&sb.s("key"), sb.s("object_content").as_bytes(), &["--kms"]);
+    let key_arn = put["kms_key_arn"].as_str().unwrap().to_owned();
+    assert!(key_arn.starts_with("arn:aws:kms:"), "{put}");
+    let denied = json!({"status": 403, "code": "AccessDenied", "message": "Access Denied"});
+    sb.proxy_control(json!({"plan": [denied], "then": "pass"}));
+    let before = sb.proxy_requests().len();
+    let r = run_fault(&sb, 30, &[]);
+    let methods: Vec<String> = sb.proxy_requests()[before..]
+        .iter()
+        .map(|q| q["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        methods,
+        ["GET", "HEAD"],
+        "one GET, then the HEAD that shows the key"
+    );
+    r.assert_code(3)
+        .assert_contains(&format!("encrypted with the KMS key {key_arn}"))
+        .assert_contains("needs kms:Decrypt on that key")
+        .assert_contains(&format!("iam-policy --kms-key {key_arn}"));
+    nothing_lost(&sb, File::Old, ONE_RULE);
+    // Control: no KMS on the object.
+    sb.put(&sb.s("key"), sb.s("object_content").as_bytes());
+    sb.proxy_control(json!({"plan": [denied], "then": "pass"}));
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3).assert_contains(
+        "the instance role needs s3:GetObject on arn:aws:s3:::ecs-bootstrap-sandbox/ecs.config",
+    );
+    assert!(!r.all().contains("kms:Decrypt on that key"), "{}", r.all());
 }

@@ -34,18 +34,30 @@ pub struct Fetched {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error(
-        "access denied reading {url} ({detail}): the instance role needs {action} on arn:aws:s3:::{bucket}/{key} \
+        "access denied reading {url} ({detail}): the instance role needs {action} on {resource} \
          (instance profile: {profile}){owner_hint}; check the role's policy and the bucket policy, and for a \
          KMS-encrypted object kms:Decrypt on its key; without s3:ListBucket on the bucket S3 also answers a missing \
          key with AccessDenied, so check that the key exists"
     )]
     AccessDenied {
         url: String,
-        bucket: String,
-        key: String,
+        /// The object's ARN, as an IAM policy names it.
+        resource: String,
         action: &'static str,
         profile: String,
         owner_hint: String,
+        detail: String,
+    },
+    #[error(
+        "access denied reading {url} ({detail}): the instance role may read the object (a HEAD of it works) but \
+         not decrypt it: it is encrypted with the KMS key {key}, and the role (instance profile: {profile}) \
+         needs kms:Decrypt on that key, through S3 (`ecs-bootstrap iam-policy --kms-key {key}` prints the \
+         statement), and the key policy must allow the role's account"
+    )]
+    KmsDenied {
+        url: String,
+        key: String,
+        profile: String,
         detail: String,
     },
     #[error(
@@ -166,10 +178,14 @@ pub async fn fetch(
     let url = req.url.to_string();
     let deadline = req.deadline.checked_sub(MARGIN).unwrap_or(req.deadline);
     let backoff = Backoff::default();
-    let mut region = sdk
-        .region()
-        .map(|r| r.as_ref().to_owned())
-        .unwrap_or_else(|| "us-east-1".to_owned());
+    // An access point ARN names its region; S3 must be asked there.
+    let mut region = match req.url.access_point() {
+        Some(ap) => ap.region,
+        None => sdk
+            .region()
+            .map(|r| r.as_ref().to_owned())
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+    };
     let mut redirected = false;
     let mut creds: Option<Credentials> = None;
     let mut clock: Option<SkewedClock> = None;
@@ -201,7 +217,15 @@ pub async fn fetch(
                 redirected = true;
                 continue;
             }
-            Decision::Fail => return Err(fatal(req, err, imds, deadline).await),
+            Decision::Fail => {
+                let kms = match &err.failure {
+                    Failure::Http { status: 403, .. } => {
+                        kms_key_of(req, sdk, &region, creds.clone(), clock, deadline).await
+                    }
+                    _ => None,
+                };
+                return Err(fatal(req, err, imds, deadline, &region, kms).await);
+            }
             Decision::Retry => {}
         }
         if super::retry::needs_new_credentials(&err.failure) {
@@ -278,22 +302,7 @@ async fn one_attempt(
             c
         }
     };
-    let mut conf = aws_sdk_s3::config::Builder::from(sdk);
-    if let Some(c) = clock {
-        conf = conf.time_source(c);
-    }
-    let conf = conf
-        .region(Region::new(region.to_owned()))
-        .credentials_provider(c)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
-                .build(),
-        )
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(conf);
+    let client = s3_client(sdk, region, c, clock, false);
     let send = client
         .get_object()
         .bucket(&req.url.bucket)
@@ -381,6 +390,90 @@ async fn one_attempt(
         version_id,
         etag,
     })
+}
+
+/// An S3 client for one attempt: our retries, our time limits, the region of the attempt, and
+/// the signing clock learnt from S3 when ours is off; with `head`, its GetObject is sent as a
+/// HEAD (see [`HeadInstead`]).
+fn s3_client(
+    sdk: &aws_config::SdkConfig,
+    region: &str,
+    creds: Credentials,
+    clock: Option<SkewedClock>,
+    head: bool,
+) -> aws_sdk_s3::Client {
+    let mut conf = aws_sdk_s3::config::Builder::from(sdk);
+    if let Some(c) = clock {
+        conf = conf.time_source(c);
+    }
+    if head {
+        conf = conf.interceptor(HeadInstead);
+    }
+    let conf = conf
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(creds)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Turns the GetObject of the client it is configured on into a HEAD of the same object (signed as a HEAD):
+/// S3 answers with the object's headers and no body, and GetObject's output reads them. This
+/// spares the HeadObject operation's code in the binary.
+#[derive(Debug)]
+struct HeadInstead;
+
+impl aws_sdk_s3::config::Intercept for HeadInstead {
+    fn name(&self) -> &'static str {
+        "HeadInstead"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        context.request_mut().set_method("HEAD")?;
+        Ok(())
+    }
+}
+
+/// After GetObject was denied: the KMS key of the object when a HEAD (which GetObject's
+/// permission allows and which needs no kms:Decrypt) shows that it is encrypted with SSE-KMS.
+/// Best effort, within 3 s.
+async fn kms_key_of(
+    req: &Request<'_>,
+    sdk: &aws_config::SdkConfig,
+    region: &str,
+    creds: Option<Credentials>,
+    clock: Option<SkewedClock>,
+    deadline: Instant,
+) -> Option<String> {
+    let client = s3_client(sdk, region, creds?, clock, true);
+    let head = client
+        .get_object()
+        .bucket(&req.url.bucket)
+        .key(&req.url.key)
+        .set_version_id(req.url.version_id.clone())
+        .set_expected_bucket_owner(req.expected_owner.map(str::to_owned))
+        .send();
+    let until = deadline.min(Instant::now() + Duration::from_secs(3));
+    let out = tokio::time::timeout_at(until, head).await.ok()?.ok()?;
+    use aws_sdk_s3::types::ServerSideEncryption as Sse;
+    match out.server_side_encryption() {
+        Some(Sse::AwsKms | Sse::AwsKmsDsse) => Some(
+            out.ssekms_key_id()
+                .map_or_else(|| "(key not named)".to_owned(), str::to_owned),
+        ),
+        _ => None,
+    }
 }
 
 /// The instance role's credentials, classified: no instance profile is fatal, anything else
@@ -493,7 +586,14 @@ fn get_action(req: &Request<'_>) -> &'static str {
 }
 
 /// The error of a fatal failure, naming the bucket, key, IAM action and instance profile.
-async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Instant) -> FetchError {
+async fn fatal(
+    req: &Request<'_>,
+    err: AttemptError,
+    imds: &Imds,
+    deadline: Instant,
+    region: &str,
+    kms_key: Option<String>,
+) -> FetchError {
     let url = req.url.to_string();
     let detail = format!("{}: {}", err.failure, err.detail);
     match &err.failure {
@@ -513,10 +613,17 @@ async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Inst
             if code.as_deref() == Some("RequestTimeTooSkewed") {
                 owner_hint.push_str("; the instance clock is off: check chrony/NTP");
             }
+            if let Some(key) = kms_key {
+                return FetchError::KmsDenied {
+                    url,
+                    key,
+                    profile,
+                    detail,
+                };
+            }
             FetchError::AccessDenied {
                 url,
-                bucket: req.url.bucket.clone(),
-                key: req.url.key.clone(),
+                resource: super::source::object_arn(req.url, region),
                 action,
                 profile,
                 owner_hint,

@@ -250,6 +250,22 @@ pub async fn run(
             }
         ));
     }
+    // The file as written, kept local keys included, must read alike to both readers too.
+    let mut named: std::collections::BTreeSet<String> = config
+        .keys()
+        .filter(|k| !parse::value_warnings(k, config.get(k).unwrap_or_default()).is_empty())
+        .map(str::to_owned)
+        .collect();
+    named.extend(readers::disagreements(&config.render()));
+    for k in &merged.kept {
+        for w in parse::value_warnings(k, merged.config.get(k).unwrap_or_default()) {
+            warnings.push(format!("kept local key {k}: {w}"));
+            named.insert(k.clone());
+        }
+    }
+    for f in parse::reader_findings(&merged.config, &named) {
+        warnings.push(f.to_string());
+    }
     for w in warnings.iter().skip(warnings_from_object) {
         tracing::warn!(source = %url, "{w}");
     }

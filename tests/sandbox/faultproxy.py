@@ -50,6 +50,9 @@ Actions:
                                     now+N (as S3 answers; moto not contacted);
                                     any other request is passed.
 
+CONNECT (the proxy used as an HTTPS forward proxy, HTTPS_PROXY): logged with
+the target host:port as "path", answered 403; nothing is forwarded.
+
 Log: one JSON line per request: {"ts", "method", "path", "action", "status",
 "upstream_status", "body_bytes"}.
 """
@@ -336,6 +339,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._handle()
+
+    def do_CONNECT(self):
+        # As a forward proxy for HTTPS: the client names the host it resolved (the S3
+        # endpoint: FIPS, dual-stack, partition, access point). Logged and refused: nothing
+        # leaves the sandbox.
+        self.server.state.log({"ts": time.time(), "method": "CONNECT", "path": self.path,
+                               "action": "refused", "status": 403,
+                               "upstream_status": None, "body_bytes": 0})
+        self.close_connection = True
+        self.send_response_only(403, "Forbidden")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     do_PUT = do_HEAD = do_POST = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
