@@ -27,10 +27,12 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         yes/no, on/off. A bad setting fails only a command that uses it (block-imds falls back \
         to its defaults); the file is used only when root owns it and others cannot write it.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
-        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed \
+        3 config step failed, 4 firewall step failed, 5 metadata check failed (an unexpected answer \
+        from instance metadata, also in prove), 6 prove failed \
         (a bridge reaches instance metadata), 7 the host cannot reach instance metadata \
-        (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, the \
-        probe path is broken, or our DROP rule's counter did not move).\n\
+        (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, no \
+        free address for the probe, the probe path is broken, or our DROP rule's counter did \
+        not move).\n\
         For `run`, the code names the first step that failed, except that 7 outranks the others."
 )]
 pub struct Cli {
@@ -244,8 +246,9 @@ pub struct FirewallArgs {
     #[arg(long, value_enum, env = "ECS_BOOTSTRAP_CHAIN", default_value_t = ChainChoice::DockerUser)]
     pub chain: ChainChoice,
 
-    /// Input interface pattern to block; repeatable or comma-separated. User-defined bridge
-    /// networks use br-* interfaces, which docker+ does not match: add br-+ to cover them.
+    /// Input interface pattern to block; repeatable or comma-separated. iptables' wildcard is a
+    /// trailing + (not *). User-defined bridge networks use interfaces named br-<id>, which
+    /// docker+ does not match: add br-+ to cover them.
     /// Example: --interface docker+ --interface br-+
     #[arg(
         long = "interface",

@@ -1,6 +1,7 @@
 //! `prove`: show that the block works, the way a container would meet it, with a control.
 //! For each bridge that a blocked `--interface` pattern matches (or the one `--bridge`), a
-//! throwaway network namespace is attached by a veth, as Docker attaches a container. From it:
+//! throwaway network namespace is attached by a veth, as Docker attaches a container, on a free
+//! address of the bridge's subnet (never a container's: see [`probe_candidates_v4`]). From it:
 //! - a control connection to a listener prove opens on the bridge's own address must succeed
 //!   (the probe path works: link, address, route, the host's INPUT);
 //! - a connection to 169.254.169.254:80 (and [fd00:ec2::254]:80) must fail;
@@ -180,17 +181,108 @@ pub fn parse_addrs(out: &str) -> BridgeAddrs {
     (v4, v6)
 }
 
-/// An address for the probe near the top of the bridge's subnet (Docker hands out addresses
-/// from the bottom), away from the bridge's own address.
-pub fn probe_v4(bridge: Ipv4Addr, prefix: u8, salt: u32) -> Option<Ipv4Addr> {
+/// How many addresses prove tries for its probe before it gives up (not proven, exit 8).
+const MAX_CANDIDATES: usize = 16;
+/// How long an address may take to answer (ARP, then a TCP reset or handshake) before it
+/// counts as free. ARP on a bridge answers in well under a millisecond.
+const ARP_WAIT: Duration = Duration::from_millis(300);
+
+/// The addresses of the bridge's IPv4 subnet a probe may take, in the order to try them: from
+/// a salted start near the top (Docker hands out addresses from the bottom) downwards, then
+/// from the top down to the start; never the network or broadcast address, the bridge's own
+/// or a `taken` one; at most `max` (pure).
+pub fn probe_candidates_v4(
+    bridge: Ipv4Addr,
+    prefix: u8,
+    salt: u32,
+    taken: &[Ipv4Addr],
+    max: usize,
+) -> Vec<Ipv4Addr> {
     if prefix > 29 {
-        return None;
+        return vec![];
     }
     let size = 1u32 << (32 - prefix);
     let base = u32::from(bridge) & !(size - 1);
-    let span = (size - 4).min(200);
-    let cand = base + size - 2 - (salt % span);
-    (cand != u32::from(bridge)).then(|| Ipv4Addr::from(cand))
+    let (lo, hi) = (base + 1, base + size - 2);
+    let start = hi - (salt % (size - 4).min(200));
+    (lo..=start)
+        .rev()
+        .chain((start + 1..=hi).rev())
+        .map(Ipv4Addr::from)
+        .filter(|a| *a != bridge && !taken.contains(a))
+        .take(max)
+        .collect()
+}
+
+/// The addresses `ip neigh show` lines give a link-layer address for: in use on the link
+/// (reachable, stale, permanent, ...; an INCOMPLETE or FAILED entry has none) (pure).
+pub fn neigh_in_use(out: &str) -> Vec<IpAddr> {
+    out.lines()
+        .filter(|l| l.split_whitespace().any(|w| w == "lladdr"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Every IPv4 address in `ip -o addr show` lines (pure).
+pub fn all_v4(out: &str) -> Vec<Ipv4Addr> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
+            w.next()?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether something on the bridge holds `a`: a short connection attempt from the host makes
+/// the kernel ask for it by ARP; a reset or a handshake, or a link-layer address in the
+/// neighbour table afterwards, means a live host (a container that drops the connection still
+/// answers ARP). When the table cannot be read, the address counts as taken.
+async fn answers(runner: &dyn CommandRunner, bridge: &str, a: Ipv4Addr) -> bool {
+    let c = tokio::time::timeout(ARP_WAIT, tokio::net::TcpStream::connect((a, 9))).await;
+    if let Ok(r) = c
+        && r.as_ref().map_or_else(
+            |e| e.kind() == std::io::ErrorKind::ConnectionRefused,
+            |_| true,
+        )
+    {
+        return true;
+    }
+    ip(
+        runner,
+        &["-4", "neigh", "show", "to", &a.to_string(), "dev", bridge],
+    )
+    .map_or(true, |o| !neigh_in_use(&o).is_empty())
+}
+
+/// A free IPv4 address on the bridge's subnet for the probe: not the bridge's, not in the
+/// host's neighbour table for the bridge, not answering ARP. Err: why none was found.
+async fn free_v4(
+    runner: &dyn CommandRunner,
+    bridge: &str,
+    gw: Ipv4Addr,
+    prefix: u8,
+    salt: u32,
+) -> Result<Ipv4Addr, String> {
+    let mut taken =
+        all_v4(&ip(runner, &["-o", "-4", "addr", "show", "dev", bridge]).unwrap_or_default());
+    let neigh = ip(runner, &["-4", "neigh", "show", "dev", bridge])
+        .map_err(|e| format!("cannot read the host's neighbour table for {bridge}: {e:#}"))?;
+    taken.extend(neigh_in_use(&neigh).into_iter().filter_map(|a| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }));
+    let candidates = probe_candidates_v4(gw, prefix, salt, &taken, MAX_CANDIDATES);
+    for &c in &candidates {
+        if !answers(runner, bridge, c).await {
+            return Ok(c);
+        }
+    }
+    Err(format!(
+        "no free address for a probe on {bridge} ({gw}/{prefix}): {} address(es) are in the host's neighbour table and the {} tried answer ARP (a probe must not take a container's address); probe another bridge, or free an address",
+        taken.len(),
+        candidates.len()
+    ))
 }
 
 pub fn probe_v6(bridge: Ipv6Addr, prefix: u8, salt: u32) -> Option<Ipv6Addr> {
@@ -208,18 +300,30 @@ pub fn probe_v6(bridge: Ipv6Addr, prefix: u8, salt: u32) -> Option<Ipv6Addr> {
     (cand != b).then(|| Ipv6Addr::from(cand))
 }
 
-/// The throwaway namespace; deleted (with its veth) when dropped.
+/// The throwaway namespace; deleted (with its veth) when dropped, and then the host's
+/// neighbour entries for its addresses on the bridge, so that no entry is left pointing at a
+/// link-layer address that is gone.
 struct ProbeNs {
     name: String,
+    bridge: String,
+    addrs: Vec<String>,
 }
 
 impl Drop for ProbeNs {
     fn drop(&mut self) {
-        let _ = SystemRunner::default().run(
+        let r = SystemRunner::default();
+        let _ = r.run(
             Path::new("ip"),
             &["netns".into(), "del".into(), self.name.clone().into()],
             None,
         );
+        for a in &self.addrs {
+            let argv: Vec<OsString> = ["neigh", "del", a, "dev", &self.bridge]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            let _ = r.run(Path::new("ip"), &argv, None);
+        }
     }
 }
 
@@ -466,11 +570,17 @@ async fn probe_bridge(
             format!("ebsp{}x{idx}", pid % 100_000_000),
         )
     };
-    let addr4 = probe_v4(gw4, prefix4, pid)
-        .context("the bridge's IPv4 subnet is too small for a probe address")?;
+    let addr4 = match free_v4(runner, bridge, gw4, prefix4, pid).await {
+        Ok(a) => a,
+        Err(why) => return Ok((Some(Probe::not_proven("-".into(), why)), None)),
+    };
 
     ip(runner, &["netns", "add", &name])?;
-    let guard = ProbeNs { name: name.clone() };
+    let mut guard = ProbeNs {
+        name: name.clone(),
+        bridge: bridge.to_owned(),
+        addrs: vec![addr4.to_string()],
+    };
     ip(
         runner,
         &[
@@ -511,6 +621,7 @@ async fn probe_bridge(
                         "nodad",
                     ],
                 )?;
+                guard.addrs.push(a6.to_string());
                 addr6 = Some((a6, gw6));
             }
             None => {
@@ -790,11 +901,24 @@ pub async fn run(
             Some(Exit::NotProven),
         ));
     }
+    // A fault on the host's side is never 6 (that is for a bridge that reaches IMDS): 7 when
+    // IMDS did not answer the host, else 5 (an unexpected answer, as the check reports it).
     if let Err(e) = &host {
-        return Err(fail(
-            format!("the block holds, but the host itself cannot reach instance metadata: {e}"),
-            None,
-        ));
+        let unreachable =
+            imds.was_unreachable() || matches!(e, crate::imds::MetadataError::Unreachable { .. });
+        return Err(if unreachable {
+            fail(
+                format!("the block holds, but the host itself cannot reach instance metadata: {e}"),
+                Some(Exit::ImdsUnreachable),
+            )
+        } else {
+            fail(
+                format!(
+                    "the block holds, but instance metadata did not answer the host as expected: {e}"
+                ),
+                Some(Exit::Check),
+            )
+        });
     }
     Ok(StepResult {
         changed: false,
@@ -819,15 +943,55 @@ mod tests {
 
     #[test]
     fn probe_addresses_stay_in_subnet() {
-        let a = probe_v4(Ipv4Addr::new(172, 17, 0, 1), 16, 12345).unwrap();
+        let a = probe_candidates_v4(Ipv4Addr::new(172, 17, 0, 1), 16, 12345, &[], 1)[0];
         assert_eq!(a.octets()[..2], [172, 17]);
         assert_ne!(a, Ipv4Addr::new(172, 17, 255, 255));
-        let b = probe_v4(Ipv4Addr::new(10, 0, 0, 1), 24, 7).unwrap();
+        let b = probe_candidates_v4(Ipv4Addr::new(10, 0, 0, 1), 24, 7, &[], 1)[0];
         assert_eq!(b.octets()[..3], [10, 0, 0]);
         assert!(b.octets()[3] > 1 && b.octets()[3] < 255);
-        assert!(probe_v4(Ipv4Addr::new(10, 0, 0, 1), 30, 1).is_none());
         let c = probe_v6("fd00:d0c:0:1::1".parse().unwrap(), 64, 9).unwrap();
         assert_eq!(c.segments()[..4], [0xfd00, 0xd0c, 0, 1]);
+    }
+
+    #[test]
+    fn probe_candidates_skip_what_is_taken_and_stay_in_the_subnet() {
+        let gw = Ipv4Addr::new(10, 99, 0, 1);
+        let all: Vec<Ipv4Addr> = probe_candidates_v4(gw, 28, 5, &[], 100);
+        // Every host address of the /28 but the bridge's, each once.
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 13, "{all:?}");
+        assert!(!all.contains(&gw));
+        assert!(
+            all.iter()
+                .all(|a| a.octets()[3] >= 2 && a.octets()[3] <= 14)
+        );
+        // Containers on .2-.14 but .7: .7 is the only candidate.
+        let taken: Vec<Ipv4Addr> = (2..=14)
+            .filter(|i| *i != 7)
+            .map(|i| Ipv4Addr::new(10, 99, 0, i))
+            .collect();
+        for salt in 0..30 {
+            assert_eq!(
+                probe_candidates_v4(gw, 28, salt, &taken, 16),
+                [Ipv4Addr::new(10, 99, 0, 7)]
+            );
+        }
+        assert_eq!(probe_candidates_v4(gw, 16, 3, &[], 4).len(), 4);
+        assert!(probe_candidates_v4(gw, 30, 3, &[], 4).is_empty());
+    }
+
+    #[test]
+    fn neighbour_entries_with_a_link_layer_address_are_in_use() {
+        let out = "10.99.0.2 lladdr 02:42:0a:63:00:02 REACHABLE\n10.99.0.3 lladdr 02:42:0a:63:00:03 STALE\n10.99.0.4  FAILED\n10.99.0.5 INCOMPLETE\n10.99.0.6 lladdr 02:42:0a:63:00:06 PERMANENT\n";
+        let v: Vec<String> = neigh_in_use(out).iter().map(|a| a.to_string()).collect();
+        assert_eq!(v, ["10.99.0.2", "10.99.0.3", "10.99.0.6"]);
+        let addrs = "5: br0    inet 10.99.0.1/28 brd 10.99.0.15 scope global br0\\ valid_lft forever\n5: br0    inet 10.99.0.9/28 scope global secondary br0\\ valid_lft forever\n5: br0    inet6 fe80::1/64 scope link\n";
+        assert_eq!(
+            all_v4(addrs),
+            [Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 9)]
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ both_backends! {
     runner_tells_absent_chain_missing_and_failed_apart => runner_kinds;
     full_save_writes_a_restorable_stable_file => full_save;
     invalid_existing_rules_file_is_left_alone_with_a_clear_error => invalid_file_untouched;
+    rules_file_over_the_size_cap_is_left_alone_and_the_rule_still_asserted => oversized_file_untouched;
     return_or_accept_above_our_drop_is_repaired_keeping_them_below => foreign_rule_above_ours;
     rules_files_that_leaked_block_after_merge_and_restore => leaky_rules_files;
     documented_seed_rule_is_recognised_and_moved => seed_rule_moved;
@@ -474,6 +475,113 @@ fn invalid_file_untouched(bin: &str) {
     assert_eq!(count(&host.rules(bin), RULE4), 1);
 }
 
+/// A rules file just over the 16 MiB cap (generated `-A INPUT` and comment lines) is not read: exit 4 with
+/// the figure and the fix, the file as it was, and the kernel rule in place. The control: the
+/// same file 1 KiB under the cap is merged.
+fn oversized_file_untouched(bin: &str) {
+    let cap = ecs_bootstrap::firewall::persist::MAX_RULES_FILE as usize;
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    let rules = |size: usize| {
+        // Rules, then comment lines (cheap for iptables-restore --test in the control).
+        let line = "-A INPUT -s 10.0.0.1/32 -j ACCEPT\n";
+        let pad = "# padding padding padding padding padding padding padding padding\n";
+        let mut t = String::with_capacity(size + pad.len());
+        t.push_str("*filter\n:INPUT ACCEPT [0:0]\n");
+        t.push_str(&line.repeat(1000));
+        while t.len() + pad.len() + "COMMIT\n".len() <= size {
+            t.push_str(pad);
+        }
+        while t.len() + "COMMIT\n".len() < size {
+            t.push('#');
+            t.push('\n');
+        }
+        t.push_str("COMMIT\n");
+        t
+    };
+    let big = rules(cap + 1);
+    assert_eq!(big.len(), cap + 1);
+    write(Path::new(&f4), &big);
+    let host = Ns::new("h");
+    let r = block(
+        &host,
+        root.path(),
+        bin,
+        &["--persist-file", &f4, "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 4, "{}", r.text());
+    assert!(
+        r.stdout.contains("more than the 16 MiB") && r.stdout.contains("kernel rule is in place"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        std::fs::read_to_string(&f4).unwrap() == big,
+        "the file changed"
+    );
+    assert_eq!(count(&host.rules(bin), RULE4), 1);
+    drop(host);
+
+    // Control: just under the cap, the same kind of file is merged.
+    let small = rules(cap - 1024);
+    write(Path::new(&f4), &small);
+    let host = Ns::new("h");
+    let r = block(
+        &host,
+        root.path(),
+        bin,
+        &["--persist-file", &f4, "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(
+        r.step()["details"]["families"][0]["persist"]["outcome"],
+        "written"
+    );
+}
+
+/// A FIFO at the rules file's path (formerly: the run blocked opening it, past its deadline and
+/// SIGTERM): exit 4 at once, naming the file, the kernel rule in place.
+#[test]
+fn fifo_rules_file_fails_at_once_and_the_rule_is_asserted() {
+    let host = Ns::new("f");
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    std::fs::create_dir_all(Path::new(&f4).parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(
+        Path::new(&f4),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let root_s = root.path().to_str().unwrap();
+    let o = host.exec(
+        "timeout",
+        &[
+            "-s",
+            "KILL",
+            "30",
+            BIN,
+            "--deadline",
+            "10",
+            "block-imds",
+            "--root",
+            root_s,
+            "--iptables",
+            NFT,
+            "--persist-file",
+            &f4,
+            "--ipv6",
+            "off",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.contains("not a regular file") && out.contains(&f4),
+        "{out}"
+    );
+    assert_eq!(count(&host.rules(NFT), RULE4), 1);
+}
+
 #[test]
 fn missing_iptables_names_the_package() {
     let root = tempdir();
@@ -587,6 +695,83 @@ fn bad_interface_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not a valid interface pattern"), "{err}");
+}
+
+/// The shell-glob habit (`docker*`, `br-*`), formerly rendered as `-i docker*`, which matches
+/// no bridge (exit 0, nothing blocked): a usage error naming iptables' wildcard and no rule
+/// added; from the environment, the error and the built-in default asserted (in a namespace of the test's own, as
+/// the run it refuses would otherwise touch the firewall).
+#[test]
+fn shell_glob_interface_is_a_usage_error_naming_the_plus_wildcard() {
+    for bin in [NFT, LEGACY] {
+        let host = Ns::new("g");
+        let root = tempdir();
+        for (args, env, fix) in [
+            (vec!["--interface", "docker*"], None, "docker+"),
+            (vec!["--interface", "docker+,br-*"], None, "br-+"),
+        ] {
+            let mut cmd = vec![
+                "env".to_owned(),
+                format!("ECS_BOOTSTRAP_INTERFACE={}", env.unwrap_or("docker+")),
+                BIN.to_owned(),
+                "block-imds".into(),
+                "--root".into(),
+                root.path().to_str().unwrap().into(),
+                "--iptables".into(),
+                bin.into(),
+                "--persist".into(),
+                "none".into(),
+            ];
+            cmd.extend(args.iter().map(|a| a.to_string()));
+            let argv: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+            let o = host.exec(&cmd[0], &argv);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{args:?} {env:?}: {err}");
+            assert!(
+                err.contains("iptables' wildcard is +")
+                    && err.contains(&format!("did you mean {fix}?")),
+                "{args:?} {env:?}: {err}"
+            );
+            let rules = host.rules(bin);
+            assert!(
+                !rules.iter().any(|r| r.contains("169.254.169.254")),
+                "{args:?} {env:?}: {rules:?}"
+            );
+        }
+        // From the environment, block-imds falls back to the built-in default (docker+), as
+        // for any bad setting of the environment file, so the block is still asserted.
+        let o = host.exec(
+            "env",
+            &[
+                "ECS_BOOTSTRAP_INTERFACE=docker*",
+                BIN,
+                "block-imds",
+                "--root",
+                root.path().to_str().unwrap(),
+                "--iptables",
+                bin,
+                "--persist",
+                "none",
+                "--ipv6",
+                "off",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.contains("did you mean docker+?"), "{err}");
+        assert_eq!(count(&host.rules(bin), RULE4), 1);
+        drop(host);
+        // Control: the same run with docker+ adds the rule.
+        let host = Ns::new("g");
+        let r = block(
+            &host,
+            root.path(),
+            bin,
+            &["--persist", "none", "--ipv6", "off"],
+        );
+        assert_eq!(r.code, 0, "{}", r.text());
+        assert_eq!(count(&host.rules(bin), RULE4), 1);
+    }
 }
 
 /// The docker.service drop-in's command, run after dockerd's layout was replayed (a dockerd
@@ -786,6 +971,8 @@ fn leaky_rules_files(bin: &str) {
         ("long spellings", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n--append FORWARD --jump DOCKER-USER\n--insert DOCKER-USER 1 --jump RETURN\n--append DOCKER-USER --in-interface docker+ --destination 169.254.169.254 --jump DROP\nCOMMIT\n".to_owned()),
         ("two *filter tables", format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n{old}\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")),
         ("CRLF", format!("*filter\r\n:INPUT ACCEPT [0:0]\r\n:FORWARD ACCEPT [0:0]\r\n:OUTPUT ACCEPT [0:0]\r\n:DOCKER-USER - [0:0]\r\n-A DOCKER-USER -j RETURN\r\n{old}\r\n-A FORWARD -j DOCKER-USER\r\nCOMMIT\r\n")),
+        ("a second *filter header with a trailing comment", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-I FORWARD 1 -i docker+ -d 169.254.169.254/32 -j DROP\nCOMMIT\n*filter # admin overrides\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -i docker0 -j ACCEPT\nCOMMIT\n".to_owned()),
+        ("a second *filter header with trailing blanks", format!("*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n{old}\nCOMMIT\n*filter \t \n:FORWARD ACCEPT [0:0]\n-A FORWARD -i docker0 -j ACCEPT\nCOMMIT\n")),
         ("the seed rule under an -I ACCEPT", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-I FORWARD 1 --in-interface docker+ --destination 169.254.169.254/32 --jump DROP\n-I FORWARD -i docker0 -j ACCEPT\nCOMMIT\n".to_owned()),
     ];
     for (what, text) in &cases {

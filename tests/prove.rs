@@ -299,7 +299,7 @@ fn prove_with_a_broken_probe_path_is_not_proven() {
 }
 
 /// Every bridge matching a blocked pattern is probed, not only docker0: a user-defined
-/// bridge (br-*) left out of block-imds leaks (6) and is named; once blocked, both pass.
+/// bridge (br-<id>) left out of block-imds leaks (6) and is named; once blocked, both pass.
 #[test]
 fn prove_probes_every_bridge_matching_the_patterns() {
     let _s = serial();
@@ -348,4 +348,201 @@ fn prove_probes_every_bridge_matching_the_patterns() {
         assert_eq!(b["ipv4"]["verdict"], "blocked", "{d}");
     }
     assert_clean(&sb, pid);
+}
+
+/// A fault on the host's side of IMDS is not a leak: with the block proven, IMDS answering the
+/// host's token PUT with 200 and a body that is no token (a proxy or portal in the path), or
+/// with 404 (IMDSv2 off), was exit 6 ("reachable from the bridge"). It is 5 (an unexpected
+/// answer), the message names the host, and the bridges are still "blocked". The control: the
+/// same sandbox before the knob, 0.
+#[test]
+fn prove_with_a_host_side_imds_fault_is_not_a_leak() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    block(&sb);
+    let (pid, r) = run_pid(&sb, &["prove", "--ipv6", "off"]);
+    r.assert_code(0);
+    assert_clean(&sb, pid);
+    for knobs in [
+        serde_json::json!({"token_body": "<html>sign in to continue</html>"}),
+        serde_json::json!({"v2_disabled": true}),
+    ] {
+        sb.imds_control(knobs.clone());
+        let (pid, r) = run_pid(
+            &sb,
+            &[
+                "prove",
+                "--ipv6",
+                "off",
+                "--deadline",
+                "20",
+                "--output",
+                "json",
+            ],
+        );
+        r.assert_code(5)
+            .assert_contains("did not answer the host as expected");
+        assert!(
+            !r.stdout.contains("can reach instance metadata"),
+            "{knobs}: {}",
+            r.stdout
+        );
+        let d = &r.json()["steps"][0]["details"];
+        assert_eq!(d["from_bridge"]["ipv4"], "blocked", "{knobs}: {d}");
+        assert_clean(&sb, pid);
+    }
+}
+
+/// "Containers" (namespaces on veths) on a bridge's small subnet, removed on drop.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+impl Containers {
+    /// A container on `bridge` (in the sandbox's host namespace) with 10.99.0.`i`/28.
+    fn add(&mut self, sb: &Sandbox, bridge: &str, i: u8) {
+        let ns = format!("ebst-{}-{i}", sb.name);
+        let host_if = format!("ec{}x{i}", sb.name);
+        let r = Command::new("ip").args(["netns", "add", &ns]).status();
+        assert!(r.unwrap().success());
+        self.0.push(ns.clone());
+        for argv in [
+            vec![
+                "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+            vec!["ip", "link", "set", &host_if, "master", bridge, "up"],
+        ] {
+            let r = sb.exec(Ns::Host, &argv);
+            assert_eq!(r.code, Some(0), "{argv:?}: {}", r.stderr);
+        }
+        let addr = format!("10.99.0.{i}/28");
+        for argv in [
+            vec!["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"],
+            vec!["ip", "-n", &ns, "link", "set", "eth0", "up"],
+            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
+        ] {
+            let o = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+            assert!(o.status.success(), "{argv:?}: {o:?}");
+        }
+    }
+
+    /// Each container's (address, MAC).
+    fn macs(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|ns| {
+                let i = ns.rsplit('-').next().unwrap();
+                let o = Command::new("ip")
+                    .args(["-n", ns, "-o", "link", "show", "eth0"])
+                    .output()
+                    .unwrap();
+                let s = String::from_utf8_lossy(&o.stdout).into_owned();
+                let mac = s
+                    .split_whitespace()
+                    .skip_while(|w| *w != "link/ether")
+                    .nth(1)
+                    .unwrap()
+                    .to_owned();
+                (format!("10.99.0.{i}"), mac)
+            })
+            .collect()
+    }
+}
+
+/// The host's neighbour entries on `bridge` that carry a MAC, as (address, MAC).
+fn neighbours(sb: &Sandbox, bridge: &str) -> Vec<(String, String)> {
+    let r = sb.exec(Ns::Host, &["ip", "-4", "neigh", "show", "dev", bridge]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.stdout
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let m = w.iter().position(|x| *x == "lladdr")?;
+            Some((w[0].to_owned(), w.get(m + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Every container answers the host (a TCP reset from its kernel), and the host's neighbour
+/// entry for each address, where there is one, is that container's MAC.
+#[track_caller]
+fn containers_reached_from_host(sb: &Sandbox, c: &Containers, bridge: &str) {
+    let macs = c.macs();
+    for (addr, mac) in neighbours(sb, bridge) {
+        if let Some((_, want)) = macs.iter().find(|(a, _)| *a == addr) {
+            assert_eq!(&mac, want, "the host's neighbour entry for {addr}");
+        }
+    }
+    let script = "import socket,sys\nfor a in sys.argv[1:]:\n    s=socket.socket(); s.settimeout(2)\n    try:\n        s.connect((a,9)); print(a,'open')\n    except ConnectionRefusedError:\n        print(a,'reset')\n    except OSError as e:\n        print(a,'unreached',e)\n";
+    let mut argv = vec![python(), "-c", script];
+    argv.extend(macs.iter().map(|(a, _)| a.as_str()));
+    let r = sb.exec(Ns::Host, &argv);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stdout.contains("unreached"), "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), macs.len(), "{}", r.stdout);
+}
+
+/// The probe takes a free address, never a container's: on a /28 with containers on .2-.14
+/// but .7 it takes .7, and leaves no neighbour entry for it; every container still gets the
+/// host's traffic, each neighbour entry its own MAC. With .7 taken too, no address is free:
+/// not proven (8), nobody's address taken. (Formerly the probe took an address near the top
+/// whoever held it, and the host's entry for it pointed at the deleted probe's MAC.)
+#[test]
+fn prove_takes_a_free_probe_address_and_leaves_containers_reachable() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    let br = "br-small";
+    for argv in [
+        &["ip", "link", "add", br, "type", "bridge"][..],
+        &["ip", "addr", "add", "10.99.0.1/28", "dev", br],
+        &["ip", "link", "set", br, "up"],
+    ] {
+        let r = sb.exec(Ns::Host, argv);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+    let mut c = Containers(vec![]);
+    for i in (2..=14).filter(|i| *i != 7) {
+        c.add(&sb, br, i);
+    }
+    let pf = sb.persist_file();
+    sb.run(&[
+        "block-imds",
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--interface",
+        "docker+,br-+",
+        "--ipv6",
+        "off",
+    ])
+    .assert_code(0);
+    // The host has talked to every container before the probe.
+    containers_reached_from_host(&sb, &c, br);
+
+    let args = ["prove", "--bridge", br, "--ipv6", "off", "--output", "json"];
+    let (pid, r) = run_pid(&sb, &args);
+    r.assert_code(0);
+    let p = &r.json()["steps"][0]["details"]["bridges"][0]["ipv4"];
+    assert_eq!(p["from"], "10.99.0.7", "{p}");
+    assert_eq!(p["verdict"], "blocked", "{p}");
+    assert_clean(&sb, pid);
+    assert!(
+        !neighbours(&sb, br).iter().any(|(a, _)| a == "10.99.0.7"),
+        "the probe's neighbour entry is left: {:?}",
+        neighbours(&sb, br)
+    );
+    containers_reached_from_host(&sb, &c, br);
+
+    // Full: every address but the bridge's is a container's.
+    c.add(&sb, br, 7);
+    containers_reached_from_host(&sb, &c, br);
+    let (pid, r) = run_pid(&sb, &args);
+    r.assert_code(8).assert_contains("no free address");
+    assert_clean(&sb, pid);
+    containers_reached_from_host(&sb, &c, br);
 }

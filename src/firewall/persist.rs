@@ -250,13 +250,25 @@ fn removable(set: &RuleSet, line: &str) -> bool {
     }
 }
 
-/// The `*filter` tables of a file: (line of `*filter`, line of its COMMIT).
+/// The table a line opens, read as iptables-restore (nft and legacy) reads it: a `*` in the
+/// first column, the name up to the first blank, anything after it ignored (`*filter # admin`
+/// and `*filter  ` open the filter table; ` *filter` is a rule line iptables-restore rejects).
+fn table_header(line: &str) -> Option<&str> {
+    line.strip_prefix('*')?.split([' ', '\t']).next()
+}
+
+/// Whether a line ends a table: iptables-restore takes only `COMMIT` itself (no blanks).
+fn is_commit(line: &str) -> bool {
+    line == "COMMIT"
+}
+
+/// The `*filter` tables of a file: (line of its header, line of its COMMIT).
 fn filter_tables(lines: &[String]) -> Result<Vec<(usize, usize)>, String> {
     let mut out = vec![];
     let mut i = 0;
     while i < lines.len() {
-        if lines[i].trim() == "*filter" {
-            let Some(c) = lines[i..].iter().position(|l| l.trim() == "COMMIT") else {
+        if table_header(&lines[i]) == Some("filter") {
+            let Some(c) = lines[i..].iter().position(|l| is_commit(l)) else {
                 return Err(format!(
                     "its *filter table (line {}) has no COMMIT line, so iptables-restore cannot load it; fix the file or remove it",
                     i + 1
@@ -415,7 +427,7 @@ pub fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged, String
         result.extend(lines[next..start].iter().cloned());
         // The table's header, body and COMMIT, as rebuilt.
         for l in it.by_ref() {
-            let end = l.trim() == "COMMIT";
+            let end = is_commit(&l);
             result.push(l);
             if end {
                 break;
@@ -646,9 +658,45 @@ fn mode_of(path: &Path) -> u32 {
         .unwrap_or(0o600)
 }
 
+/// The largest rules file read (16 MiB). A distribution's file is a few KiB; one with
+/// hundreds of thousands of rules is not something to merge at boot (a 100 MB file took
+/// ~800 MB of memory and a minute past the deadline), so it is left as it was.
+pub const MAX_RULES_FILE: u64 = 16 << 20;
+
 fn read_existing(path: &Path) -> anyhow::Result<String> {
-    match std::fs::read(path) {
-        Ok(b) => String::from_utf8(b).map_err(|_| {
+    use std::io::Read as _;
+    let too_big = |size: u64| {
+        anyhow::anyhow!(
+            "the rules file {} is {size} bytes, more than the {} MiB ecs-bootstrap reads; it was left as it was, so the rule is not persisted (the kernel rule is in place); shrink the file, or pass --persist none",
+            path.display(),
+            MAX_RULES_FILE >> 20
+        )
+    };
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Non-blocking, so that a FIFO at the path cannot hold the run past its deadline; only a
+    // regular file is read.
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .and_then(|f| {
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(std::io::Error::other(
+                    "it is not a regular file (fix or remove it, or pass --persist none)",
+                ));
+            }
+            let size = m.len();
+            let mut b = vec![];
+            if size <= MAX_RULES_FILE {
+                // Bounded even if the file grows while it is read.
+                f.take(MAX_RULES_FILE + 1).read_to_end(&mut b)?;
+            }
+            Ok((size.max(b.len() as u64), b))
+        });
+    match read {
+        Ok((size, _)) if size > MAX_RULES_FILE => Err(too_big(size)),
+        Ok((_, b)) => String::from_utf8(b).map_err(|_| {
             anyhow::anyhow!(
                 "{} is not text (invalid UTF-8); fix or remove it, or pass --persist none",
                 path.display()
@@ -1113,6 +1161,28 @@ COMMIT
             m.text
         );
         assert_eq!(merge(&m.text, &v4()).unwrap().text, m.text);
+    }
+
+    #[test]
+    fn table_headers_are_read_as_iptables_restore_reads_them() {
+        for (l, t) in [
+            ("*filter", Some("filter")),
+            ("*filter # admin overrides", Some("filter")),
+            ("*filter \t", Some("filter")),
+            ("*filter\t# x", Some("filter")),
+            ("*nat # x", Some("nat")),
+            ("*filter#x", Some("filter#x")),
+            (" *filter", None),
+            ("# *filter", None),
+        ] {
+            assert_eq!(table_header(l), t, "{l:?}");
+        }
+        // Our lines go into the table that wins, whatever its header's tail.
+        let old = "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter # admin\n:FORWARD ACCEPT [0:0]\n-A FORWARD -i docker0 -j ACCEPT\nCOMMIT\n";
+        let m = merge(old, &v4()).unwrap();
+        let second = &m.text[m.text.find("*filter # admin").unwrap()..];
+        assert!(second.contains(MARKER), "{}", m.text);
+        assert!(!m.text[..m.text.find("*filter # admin").unwrap()].contains(MARKER));
     }
 
     #[test]

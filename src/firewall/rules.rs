@@ -307,8 +307,18 @@ impl RuleSet {
 }
 
 /// Checks an interface pattern as iptables accepts it: 1 to 15 bytes, no blank, no `/`, no
-/// quote or backslash (for the rules file), no leading `!`, `+` only as the last character. The error says what is wrong and the fix.
+/// quote or backslash (for the rules file), no leading `!`, `+` only as the last character,
+/// no `:` and not `.` or `..` (the kernel never names an interface so). Shell-glob characters
+/// (`*`, `?`, `[`, `]`) are refused: iptables would match them literally, so `docker*` blocks
+/// nothing. The error says what is wrong and the fix.
 pub fn validate_interface(p: &str) -> Result<(), String> {
+    if let Some(at) = p.find(['*', '?', '[', ']']) {
+        let stem = p[..at].trim_end_matches('+');
+        return Err(format!(
+            "--interface {p:?} is not a valid interface pattern: iptables matches '{}' literally, so it would block nothing; iptables' wildcard is +: did you mean {stem}+?",
+            &p[at..=at]
+        ));
+    }
     let problem = if p.is_empty() {
         Some("it is empty")
     } else if p.len() > 15 {
@@ -320,6 +330,8 @@ pub fn validate_interface(p: &str) -> Result<(), String> {
         // Quotes and backslashes are legal in a kernel name, but iptables-restore's tokenizer
         // would read them in the rules file that boots the host.
         Some("it contains a blank, a '/', a quote or a backslash")
+    } else if p.contains(':') || p == "." || p == ".." {
+        Some("the kernel never names an interface with a ':' or '.' or '..'")
     } else if p.starts_with('!') || p.starts_with('-') {
         Some("it starts with '!' or '-'")
     } else if p.trim_end_matches('+').contains('+') || p.ends_with("++") {
@@ -481,9 +493,26 @@ mod tests {
             "br-\"x",
             "br-'x",
             "br-\\x",
+            "eth0:1",
+            ".",
+            "..",
         ] {
             let e = validate_interface(bad).unwrap_err();
             assert!(e.contains("not a valid interface pattern"), "{e}");
+        }
+        for (glob, fix) in [
+            ("docker*", "docker+"),
+            ("br-*", "br-+"),
+            ("*", "+"),
+            ("veth?", "veth+"),
+            ("br-[0-9]*", "br-+"),
+        ] {
+            let e = validate_interface(glob).unwrap_err();
+            assert!(
+                e.contains("iptables' wildcard is +")
+                    && e.contains(&format!("did you mean {fix}?")),
+                "{e}"
+            );
         }
     }
 }

@@ -45,6 +45,9 @@ starts from zero:
                       answer to a token PUT, as the instance metadata option
                       HttpPutResponseHopLimit sets it (1: a container behind
                       the host's forwarding never gets the answer).
+    token_body        str, default null: a token PUT (that would be issued a
+                      token) is answered 200 with this body instead, and no
+                      token is issued (a proxy or captive portal in the path).
     credentials       dict, default null: merged over the served
                       iam/security-credentials/<role> JSON (e.g. to serve bad
                       or expired credentials).
@@ -231,6 +234,8 @@ class Handler(BaseHTTPRequestHandler):
                 ttl = 0
             if not 1 <= ttl <= 21600:
                 return self._reply(400, "Bad Request\n")
+            if ctl.get("token_body") is not None:
+                return self._reply(200, str(ctl["token_body"]), extra={TTL_HEADER: str(ttl)})
             token = secrets.token_urlsafe(42)
             with st.lock:
                 now = time.monotonic()
