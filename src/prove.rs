@@ -355,19 +355,29 @@ fn sweep_stale(runner: &dyn CommandRunner) {
 
 /// Connects to each address in turn from inside the named namespace (on a thread that joins
 /// it); true where a connection was made.
+///
+/// The thread is our own and ends with the probe: a thread of tokio's blocking pool would go
+/// back to the pool still inside the probe namespace, and a later blocking task on it (or a
+/// child process it starts) would run in the wrong network namespace.
 async fn connect_from(ns: &str, addrs: Vec<SocketAddr>) -> anyhow::Result<Vec<bool>> {
     let path = format!("/run/netns/{ns}");
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<bool>> {
-        let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering the network namespace {path}"))?;
-        Ok(addrs
-            .iter()
-            .map(|a| TcpStream::connect_timeout(a, CONNECT_TIMEOUT).is_ok())
-            .collect())
-    })
-    .await
-    .context("the probe thread failed")?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("prove-probe".into())
+        .spawn(move || {
+            let probe = || -> anyhow::Result<Vec<bool>> {
+                let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering the network namespace {path}"))?;
+                Ok(addrs
+                    .iter()
+                    .map(|a| TcpStream::connect_timeout(a, CONNECT_TIMEOUT).is_ok())
+                    .collect())
+            };
+            let _ = tx.send(probe());
+        })
+        .context("starting the probe thread")?;
+    rx.await.context("the probe thread failed")?
 }
 
 /// The packets our DROP rules for patterns matching `bridge` have dropped (iptables -S -v).
