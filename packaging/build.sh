@@ -50,7 +50,8 @@ ensure_tool cargo-generate-rpm generate-rpm "$CARGO_GENERATE_RPM_VERSION"
 
 # Every file the packages list must exist; say which one is missing and why it matters.
 for f in systemd/ecs-bootstrap-firewall.service systemd/ecs-bootstrap-config.service \
-    systemd/docker.service.d/10-ecs-bootstrap.conf packaging/env.default README.md \
+    systemd/docker.service.d/10-ecs-bootstrap.conf systemd/ecs.service.d/10-ecs-bootstrap.conf \
+    packaging/env.default README.md \
     packaging/rpm/50-ecs-bootstrap.preset; do
     if [[ ! -f $f ]]; then
         echo "build.sh: $f is missing; the packages list it (Cargo.toml [package.metadata.deb] and [package.metadata.generate-rpm])" >&2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks every systemd unit in systemd/ (and the docker.service drop-in):
+# Checks every systemd unit in systemd/ (and the drop-ins for docker.service and ecs.service):
 #   1. `systemd-analyze verify` passes with nothing at all on stderr (no warning either);
 #   2. `systemd-analyze security --offline=true` gives an exposure of MAX_EXPOSURE (3.0) or
 #      lower for each unit.
@@ -59,7 +59,7 @@ fail() {
 while IFS= read -r line; do
     [[ -n $line ]] || continue
     fail "$line: runs ecs-bootstrap from another path than /usr/bin/ecs-bootstrap, where the .deb and the .rpm install it"
-done < <(grep -HnE '^[[:space:]]*Exec[A-Za-z]*=' "${units[@]}" "$units_dir"/docker.service.d/*.conf 2>/dev/null |
+done < <(grep -HnE '^[[:space:]]*Exec[A-Za-z]*=' "${units[@]}" "$units_dir"/*.service.d/*.conf 2>/dev/null |
     grep -E '[^[:space:]=]*/ecs-bootstrap([[:space:]]|$)' | grep -vE '=[-+!@:]*/usr/bin/ecs-bootstrap([[:space:]]|$)' || true)
 
 # Copies with the binary path rewritten; the originals are what the packages ship.
@@ -69,20 +69,23 @@ for unit in "${units[@]}"; do
     sed "s#/usr/bin/ecs-bootstrap#$bin#g" "$unit" >"$tmp/$name"
     copies+=("$tmp/$name")
 done
-# The docker.service drop-in, when present, is verified on a minimal docker.service stand-in
-# (verify loads drop-ins from NAME.d/ next to the unit file it is given).
-dropins=("$units_dir"/docker.service.d/*.conf)
-if ((${#dropins[@]} > 0)); then
-    mkdir -p "$tmp/docker.service.d"
-    printf '[Unit]\nDescription=stand-in for docker.service\n\n[Service]\nType=notify\nExecStart=/bin/true\n' \
-        >"$tmp/docker.service"
-    for d in "${dropins[@]}"; do
-        sed -E "s#/usr/(local/)?bin/ecs-bootstrap#$bin#g" "$d" >"$tmp/docker.service.d/$(basename "$d")"
-    done
-    copies+=("$tmp/docker.service")
-else
-    echo "note: no drop-in in systemd/docker.service.d/ yet; only the units are verified" >&2
+# The drop-ins for other packages' units (docker.service.d, ecs.service.d) are verified on a
+# minimal stand-in for that unit (verify loads drop-ins from NAME.d/ next to the unit file it is
+# given).
+dropin_dirs=("$units_dir"/*.service.d)
+if ((${#dropin_dirs[@]} == 0)); then
+    fail "no drop-in folder (systemd/*.service.d) found"
 fi
+for dir in "${dropin_dirs[@]}"; do
+    host=$(basename "$dir" .d)
+    mkdir -p "$tmp/$host.d"
+    printf '[Unit]\nDescription=stand-in for %s\n\n[Service]\nType=notify\nExecStart=/bin/true\n' \
+        "$host" >"$tmp/$host"
+    for d in "$dir"/*.conf; do
+        sed -E "s#/usr/(local/)?bin/ecs-bootstrap#$bin#g" "$d" >"$tmp/$host.d/$(basename "$d")"
+    done
+    copies+=("$tmp/$host")
+done
 
 for copy in "${copies[@]}"; do
     name=$(basename "$copy")

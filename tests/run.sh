@@ -39,8 +39,9 @@ shellcheck "${scripts[@]}"
 log "cargo test (unit + integration, real binary in sandboxes)"
 cargo test --locked -- --test-threads "${TEST_THREADS:-4}"
 
-log "systemd units: systemd-analyze verify and exposure"
+log "systemd units: systemd-analyze verify, exposure, and the boot order beside cloud-init and the ECS agent"
 bash packaging/check-units.sh
+bash packaging/check-boot-order.sh
 
 log "examples: shellcheck, YAML, Packer"
 bash examples/check.sh
