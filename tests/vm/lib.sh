@@ -150,7 +150,7 @@ vm_accel() {
 }
 
 # vm_bake DEB DISK [HOOK]: the AMI bake. A copy of the base tree, the .deb installed with
-# dpkg -i in a chroot (its postinst enables the units), a stand-in for amazon-ecs-init's
+# dpkg -i in a chroot (its postinst enables the units; DEB "none": no ecs-bootstrap), a stand-in for amazon-ecs-init's
 # ecs.service, the image's settings, then HOOK TREE (if given), then an ext4 image built from
 # the tree (mkfs.ext4 -d: no loop device).
 vm_bake() {
@@ -159,12 +159,14 @@ vm_bake() {
     vm_log "bake: copy of the base tree, dpkg -i $(basename "$deb")"
     rm -rf "$tree"
     cp -a "$vm_base/tree" "$tree"
-    cp "$deb" "$tree/tmp/ecs-bootstrap.deb"
-    chroot "$tree" dpkg -i /tmp/ecs-bootstrap.deb >"$vm_work/dpkg.log" 2>&1 || {
-        cat "$vm_work/dpkg.log" >&2
-        return 1
-    }
-    rm -f "$tree/tmp/ecs-bootstrap.deb"
+    if [[ $deb != none ]]; then
+        cp "$deb" "$tree/tmp/ecs-bootstrap.deb"
+        chroot "$tree" dpkg -i /tmp/ecs-bootstrap.deb >"$vm_work/dpkg.log" 2>&1 || {
+            cat "$vm_work/dpkg.log" >&2
+            return 1
+        }
+        rm -f "$tree/tmp/ecs-bootstrap.deb"
+    fi
     # amazon-ecs-init's Debian unit, as far as ordering goes: after and requiring docker,
     # wanted by multi-user.target. It records when it started and what ecs.config held.
     install -m 755 /dev/stdin "$tree/usr/local/sbin/ecs-agent-stub" <<'STUB'
@@ -194,7 +196,7 @@ UNIT
     ln -sf /etc/systemd/system/ecs.service "$tree/etc/systemd/system/multi-user.target.wants/ecs.service"
     # The image's settings: an AMI that runs containers on user-defined bridges too (a bake
     # choice), and the one test-only line: S3 is the sandbox's moto.
-    cat >>"$tree/etc/ecs-bootstrap/env" <<ENV
+    [[ $deb == none ]] || cat >>"$tree/etc/ecs-bootstrap/env" <<ENV
 
 # Baked by tests/vm: user-defined bridges too; S3 is the sandbox's moto (test only).
 ECS_BOOTSTRAP_INTERFACE=docker+,br-+
@@ -219,6 +221,13 @@ WantedBy=multi-user.target
 UNIT
     ln -sf /etc/systemd/system/ecs-vmtest-predocker.service \
         "$tree/etc/systemd/system/multi-user.target.wants/ecs-vmtest-predocker.service"
+    # cloud-init: the modules an ECS host's boot uses (user data, hostname, bootcmd, runcmd);
+    # the image has no locales, and under TCG each module costs seconds.
+    cat >"$tree/etc/cloud/cloud.cfg.d/91-ecs-vm-modules.cfg" <<'CFG'
+cloud_init_modules: [seed_random, bootcmd, write-files, set_hostname, update_hostname, update_etc_hosts]
+cloud_config_modules: [runcmd]
+cloud_final_modules: [scripts-vendor, scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user, final-message]
+CFG
     [[ -z $hook ]] || "$hook" "$tree"
     vm_log "bake: mkfs.ext4 -d (6 GiB sparse)"
     rm -f "$disk"
