@@ -10,7 +10,9 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 mirror=${ECS_BOOTSTRAP_VM_MIRROR:-http://deb.debian.org/debian}
-packages=(systemd systemd-sysv udev dbus linux-image-amd64 initramfs-tools kmod
+# apparmor: Debian's kernel enables AppArmor, and dockerd then needs apparmor_parser to load
+# its docker-default profile (a Recommends of docker.io, which this build leaves out).
+packages=(systemd systemd-sysv udev dbus linux-image-amd64 initramfs-tools kmod apparmor
     docker.io cloud-init iptables iproute2 openssh-server curl busybox-static
     procps e2fsprogs netbase ca-certificates awscli less)
 key=$( (cat "$0"; printf '%s\n' "$mirror" "${packages[@]}") | sha256sum | cut -c1-16)
@@ -22,9 +24,6 @@ if [[ -f $out/done ]]; then
     exit 0
 fi
 mkdir -p "$cache"
-for old in "$cache"/base-*; do
-    [[ -e $old && $old != "$out" ]] && rm -rf "$old"
-done
 rm -rf "$out"
 mkdir -p "$out"
 tree=$out/tree
@@ -74,4 +73,8 @@ rm -rf "$tree"/var/lib/apt/lists/* "$tree"/var/cache/apt/*.bin "$tree"/var/cache
 du -sh "$tree" | awk '{print "image: tree " $1}' >&2
 echo "image: built in $((SECONDS - start)) s" >&2
 touch "$out/done"
+# Older images (other inputs) go once this one is complete.
+for old in "$cache"/base-*; do
+    [[ -e $old && $old != "$out" ]] && rm -rf "$old"
+done
 echo "$out"

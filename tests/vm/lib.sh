@@ -221,6 +221,13 @@ WantedBy=multi-user.target
 UNIT
     ln -sf /etc/systemd/system/ecs-vmtest-predocker.service \
         "$tree/etc/systemd/system/multi-user.target.wants/ecs-vmtest-predocker.service"
+    # Test probe: the kernel's rules once dockerd is up, before our drop-in re-asserts the
+    # block (drop-ins apply in name order, ExecStartPost= lines run in order).
+    mkdir -p "$tree/etc/systemd/system/docker.service.d"
+    cat >"$tree/etc/systemd/system/docker.service.d/05-vmtest.conf" <<'UNIT'
+[Service]
+ExecStartPost=/bin/sh -c 'mkdir -p /run/vmtest && iptables-save -c -t filter >/run/vmtest/postdockerd.v4'
+UNIT
     # cloud-init: the modules an ECS host's boot uses (user data, hostname, bootcmd, runcmd);
     # the image has no locales, and under TCG each module costs seconds.
     cat >"$tree/etc/cloud/cloud.cfg.d/91-ecs-vm-modules.cfg" <<'CFG'

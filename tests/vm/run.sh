@@ -51,12 +51,14 @@ vm_seed "$vm_work/seed.img" "$vm_work/user-data"
 # ------------------------------------------------------------------ helpers on the guest
 guest_unit() { vm_ssh "systemctl show -P $2 $1"; }
 
-# import_busybox: a local image for the containers (the guest has no registry): a tarball of
-# Debian's busybox-static, docker import.
+# import_busybox: a local image for the containers (the guest has no registry): Debian's
+# busybox-static for the shell and ping, and the guest's curl with its libraries (busybox's
+# static wget crashes on Debian 12), packed into a tarball for docker import.
 import_busybox() {
     vm_ssh 'docker image inspect vmtest/busybox >/dev/null 2>&1 || {
-        d=$(mktemp -d) && mkdir -p "$d/bin" && cp /bin/busybox "$d/bin/busybox" &&
-        for a in sh wget ping sleep date cat echo seq; do ln -s busybox "$d/bin/$a"; done &&
+        d=$(mktemp -d) && mkdir -p "$d/bin" "$d/tmp" && cp /bin/busybox "$d/bin/busybox" &&
+        for a in sh ping sleep date cat echo seq head wc; do ln -s busybox "$d/bin/$a"; done &&
+        for f in /usr/bin/curl $(ldd /usr/bin/curl | grep -o "/[^ ]*"); do cp -L --parents "$f" "$d/"; done &&
         tar -C "$d" -c . | docker import - vmtest/busybox >/dev/null && rm -rf "$d"; }'
 }
 
@@ -66,11 +68,12 @@ rule_packets() {
         awk -v i="$2" '$3 == "DROP" && $6 == i && $9 == "169.254.169.254" { print $1; exit }'
 }
 
-# container_probe NETWORK: in a container on NETWORK, IMDS then moto (same bridge).
+# container_probe NETWORK: in a container on NETWORK, IMDS then moto (same bridge). curl
+# prints the HTTP status (000: no answer) and its exit code (28: timed out).
 container_probe() {
     vm_ssh "docker run --rm --network $1 vmtest/busybox sh -c '
-        echo imds: \$(wget -q -T 4 -O - http://169.254.169.254/latest/meta-data/instance-id 2>&1 | head -c 200)
-        echo control: \$(wget -q -T 4 -O - http://192.0.2.2:5000/ 2>&1 | head -c 120)'" 2>&1
+        r=\$(/usr/bin/curl -s -m 4 -o /dev/null -w %{http_code} http://169.254.169.254/latest/meta-data/instance-id); echo imds: \$r exit \$?
+        r=\$(/usr/bin/curl -s -m 4 -o /dev/null -w %{http_code} http://192.0.2.2:5000/); echo control: \$r exit \$?'" 2>&1
 }
 
 # block_checks LABEL IPT: containers on docker0 and on a user-defined bridge; the host.
@@ -86,8 +89,8 @@ block_checks() {
         local bridge_if
         bridge_if=$(vm_ssh "docker network inspect -f '{{.Id}}' $net" | cut -c1-12)
         [[ $net == bridge ]] && bridge_if=docker0 || bridge_if=br-$bridge_if
-        if grep -q '^imds: .*timed out' <<<"$out" && ! grep -q "$instance_id" <<<"$out" &&
-            grep -qE '^control: .*(server returned error|<)' <<<"$out" &&
+        if grep -qx 'imds: 000 exit 28' <<<"$out" &&
+            grep -qE '^control: [1-5][0-9][0-9] exit 0$' <<<"$out" &&
             [[ -n $before && -n $after ]] && ((after > before)); then
             pass "$label: a container on $bridge_if ($net) cannot reach IMDS and reaches moto through the same bridge; our $pattern rule counted $((after - before)) packets" "$out"
         else
@@ -139,9 +142,20 @@ boot_checks() {
         bash -c '[[ $(grep -c "^ECS_CLUSTER=" <<<"$1") == 1 ]] && grep -qx ECS_CLUSTER=prod <<<"$1" && grep -qx ECS_ENABLE_TASK_IAM_ROLE=true <<<"$1"' _ "$content"
 }
 
+# imds_pings: ICMP echo requests from the guest that arrived at IMDS, counted by a rule in the
+# sandbox's service namespace (the guest's host never pings IMDS; its containers' traffic is
+# masqueraded to the guest's address).
+imds_pings() {
+    local svc=ebs-$vm_name-svc
+    if ! ip netns exec "$svc" iptables -w 5 -C INPUT -p icmp --icmp-type echo-request -s "$VM_GUEST_IP" -d 169.254.169.254 2>/dev/null; then
+        ip netns exec "$svc" iptables -w 5 -I INPUT -p icmp --icmp-type echo-request -s "$VM_GUEST_IP" -d 169.254.169.254
+    fi
+    ip netns exec "$svc" iptables -w 5 -L INPUT -v -x -n | awk -v ip="$VM_GUEST_IP" '/icmptype 8/ && $7 == ip { print $1; exit }'
+}
+
 # restart_probe LABEL: `systemctl restart docker` with a restart-policy container probing IMDS
-# the whole time (TCP: three wget loops, each IMDS try followed by a moto try as the control;
-# ICMP: ping every 50 ms). Any IMDS answer counts as reached.
+# the whole time (TCP: three curl loops, each IMDS try followed by a moto try as the control;
+# ICMP: ping every 10 ms, counted where IMDS is). Any IMDS answer or arrival counts as reached.
 restart_probe() {
     local label=$1
     vm_ssh 'rm -rf /var/lib/vmprobe && mkdir -p /var/lib/vmprobe; docker rm -f probe >/dev/null 2>&1 || true'
@@ -150,10 +164,10 @@ tcp() {
     n=0
     while [ $n -lt 400 ]; do
         n=$((n + 1))
-        r=$(wget -q -T 1 -O - http://169.254.169.254/latest/meta-data/instance-id 2>&1)
-        case $r in *"timed out"*) s=blocked ;; *"returned error"* | i-*) s=REACHED ;; *) s=other ;; esac
-        c=$(wget -q -T 1 -O /dev/null http://192.0.2.2:5000/ 2>&1)
-        case $c in *"returned error"* | "") k=ok ;; *) k=no ;; esac
+        r=$(/usr/bin/curl -s -m 1 -o /dev/null -w %{http_code} http://169.254.169.254/latest/meta-data/instance-id)
+        case $r in 000) s=blocked ;; *) s=REACHED ;; esac
+        c=$(/usr/bin/curl -s -m 1 -o /dev/null -w %{http_code} http://192.0.2.2:5000/)
+        case $c in 000) k=no ;; *) k=ok ;; esac
         echo "$(date +%s) $1 imds=$s control=$k" >>/out/tcp.log
     done
 }
@@ -162,30 +176,32 @@ sleep 0.3
 tcp b &
 sleep 0.3
 tcp c &
-ping -i 0.05 -W 1 -w 100 169.254.169.254 >>/out/ping.log 2>&1 &
+ping -q -i 0.01 -W 1 -w 100 169.254.169.254 >/dev/null 2>&1 &
 wait
 PROBE
     vm_ssh 'docker run -d --name probe --restart always -v /var/lib/vmprobe:/out vmtest/busybox sh /out/probe.sh' >/dev/null
     sleep 8
-    local t0 t1 out reached ctl_after pings
+    local t0 t1 out reached ctl_after pings icmp0 icmp1
+    icmp0=$(imds_pings)
     t0=$(vm_ssh 'date +%s')
     vm_ssh 'systemctl restart docker'
     # The probe runs on (live-restore) or is started again by dockerd (restart policy).
     sleep 25
     t1=$(vm_ssh 'date +%s')
+    icmp1=$(imds_pings)
     vm_ssh 'docker rm -f probe >/dev/null'
+    pings=$((icmp1 - icmp0))
     out=$(vm_ssh "awk -v t0=$t0 '\$1 >= t0 {print \$3, \$4}' /var/lib/vmprobe/tcp.log | sort | uniq -c
-        echo ICMP echo replies from IMDS: \$(grep -c 'bytes from 169.254.169.254' /var/lib/vmprobe/ping.log)
-        echo ping lines: \$(wc -l </var/lib/vmprobe/ping.log)
         journalctl -o short-monotonic -u docker.service --since @$t0 | grep -E 'Started|Stopped|ecs-bootstrap' | tail -n 6")
     reached=$(vm_ssh "grep -c REACHED /var/lib/vmprobe/tcp.log" || true)
     ctl_after=$(vm_ssh "awk -v t0=$t0 '\$1 > t0 + 2 && /control=ok/' /var/lib/vmprobe/tcp.log | wc -l")
-    pings=$(vm_ssh "grep -c 'bytes from 169.254.169.254' /var/lib/vmprobe/ping.log" || true)
+    out+=$'\n'"FORWARD once dockerd was up, before our drop-in ran: "$(vm_ssh "grep -E -- '-A FORWARD' /run/vmtest/postdockerd.v4 | head -n 3 | tr '\n' ';'")
+    out+=$'\n'"ICMP echo requests from the guest that arrived at IMDS (counted in the sandbox) during the restart: $pings"
     if ((reached == 0 && pings == 0 && ctl_after > 0)); then
         pass "$label: across systemctl restart docker (t=$t0..$t1) no container packet reached IMDS; the probe reached moto $ctl_after times after the restart" "$out"
     else
         fail "$label: across systemctl restart docker: TCP reached IMDS $reached times, ping replies $pings, control after restart $ctl_after" "$out
-$(vm_ssh "grep -v 'imds=blocked control=ok' /var/lib/vmprobe/tcp.log | head -n 20; grep 'bytes from' /var/lib/vmprobe/ping.log | head" 2>&1)"
+$(vm_ssh "grep -v 'imds=blocked control=ok' /var/lib/vmprobe/tcp.log | head -n 20" 2>&1)"
     fi
 }
 
@@ -208,7 +224,13 @@ check "boot 1: the .deb is installed and its postinst enabled both units" "$out"
 boot_checks "boot 1"
 block_checks "boot 1" iptables
 
-# Point 4: docker restarts with a restart-policy container, then with live-restore.
+# Point 4: docker restarts with a restart-policy container, then with live-restore. First the
+# control of the ICMP counter: the host's own pings to IMDS are counted.
+c0=$(imds_pings)
+vm_ssh 'busybox ping -c 3 -W 2 169.254.169.254 >/dev/null'
+c1=$(imds_pings)
+check "boot 1: control: the sandbox counts ICMP echo requests from the guest at IMDS (host: 3 pings)" \
+    "counter $c0 -> $c1" test "$((c1 - c0))" = 3
 restart_probe "boot 1, restart without live-restore"
 block_checks "boot 1 after restart" iptables
 vm_ssh 'printf "{\"live-restore\": true}\n" >/etc/docker/daemon.json && systemctl restart docker'
