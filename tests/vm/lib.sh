@@ -41,6 +41,9 @@ check() {
 vm_pids=()
 vm_cleanup() {
     local p
+    if [[ -S ${vm_work:-}/ssh.sock ]]; then
+        ip netns exec "$vm_hostns" ssh -q -o "ControlPath=$vm_work/ssh.sock" -O exit x 2>/dev/null || true
+    fi
     for p in "${vm_pids[@]}"; do
         kill -9 "$p" 2>/dev/null || true
     done
@@ -287,10 +290,13 @@ vm_start() {
     VM_BOOT_T0=$SECONDS
 }
 
+# vm_ssh COMMAND: runs COMMAND in the guest as root. One multiplexed connection (a handshake
+# costs seconds under TCG); it ends with the guest or with vm_cleanup.
 vm_ssh() {
     ip netns exec "$vm_hostns" ssh -q -i "$VM_KEY" -o BatchMode=yes -o StrictHostKeyChecking=no \
-        -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o ServerAliveInterval=10 \
-        "root@$VM_GUEST_IP" "$@"
+        -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o ServerAliveInterval=5 \
+        -o ServerAliveCountMax=3 -o ControlMaster=auto -o "ControlPath=$vm_work/ssh.sock" \
+        -o ControlPersist=60 "root@$VM_GUEST_IP" "$@"
 }
 
 # vm_wait_up TIMEOUT: until ssh answers and systemd says the boot finished.

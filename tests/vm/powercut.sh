@@ -4,8 +4,8 @@
 # virtio disk (ext4, cache=writeback, mounted with noauto_da_alloc so that nothing but our own
 # fsyncs orders data before the rename: ext4's default rename heuristic would hide a missing
 # fsync, file systems such as XFS have none). The loop runs, with changing content each round:
-#   ecs-bootstrap fetch-config --dest /data/ecs.config --set ECS_CLUSTER=gen-K   (S3: moto)
-#   ecs-bootstrap block-imds --interface vmtK+ --persist merge --persist-file /data/rules.v4
+#   ecs-bootstrap fetch-config --dest /mnt/ecs.config --set ECS_CLUSTER=gen-K   (S3: moto)
+#   ecs-bootstrap block-imds --interface vmtK+ --persist merge --persist-file /mnt/rules.v4
 # and prints "powercut: gen K done" on the serial console after each round. The host kills
 # qemu (SIGKILL: the guest's page cache is lost, the host's is not) at a random point after a
 # random number of rounds, then checks offline: a copy of the data disk, e2fsck -fy to replay
@@ -16,6 +16,7 @@
 # disk as the cut left it.
 #
 # Usage: tests/vm/powercut.sh            (VM_CUTS cuts, default 3; bench/vm-powercut.sh: 20)
+#        ECS_BOOTSTRAP_VM_BIN=PATH tests/vm/powercut.sh   (test another build of the binary)
 # Prints "cut N: ..." per cut and ends with "N passed, N failed"; exits 1 on any failure.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,6 +35,11 @@ src="s3://$(vm_field bucket)/$(vm_field key)"
 
 add_loop() {
     local tree=$1
+    # ECS_BOOTSTRAP_VM_BIN: another build of the binary to test (e.g. one without the fsyncs).
+    if [[ -n ${ECS_BOOTSTRAP_VM_BIN:-} ]]; then
+        install -m 755 "$ECS_BOOTSTRAP_VM_BIN" "$tree/usr/bin/ecs-bootstrap"
+        vm_log "binary under test: $ECS_BOOTSTRAP_VM_BIN ($(sha256sum <"$ECS_BOOTSTRAP_VM_BIN" | cut -c1-12))"
+    fi
     install -m 755 /dev/stdin "$tree/usr/local/sbin/powercut-init" <<INIT
 #!/bin/sh
 # PID 1 of the power-cut guest: mounts, network on the tap, then the rewrite loop.
@@ -53,20 +59,22 @@ ip link set lo up
 ip link set eth0 up
 ip addr add $VM_GUEST_IP/24 dev eth0
 ip route add default via $VM_GW_IP
-mkdir -p /data
-mount -o noauto_da_alloc /dev/vdb /data || say "mount failed"
+# /mnt: the root file system is read-only.
+mount -o noauto_da_alloc /dev/vdb /mnt || say "mount failed"
 mode=\$(sed -n 's/.*powercut.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 gen=\$(sed -n 's/.*powercut.gen=\([0-9]*\).*/\1/p' /proc/cmdline)
 set -a; . /etc/ecs-bootstrap/env; set +a
+# A failed round ends the guest: the host sees "failed" and the power-off.
+stop() { sync; echo o >/proc/sysrq-trigger; sleep 60; }
 say "loop starting at gen \$gen (mode \$mode)"
 while :; do
-    ecs-bootstrap -q fetch-config --source $src --dest /data/ecs.config --set ECS_CLUSTER=gen-\$gen --deadline 60 >/dev/null 2>/tmp/err ||
-        { say "fetch-config failed at gen \$gen: \$(tail -c 300 /tmp/err)"; sleep 1; continue; }
-    ecs-bootstrap -q block-imds --interface vmt\$gen+ --ipv6 off --persist merge --persist-file /data/rules.v4 --deadline 60 >/dev/null 2>/tmp/err ||
-        { say "block-imds failed at gen \$gen: \$(tail -c 300 /tmp/err)"; sleep 1; continue; }
+    ecs-bootstrap -q fetch-config --source $src --dest /mnt/ecs.config --set ECS_CLUSTER=gen-\$gen --deadline 60 >/dev/null 2>/tmp/err ||
+        { say "fetch-config failed at gen \$gen: \$(tail -c 300 /tmp/err)"; stop; continue; }
+    ecs-bootstrap -q block-imds --interface vmt\$gen+ --ipv6 off --persist merge --persist-file /mnt/rules.v4 --deadline 60 >/dev/null 2>/tmp/err ||
+        { say "block-imds failed at gen \$gen: \$(tail -c 300 /tmp/err)"; stop; continue; }
     say "gen \$gen done"
     if [ "\$mode" = prep ]; then
-        sync; umount /data; say "prep done"; echo o >/proc/sysrq-trigger; sleep 60
+        sync; umount /mnt; say "prep done"; echo o >/proc/sysrq-trigger; sleep 60
     fi
     gen=\$((gen + 1))
 done
@@ -90,8 +98,8 @@ read_file() { debugfs -R "cat /$2" "$1" 2>/dev/null; }
 # The reference: one clean round (gen 1), then a clean power-off.
 vm_log "prep: one clean round"
 boot_loop "$vm_work/prep.log" prep 1
-vm_wait_exit 600
-if ! grep -q 'powercut: prep done' "$vm_work/prep.log"; then
+vm_wait_exit 300
+if ! grep -aq 'powercut: prep done' "$vm_work/prep.log"; then
     fail "prep round" "$(tr -d '\0' <"$vm_work/prep.log" | grep -a powercut | tail -n 5)"
     echo "$passed passed, $failed failed"
     exit 1
@@ -116,7 +124,7 @@ for ((c = 1; c <= cuts; c++)); do
     # Wait for the loop's first round, then 2 to 6 more rounds (at least ~8 s: past ext4's
     # 5 s journal commit), then a random 0-999 ms.
     rounds=$((2 + RANDOM % 5))
-    deadline=$((SECONDS + 600))
+    deadline=$((SECONDS + 300))
     while ((SECONDS < deadline)); do
         n=$(tr -d '\0' <"$serial" | grep -ac 'powercut: gen [0-9]* done' || true)
         ((n >= rounds + 1)) && break
@@ -145,6 +153,9 @@ for ((c = 1; c <= cuts; c++)); do
     rm -f "$vm_work/check.raw"
     cfg_gen=$(sed -n 's/^ECS_CLUSTER=gen-\([0-9]*\)$/\1/p' <<<"$cfg")
     problems=()
+    if grep -aq 'powercut: .* failed' "$serial"; then
+        problems+=("a round failed: $(tr -d '\0' <"$serial" | grep -a 'powercut: .* failed' | head -n 1)")
+    fi
     if [[ -z $cfg_gen ]]; then
         problems+=("ecs.config is not a complete version (${#cfg} bytes)")
     elif [[ $cfg != "${ref_cfg//gen-1/gen-$cfg_gen}"$'\n' ]]; then
