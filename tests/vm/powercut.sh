@@ -163,7 +163,7 @@ for ((c = 1; c <= cuts; c++)); do
     elif ((cfg_gen != last && cfg_gen != inflight)); then
         problems+=("ecs.config is gen $cfg_gen, neither the last finished ($last) nor the one in flight ($inflight)")
     fi
-    rule_gens=$(grep -o -- '-i vmt[0-9]*+ -j DROP' <<<"$rules" | grep -o '[0-9]*' | sort -n | tr '\n' ' ')
+    rule_gens=$({ grep -o -- '-i vmt[0-9]*+ -j DROP' <<<"$rules" || true; } | grep -o '[0-9]*' | sort -n | tr '\n' ' ' || true)
     missing=()
     for g in "${done_gens[@]}"; do
         grep -qw "$g" <<<"$rule_gens" || missing+=("$g")
