@@ -48,6 +48,14 @@ UD
 # secs MICROSECONDS -> seconds with two decimals
 secs() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1e6 }'; }
 
+# run_time UNIT: microseconds its main process ran.
+run_time() {
+    local a b
+    a=$(vm_ssh "systemctl show -P ExecMainStartTimestampMonotonic $1")
+    b=$(vm_ssh "systemctl show -P ExecMainExitTimestampMonotonic $1")
+    echo $((b - a))
+}
+
 run_case() {
     local case=$1 r=$2 disk=$vm_work/disk-$1.raw
     if [[ $case == baked ]]; then vm_bake "$deb" "$disk"; else vm_bake none "$disk"; fi
@@ -63,8 +71,8 @@ run_case() {
         local fw cfg fw_run cfg_run
         fw=$(vm_ssh 'systemctl show -P ActiveEnterTimestampMonotonic ecs-bootstrap-firewall.service')
         cfg=$(vm_ssh 'systemctl show -P ActiveEnterTimestampMonotonic ecs-bootstrap-config.service')
-        fw_run=$(vm_ssh 'systemctl show -P ExecMainExitTimestampMonotonic -P ExecMainStartTimestampMonotonic ecs-bootstrap-firewall.service' | paste -sd' ' | awk '{print $1 - $2}')
-        cfg_run=$(vm_ssh 'systemctl show -P ExecMainExitTimestampMonotonic -P ExecMainStartTimestampMonotonic ecs-bootstrap-config.service' | paste -sd' ' | awk '{print $1 - $2}')
+        fw_run=$(run_time ecs-bootstrap-firewall.service)
+        cfg_run=$(run_time ecs-bootstrap-config.service)
         echo "A baked, round $r: block in place at $(secs "$fw") s, ecs.config ready at $(secs "$cfg") s after kernel start (both: $(secs $((fw > cfg ? fw : cfg))) s); the firewall unit ran $(secs "$fw_run") s, the config unit $(secs "$cfg_run") s; cloud-final done at $(secs "$final") s; $stub; $kernel"
     else
         local times
