@@ -286,7 +286,7 @@ vm_wait_up 900 || fail "boot 3: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
 echo "boot 3: up in $((SECONDS - t)) s"
 out=$(vm_ssh 'readlink -f /etc/alternatives/iptables; systemctl show -p Result -p ExecMainStatus ecs-bootstrap-firewall.service | tr "\n" " "; echo; journalctl -b -o cat -u ecs-bootstrap-firewall.service | tail -n 8')
 check "boot 3: on iptables-legacy the firewall unit succeeds under its sandbox" "$out" \
-    bash -c 'grep -q iptables-legacy <<<"$1" && grep -qw "ExecMainStatus=0" <<<"$1" && grep -qw "Result=success" <<<"$1" && ! grep -q insmod <<<"$1"' _ "$out"
+    bash -c 'grep -q xtables-legacy <<<"$1" && grep -qw "ExecMainStatus=0" <<<"$1" && grep -qw "Result=success" <<<"$1" && ! grep -q insmod <<<"$1"' _ "$out"
 pre=$(vm_ssh 'cat /run/vmtest/predocker.v4; echo; iptables-legacy-save | grep -c "169.254.169.254"' || true)
 check "boot 3: before dockerd started, the legacy tables held our DROP rules" \
     "$(grep -E -- '-A DOCKER-USER' <<<"$pre")" grep -qE -- '-A DOCKER-USER -d 169.254.169.254/32 -i docker\+ -j DROP' <<<"$pre"
