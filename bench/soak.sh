@@ -13,7 +13,8 @@
 # - exactly one DROP rule and one jump (iptables -S), and the same for IPv6 when run 1 made one;
 # - ecs.config byte-identical to the S3 object and the rules file identical to run 1's;
 # - the peers' open file descriptors (moto, the IMDS emulator) do not grow by more than 32;
-# - exactly one IMDS token PUT per run.
+# - exactly one IMDS token PUT per run (two with SOAK_PROVE=1: prove measures the PUT
+#   response hop limit with a token PUT of its own).
 # At the end: peak RSS (GNU time %M) median/max of the first 50 and the last 50 runs, which
 # must not grow by more than 10% + 512 KiB; wall time median of the first and last 50.
 # The figures also go to target/bench/soak-latest.txt.
@@ -96,7 +97,9 @@ for ((i = 1; i <= runs; i++)); do
     [[ $(sha256sum "$root/etc/ecs/ecs.config" | cut -d' ' -f1) == "$object_sha" ]] ||
         fail "ecs.config differs from the S3 object"
     ((p1 = $(puts) - p0)) || true
-    ((p1 == 1)) || fail "$p1 token PUTs in this run (want 1)"
+    # One for the run's IMDS client; prove measures the PUT response hop limit with its own.
+    want=$((1 + ${#prove[@]}))
+    ((p1 == want)) || fail "$p1 token PUTs in this run (want $want)"
     v4=$(rules iptables) v6=$(rules ip6tables)
     if ((i == 1)); then
         files >"$work/files1"

@@ -51,6 +51,7 @@ ensure_tool cargo-generate-rpm generate-rpm "$CARGO_GENERATE_RPM_VERSION"
 # Every file the packages list must exist; say which one is missing and why it matters.
 for f in systemd/ecs-bootstrap-firewall.service systemd/ecs-bootstrap-config.service \
     systemd/docker.service.d/10-ecs-bootstrap.conf systemd/ecs.service.d/10-ecs-bootstrap.conf \
+    systemd/ecs.service.d/20-ecs-bootstrap-first-boot.conf \
     packaging/env.default README.md \
     packaging/rpm/50-ecs-bootstrap.preset; do
     if [[ ! -f $f ]]; then

@@ -79,6 +79,7 @@ expected_files="/etc/ecs-bootstrap/env -rw-------
 /usr/lib/systemd/system/ecs-bootstrap-config.service -rw-r--r--
 /usr/lib/systemd/system/ecs-bootstrap-firewall.service -rw-r--r--
 /usr/lib/systemd/system/ecs.service.d/10-ecs-bootstrap.conf -rw-r--r--
+/usr/lib/systemd/system/ecs.service.d/20-ecs-bootstrap-first-boot.conf -rw-r--r--
 /usr/share/doc/ecs-bootstrap/README.md -rw-r--r--"
 
 # ---------------------------------------------------------------- .deb

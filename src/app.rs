@@ -6,9 +6,8 @@ use crate::error::{Exit, Step, UsageError};
 use crate::imds::Imds;
 use crate::report::{Report, StepReport, StepResult};
 use crate::sys::{Root, SystemRunner};
-use crate::{config, envfile, firewall, fsutil, imds, logging, prove};
-use clap::FromArgMatches as _;
-use std::collections::BTreeMap;
+use crate::{config, firewall, fsutil, imds, logging, prove, settings};
+use clap::{CommandFactory as _, FromArgMatches as _};
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,20 +17,25 @@ use tokio::time::Instant;
 /// Everything `main` does, returning the process exit code.
 pub fn main_entry(args: Vec<OsString>) -> u8 {
     let root = Root::new(root_from_args(&args));
-    let file = match read_settings(&root) {
-        Ok(f) => f,
+    let file = settings::SettingsFile::load(&root);
+    let prep = settings::prepare(Cli::command(), &file, |n| std::env::var(n).ok());
+    let mut cmd = prep.cmd.clone();
+    let parsed = cmd
+        .try_get_matches_from_mut(args.clone())
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (m, c)));
+    let (matches, cli) = match parsed {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("ecs-bootstrap: {e}");
-            return Exit::Usage.code();
-        }
-    };
-    let (cmd, unused) = cli::command_with_file_defaults(&file);
-    let cli = match cmd
-        .try_get_matches_from(args)
-        .and_then(|m| Cli::from_arg_matches(&m))
-    {
-        Ok(c) => c,
-        Err(e) => {
+            use clap::error::ErrorKind;
+            // Help shows the built-in defaults, not the settings' values (which may be secret).
+            let e = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                | ErrorKind::DisplayVersion => {
+                    help_command().try_get_matches_from(args).err().unwrap_or(e)
+                }
+                _ => e,
+            };
             let _ = e.print();
             return if e.use_stderr() {
                 Exit::Usage.code()
@@ -41,8 +45,30 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
         }
     };
     logging::init(&cli.global);
-    for name in unused.iter().filter(|n| n.starts_with("ECS_BOOTSTRAP_")) {
-        tracing::warn!(setting = %name, file = %root.join(cli::SETTINGS_FILE).display(), "unknown setting in the settings file; it is ignored");
+    let unused = unused_args(&cli.command);
+    let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
+    let use_ = settings::Use {
+        command: matches.subcommand_name().unwrap_or(""),
+        config_step: match &cli.command {
+            Command::FetchConfig(_) => true,
+            Command::Run(r) => !r.skip_config,
+            _ => false,
+        },
+        unused: &unused,
+    };
+    match settings::judge(&prep, &cmd, &matches, use_) {
+        Ok(notes) => {
+            for n in notes {
+                match n.level {
+                    settings::Level::Warn => tracing::warn!("{}", n.message),
+                    settings::Level::Error => tracing::error!("{}", n.message),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Usage.code();
+        }
     }
     if let Command::IamPolicy(a) = &cli.command {
         return match crate::iam_policy::render(a) {
@@ -59,8 +85,25 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
     let plan = match Plan::from_cli(&cli, &root) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!("{e}");
-            return Exit::Usage.code();
+            let from = prep.explain(&matches, &e.0);
+            let e = if from.is_empty() {
+                e.0
+            } else {
+                format!("{} ({})", e.0, from.join("; "))
+            };
+            match builtin_block_plan(&cli, &root, &args) {
+                Some(p) if !from.is_empty() => {
+                    tracing::error!(
+                        "{e}; block-imds uses the built-in defaults instead, so that the block is still \
+                         asserted; fix or remove the setting"
+                    );
+                    p
+                }
+                _ => {
+                    tracing::error!("{e}");
+                    return Exit::Usage.code();
+                }
+            }
         }
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -107,21 +150,57 @@ fn root_from_args(args: &[OsString]) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-fn read_settings(root: &Root) -> Result<BTreeMap<String, String>, UsageError> {
-    let path = root.join(cli::SETTINGS_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => envfile::parse(&text).map_err(|e| {
-            UsageError(format!(
-                "settings file {}: {e}; fix the line or remove it",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(UsageError(format!(
-            "cannot read the settings file {}: {e}",
-            path.display()
-        ))),
+/// The command as `--help` shows it: built-in defaults, and no environment values (a value
+/// may be a secret).
+fn help_command() -> clap::Command {
+    let hide = |a: clap::Arg| a.hide_env_values(true);
+    let mut cmd = Cli::command().mut_args(hide);
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subs {
+        cmd = cmd.mut_subcommand(name, |sub| sub.mut_args(hide));
     }
+    cmd
+}
+
+/// For `block-imds` whose settings made a value it cannot use: the plan from the command line
+/// and the built-in defaults alone (no environment, no settings file).
+fn builtin_block_plan(cli: &Cli, root: &Root, args: &[OsString]) -> Option<Plan> {
+    if !matches!(cli.command, Command::BlockImds(_)) {
+        return None;
+    }
+    let none = settings::SettingsFile {
+        path: PathBuf::new(),
+        state: settings::FileState::Absent,
+    };
+    let mut cmd = settings::prepare(Cli::command(), &none, |_| None).cmd;
+    let m = cmd.try_get_matches_from_mut(args.to_vec()).ok()?;
+    let plain = Cli::from_arg_matches(&m).ok()?;
+    Plan::from_cli(&plain, root).ok()
+}
+
+/// Argument ids of the subcommand that it does not use: the flags of a skipped step.
+fn unused_args(command: &Command) -> Vec<String> {
+    use clap::Args as _;
+    let ids = |c: clap::Command| -> Vec<String> {
+        c.get_arguments()
+            .map(|a| a.get_id().as_str().to_owned())
+            .collect()
+    };
+    let mut out = Vec::new();
+    if let Command::Run(r) = command {
+        if r.skip_config {
+            out.extend(ids(cli::ConfigArgs::augment_args(clap::Command::new("c"))));
+        }
+        if r.skip_firewall && !r.prove {
+            out.extend(ids(cli::FirewallArgs::augment_args(clap::Command::new(
+                "f",
+            ))));
+        }
+    }
+    out
 }
 
 /// The validated work of one invocation.
@@ -135,24 +214,33 @@ struct Plan {
 
 impl Plan {
     fn from_cli(cli: &Cli, root: &Root) -> Result<Self, UsageError> {
+        if let Command::Run(r) = &cli.command
+            && r.firewall.remove
+        {
+            return Err(UsageError(
+                "--remove undoes the block and belongs to `ecs-bootstrap block-imds --remove`, not to run".into(),
+            ));
+        }
         Ok(match &cli.command {
             Command::Run(r) => Plan {
                 command: "run",
                 config: (!r.skip_config)
-                    .then(|| config::Options::from_args(&r.config, root))
+                    .then(|| config::Options::from_args(&with_awsvpc(&r.config), root))
                     .transpose()?,
                 firewall: (!r.skip_firewall)
                     .then(|| firewall::Options::from_args(&r.firewall, root))
                     .transpose()?,
                 check: !r.skip_check,
                 prove: r.prove.then(|| prove::Options {
-                    bridge: "docker0".into(),
+                    bridge: None,
+                    interfaces: r.firewall.interfaces.clone(),
+                    iptables: r.firewall.iptables.clone(),
                     ipv6: r.firewall.ipv6,
                 }),
             },
             Command::FetchConfig(c) => Plan {
                 command: "fetch-config",
-                config: Some(config::Options::from_args(c, root)?),
+                config: Some(config::Options::from_args(&with_awsvpc(c), root)?),
                 firewall: None,
                 check: false,
                 prove: None,
@@ -183,6 +271,52 @@ impl Plan {
             },
         })
     }
+}
+
+/// `--block-awsvpc-imds` as the last `--set`, so it goes through the same validation and wins.
+fn with_awsvpc(c: &crate::cli::ConfigArgs) -> crate::cli::ConfigArgs {
+    let mut c = c.clone();
+    if c.block_awsvpc_imds {
+        c.set.push(format!("{}=true", crate::posture::AWSVPC_KEY));
+    }
+    c
+}
+
+/// The IMDS posture lines of a `run` (see [`crate::posture`]).
+fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::posture::Line> {
+    use crate::report::Outcome;
+    let step = |s: Step| steps.iter().find(|r| r.step == s);
+    let firewall_ok = step(Step::Firewall)
+        .filter(|r| r.outcome != Outcome::Skipped)
+        .map(|r| r.outcome == Outcome::Ok);
+    let prove = step(Step::Prove)
+        .filter(|r| r.outcome != Outcome::Skipped)
+        .map(|r| match r.outcome {
+            Outcome::Ok => 0,
+            _ if r.imds_unreachable => Exit::ImdsUnreachable.code(),
+            _ => r.exit.unwrap_or(Exit::Prove).code(),
+        });
+    let ecs_config = plan.config.as_ref().and_then(|c| {
+        std::fs::read_to_string(&c.dest)
+            .ok()
+            .map(|t| (t, c.dest.display().to_string()))
+    });
+    let imdsv1_open = step(Step::Check).and_then(|r| r.details["imdsv1_open"].as_bool());
+    let put_hop_limit = step(Step::Prove)
+        .and_then(|r| r.details["put_hop_limit"].as_str())
+        .map(str::to_owned);
+    crate::posture::assess(&crate::posture::Facts {
+        firewall_ok,
+        interfaces: plan
+            .firewall
+            .as_ref()
+            .map(|f| f.interfaces.clone())
+            .unwrap_or_default(),
+        prove,
+        ecs_config,
+        imdsv1_open,
+        put_hop_limit,
+    })
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.
@@ -303,7 +437,14 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
             .filter(|s| s.outcome != crate::report::Outcome::Skipped)
             .collect(),
     };
-    Report::new(plan.command, steps, start.elapsed())
+    let posture = if plan.command == "run" {
+        posture(plan, &steps)
+    } else {
+        vec![]
+    };
+    let mut report = Report::new(plan.command, steps, start.elapsed());
+    report.imds_posture = posture;
+    report
 }
 
 /// The SDK configuration: region from `AWS_REGION` or IMDS, credentials from the instance role
@@ -338,6 +479,22 @@ async fn sdk_config(imds: &Imds) -> anyhow::Result<aws_config::SdkConfig> {
         .time_source(aws_smithy_async::time::SystemTimeSource::new());
     if let Some(url) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
         sdk = sdk.endpoint_url(url);
+    }
+    // The standard switches for FIPS and dual-stack (IPv6) endpoints, as the SDK's default
+    // chain reads them.
+    let flag = |name: &str| match env(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            tracing::warn!("{name} is neither true nor false; it is ignored");
+            false
+        }
+    };
+    if flag("AWS_USE_FIPS_ENDPOINT") {
+        sdk = sdk.use_fips(true);
+    }
+    if flag("AWS_USE_DUALSTACK_ENDPOINT") {
+        sdk = sdk.use_dual_stack(true);
     }
     Ok(sdk.build())
 }

@@ -2,11 +2,10 @@
 //!
 //! Every flag is also read from an environment variable `ECS_BOOTSTRAP_<FLAG>` and from the
 //! settings file `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
-//! then file, then the built-in default. The file is applied in [`command_with_file_defaults`]
-//! by turning its entries into clap defaults, so clap's own precedence does the rest.
+//! then file, then the built-in default. [`crate::settings`] resolves the environment and the
+//! file and gives the result to clap as defaults, so clap's own precedence puts flags first.
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use std::collections::BTreeMap;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Path of the settings file, relative to the root (see `--root`).
@@ -24,10 +23,14 @@ pub const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         reaches IMDSv2.\n\n\
         Every flag can also be set with an environment variable ECS_BOOTSTRAP_<FLAG> \
         (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
-        a flag beats the environment, which beats the file.",
+        a flag beats the environment, which beats the file. Booleans take 1/0, true/false, \
+        yes/no, on/off. A bad setting fails only a command that uses it (block-imds falls back \
+        to its defaults); the file is used only when root owns it and others cannot write it.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
-        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed, \
-        7 the host cannot reach instance metadata (whichever step noticed it).\n\
+        3 config step failed, 4 firewall step failed, 5 metadata check failed, 6 prove failed \
+        (a bridge reaches instance metadata), 7 the host cannot reach instance metadata \
+        (whichever step noticed it), 8 prove could not prove the block (no bridge to probe, the \
+        probe path is broken, or our DROP rule's counter did not move).\n\
         For `run`, the code names the first step that failed, except that 7 outranks the others."
 )]
 pub struct Cli {
@@ -90,8 +93,9 @@ pub enum Command {
     BlockImds(FirewallArgs),
     /// Check that the host reaches IMDSv2 and print what it says.
     CheckImds(CheckArgs),
-    /// Prove the block: from a throwaway namespace on docker0, IMDS must be unreachable, and
-    /// from the host reachable.
+    /// Prove the block: from a throwaway namespace on each blocked bridge, a control connection
+    /// to the bridge's address must succeed, IMDS must not answer and our DROP rule's counter
+    /// must rise; from the host IMDS must answer.
     Prove(ProveArgs),
     /// Print the least-privilege IAM policies for the instance role and its trust policy.
     IamPolicy(IamPolicyArgs),
@@ -104,14 +108,26 @@ pub struct ProveArgs {
     #[arg(long = "ipv6", value_enum, env = "ECS_BOOTSTRAP_IPV6", default_value_t = Ipv6Mode::Auto)]
     pub ipv6: Ipv6Mode,
 
-    /// Bridge to attach the probe namespace to. Example: --bridge docker0
+    /// Probe only this bridge [default: every bridge matching an --interface pattern].
+    /// Example: --bridge docker0
+    #[arg(long, env = "ECS_BOOTSTRAP_BRIDGE", value_name = "NAME")]
+    pub bridge: Option<String>,
+
+    /// Interface patterns that block-imds blocks; prove probes every bridge matching one.
+    /// Example: --interface docker+ --interface br-+
     #[arg(
-        long,
-        env = "ECS_BOOTSTRAP_BRIDGE",
-        value_name = "NAME",
-        default_value = "docker0"
+        long = "interface",
+        env = "ECS_BOOTSTRAP_INTERFACE",
+        value_name = "PATTERN",
+        default_value = "docker+",
+        value_delimiter = ','
     )]
-    pub bridge: String,
+    pub interfaces: Vec<String>,
+
+    /// iptables binary whose DROP counters prove the block (ip6tables is looked up beside it).
+    /// Example: --iptables /usr/sbin/iptables-legacy
+    #[arg(long, env = "ECS_BOOTSTRAP_IPTABLES", value_name = "PATH")]
+    pub iptables: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -125,6 +141,22 @@ pub struct IamPolicyArgs {
     /// Example: --kms-key arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
     #[arg(long, env = "ECS_BOOTSTRAP_KMS_KEY", value_name = "ARN")]
     pub kms_key: Option<String>,
+
+    /// The 12-digit account that owns the bucket: the read is allowed only from that account's
+    /// bucket (an s3:ResourceAccount condition), as --expected-bucket-owner enforces at fetch
+    /// time. Example: --expected-bucket-owner 123456789012
+    #[arg(
+        long,
+        env = "ECS_BOOTSTRAP_EXPECTED_BUCKET_OWNER",
+        value_name = "ACCOUNT_ID"
+    )]
+    pub expected_bucket_owner: Option<String>,
+
+    /// Partition of the ARNs and service domains: aws, aws-cn or aws-us-gov [default: the one
+    /// of --kms-key or of an access point source, else aws]. Example: --partition aws-cn
+    #[arg(long, env = "ECS_BOOTSTRAP_PARTITION", value_name = "PARTITION",
+          value_parser = ["aws", "aws-cn", "aws-us-gov"])]
+    pub partition: Option<String>,
 
     /// Output format: json (the policy documents) or cloudformation (a template snippet).
     /// Example: --format cloudformation
@@ -188,10 +220,21 @@ pub struct ConfigArgs {
     #[arg(long, env = "ECS_BOOTSTRAP_STRICT")]
     pub strict: bool,
 
+    /// Accept an object without a single setting (empty, or only comments): without this flag
+    /// it is an error and ecs.config is left as it is, since an empty ecs.config makes the ECS
+    /// agent join the `default` cluster. Example: --allow-empty
+    #[arg(long, env = "ECS_BOOTSTRAP_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+
     /// Override or add a key after the fetched content; repeatable.
     /// Example: --set ECS_CLUSTER=prod --set ECS_LOGLEVEL=debug
     #[arg(long = "set", env = "ECS_BOOTSTRAP_SET", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+
+    /// Write ECS_AWSVPC_BLOCK_IMDS=true into ecs.config (as a last --set): the ECS agent then
+    /// blocks instance metadata for tasks in awsvpc mode. Example: --block-awsvpc-imds
+    #[arg(long, env = "ECS_BOOTSTRAP_BLOCK_AWSVPC_IMDS")]
+    pub block_awsvpc_imds: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -236,6 +279,13 @@ pub struct FirewallArgs {
     /// IPv6 rules file; default from the distribution. Example: --persist-file6 /etc/iptables/rules.v6
     #[arg(long, env = "ECS_BOOTSTRAP_PERSIST_FILE6", value_name = "PATH")]
     pub persist_file6: Option<PathBuf>,
+
+    /// Undo the block: remove every rule ecs-bootstrap added (they carry the comment
+    /// `ecs-bootstrap`), from the kernel and from the rules file; DOCKER-USER and its jump too
+    /// when nothing else uses them. Containers on the bridges reach instance metadata again.
+    /// Example: block-imds --remove
+    #[arg(long)]
+    pub remove: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -298,52 +348,13 @@ pub enum PersistMode {
     None,
 }
 
-/// The clap command with the settings file's entries applied as defaults, so that a flag beats
-/// the environment, which beats the file. Entries whose name is no flag's variable are returned
-/// so the caller can warn about them.
-pub fn command_with_file_defaults(file: &BTreeMap<String, String>) -> (clap::Command, Vec<String>) {
-    let mut used = std::collections::BTreeSet::new();
-    let mut apply = |arg: clap::Arg| -> clap::Arg {
-        let Some(name) = arg.get_env().and_then(|e| e.to_str()).map(str::to_owned) else {
-            return arg;
-        };
-        match file.get(&name) {
-            Some(value) => {
-                used.insert(name);
-                arg.default_value(value.clone()).required(false)
-            }
-            None => arg,
-        }
-    };
-    let mut cmd = Cli::command().mut_args(&mut apply);
-    let names: Vec<String> = cmd
-        .get_subcommands()
-        .map(|s| s.get_name().to_owned())
-        .collect();
-    for name in names {
-        cmd = cmd.mut_subcommand(name, |sub| sub.mut_args(&mut apply));
-    }
-    let unused = file
-        .keys()
-        .filter(|k| !used.contains(*k))
-        .cloned()
-        .collect();
-    (cmd, unused)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::FromArgMatches;
+    use clap::CommandFactory;
 
-    fn parse(file: &[(&str, &str)], args: &[&str]) -> Cli {
-        let file = file
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (cmd, _) = command_with_file_defaults(&file);
-        let m = cmd.try_get_matches_from(args).expect("parses");
-        Cli::from_arg_matches(&m).expect("matches")
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).expect("parses")
     }
 
     #[test]
@@ -352,38 +363,8 @@ mod tests {
     }
 
     #[test]
-    fn file_gives_defaults_and_flags_win() {
-        let cli = parse(
-            &[
-                ("ECS_BOOTSTRAP_SOURCE", "s3://from-file/key"),
-                ("ECS_BOOTSTRAP_DEST", "/tmp/file-dest"),
-                ("ECS_BOOTSTRAP_DEADLINE", "30"),
-            ],
-            &["ecs-bootstrap", "fetch-config", "--dest", "/tmp/flag-dest"],
-        );
-        assert_eq!(cli.global.deadline, 30);
-        let Command::FetchConfig(c) = cli.command else {
-            panic!("wrong command")
-        };
-        assert_eq!(c.source.as_deref(), Some("s3://from-file/key"));
-        assert_eq!(c.dest, Some(PathBuf::from("/tmp/flag-dest")));
-    }
-
-    #[test]
-    fn unknown_file_entries_are_reported() {
-        let file = [
-            ("ECS_BOOTSTRAP_SOURCE".to_string(), "x".to_string()),
-            ("ECS_BOOTSTRAP_SORCE".to_string(), "y".to_string()),
-        ]
-        .into_iter()
-        .collect();
-        let (_, unused) = command_with_file_defaults(&file);
-        assert_eq!(unused, vec!["ECS_BOOTSTRAP_SORCE".to_string()]);
-    }
-
-    #[test]
     fn global_flags_after_subcommand() {
-        let cli = parse(&[], &["ecs-bootstrap", "run", "--output", "json", "-v"]);
+        let cli = parse(&["ecs-bootstrap", "run", "--output", "json", "-v"]);
         assert_eq!(cli.global.output, OutputFormat::Json);
         assert_eq!(cli.global.verbose, 1);
     }

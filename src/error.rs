@@ -45,6 +45,11 @@ pub enum Exit {
     /// The host cannot reach instance metadata: whichever step noticed it first (the region
     /// lookup, the credentials, the check), this is the cause to fix, so it has its own code.
     ImdsUnreachable = 7,
+    /// `prove` could not prove the block: no bridge to probe, the probe path is broken (the
+    /// control connection through the bridge failed), or IMDS did not answer but our DROP
+    /// rule's counter did not move (something else stopped the packet). Neither a pass (0)
+    /// nor a leak (6).
+    NotProven = 8,
 }
 
 impl Exit {

@@ -101,21 +101,71 @@ impl std::str::FromStr for KmsKeyArn {
 pub struct PolicyInput {
     pub source: S3Url,
     pub kms_key: Option<KmsKeyArn>,
+    /// aws, aws-cn or aws-us-gov.
+    pub partition: String,
+    /// The account that owns the bucket (an `s3:ResourceAccount` condition).
+    pub bucket_account: Option<String>,
 }
 
 impl PolicyInput {
     pub fn from_args(args: &IamPolicyArgs) -> Result<Self, UsageError> {
+        let source: S3Url = args.source.parse()?;
+        let kms_key: Option<KmsKeyArn> = args.kms_key.as_deref().map(str::parse).transpose()?;
+        // The partition: given, or the one the access point or the key names; they must agree.
+        let mut named: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = &args.partition {
+            named.push(("--partition", p.clone()));
+        }
+        if let Some(ap) = source.access_point() {
+            named.push(("the access point ARN", ap.partition));
+        }
+        if let Some(k) = &kms_key {
+            named.push(("--kms-key", k.partition.clone()));
+        }
+        let partition = named.first().map_or("aws".to_owned(), |(_, p)| p.clone());
+        if let Some((what, p)) = named.iter().find(|(_, p)| *p != partition) {
+            return Err(UsageError(format!(
+                "{what} is in partition {p}, but {} says {partition}: the source, the key and --partition must be \
+                 in one partition",
+                named[0].0
+            )));
+        }
+        if !crate::config::source::PARTITIONS
+            .iter()
+            .any(|(p, _)| *p == partition)
+        {
+            return Err(UsageError(format!(
+                "partition {partition:?} is not one of aws, aws-cn, aws-us-gov"
+            )));
+        }
+        let bucket_account = match &args.expected_bucket_owner {
+            None => None,
+            Some(o) => {
+                let o = o.trim();
+                if o.len() != 12 || !o.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(UsageError(format!(
+                        "--expected-bucket-owner {o:?}: give the 12-digit AWS account ID that owns the bucket"
+                    )));
+                }
+                Some(o.to_owned())
+            }
+        };
         Ok(PolicyInput {
-            source: args.source.parse()?,
-            kms_key: args.kms_key.as_deref().map(str::parse).transpose()?,
+            source,
+            kms_key,
+            partition,
+            bucket_account,
         })
     }
 
-    /// The partition of the ARNs: the KMS key's when one is given, else `aws`.
+    /// The partition of the ARNs.
     pub fn partition(&self) -> &str {
-        self.kms_key
-            .as_ref()
-            .map_or("aws", |k| k.partition.as_str())
+        &self.partition
+    }
+
+    /// The partition's DNS suffix (`amazonaws.com.cn` in aws-cn).
+    pub fn dns_suffix(&self) -> &'static str {
+        crate::config::source::dns_suffix(&self.partition)
     }
 
     /// `BUCKET/KEY` as an IAM resource path: IAM reads `*`, `?` and `$` in a resource as
@@ -135,9 +185,18 @@ impl PolicyInput {
         out
     }
 
-    /// The object's ARN.
+    /// The object's ARN: through an access point `ACCESS_POINT_ARN/object/KEY`.
     pub fn object_arn(&self) -> String {
-        format!("arn:{}:s3:::{}", self.partition(), self.object_path())
+        match self.source.access_point() {
+            Some(_) => format!("{}/object/{}", self.source.bucket, self.key_path()),
+            None => format!("arn:{}:s3:::{}", self.partition(), self.object_path()),
+        }
+    }
+
+    /// The key as an IAM resource path (see [`Self::object_path`]).
+    fn key_path(&self) -> String {
+        let path = self.object_path();
+        path[self.source.bucket.len() + 1..].to_owned()
     }
 
     /// The S3 actions on the object.
@@ -167,13 +226,17 @@ fn role_policy(input: &PolicyInput, object_resource: Value) -> Value {
             "Resource": "*",
             "Condition": { "StringEquals": { "ecs:CreateAction": ECS_TAG_ON_CREATE } }
         }),
-        json!({
-            "Sid": "ReadEcsConfig",
-            "Effect": "Allow",
-            "Action": input.s3_actions(),
-            "Resource": object_resource
-        }),
     ];
+    let mut read = json!({
+        "Sid": "ReadEcsConfig",
+        "Effect": "Allow",
+        "Action": input.s3_actions(),
+        "Resource": object_resource
+    });
+    if let Some(account) = &input.bucket_account {
+        read["Condition"] = json!({ "StringEquals": { "s3:ResourceAccount": account } });
+    }
+    statements.push(read);
     if let Some(key) = &input.kms_key {
         statements.push(json!({
             "Sid": "DecryptEcsConfig",
@@ -181,23 +244,31 @@ fn role_policy(input: &PolicyInput, object_resource: Value) -> Value {
             "Action": "kms:Decrypt",
             "Resource": key.arn,
             "Condition": {
-                "StringEquals": { "kms:ViaService": format!("s3.{}.amazonaws.com", key.region) }
+                "StringEquals": {
+                    "kms:ViaService": format!("s3.{}.{}", key.region, input.dns_suffix())
+                }
             }
         }));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
-/// The trust policy: EC2 may assume the role.
-pub fn trust_policy() -> Value {
+/// The trust policy: EC2 may assume the role. `principal` is the EC2 service principal
+/// (`ec2.amazonaws.com.cn` in aws-cn).
+pub fn trust_policy_for(principal: Value) -> Value {
     json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Effect": "Allow",
-            "Principal": { "Service": EC2_PRINCIPAL },
+            "Principal": { "Service": principal },
             "Action": "sts:AssumeRole"
         }]
     })
+}
+
+/// The trust policy in the aws partition.
+pub fn trust_policy() -> Value {
+    trust_policy_for(Value::String(EC2_PRINCIPAL.to_owned()))
 }
 
 /// One JSON document holding both policies, named.
@@ -205,7 +276,7 @@ pub fn json_document(input: &PolicyInput) -> Value {
     json!({
         "Source": input.source.to_string(),
         "InstanceRolePolicy": role_policy(input, Value::String(input.object_arn())),
-        "TrustPolicy": trust_policy(),
+        "TrustPolicy": trust_policy_for(Value::String(format!("ec2.{}", input.dns_suffix()))),
     })
 }
 
@@ -213,9 +284,12 @@ pub fn json_document(input: &PolicyInput) -> Value {
 /// inline policy and the instance profile. The S3 ARN takes its partition from
 /// `AWS::Partition`, so the template works in every partition.
 pub fn cloudformation_document(input: &PolicyInput) -> Value {
-    let object = json!({
-        "Fn::Join": ["", ["arn:", { "Ref": "AWS::Partition" }, ":s3:::", input.object_path()]]
-    });
+    let object = match input.source.access_point() {
+        Some(_) => Value::String(input.object_arn()),
+        None => json!({
+            "Fn::Join": ["", ["arn:", { "Ref": "AWS::Partition" }, ":s3:::", input.object_path()]]
+        }),
+    };
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!(
@@ -226,7 +300,7 @@ pub fn cloudformation_document(input: &PolicyInput) -> Value {
             "EcsInstanceRole": {
                 "Type": "AWS::IAM::Role",
                 "Properties": {
-                    "AssumeRolePolicyDocument": trust_policy(),
+                    "AssumeRolePolicyDocument": trust_policy_for(json!({ "Fn::Sub": "ec2.${AWS::URLSuffix}" })),
                     "Policies": [{
                         "PolicyName": "ecs-bootstrap-instance",
                         "PolicyDocument": role_policy(input, object)
@@ -264,6 +338,8 @@ mod tests {
         IamPolicyArgs {
             source: source.into(),
             kms_key: kms.map(Into::into),
+            expected_bucket_owner: None,
+            partition: None,
             format,
         }
     }
@@ -339,6 +415,48 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(input.object_arn(), "arn:aws-cn:s3:::bucket/k");
+        let doc = json_document(&input);
+        let kms = statement(&doc["InstanceRolePolicy"], "DecryptEcsConfig").unwrap();
+        assert_eq!(
+            kms["Condition"]["StringEquals"]["kms:ViaService"],
+            "s3.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            doc["TrustPolicy"]["Statement"][0]["Principal"]["Service"],
+            "ec2.amazonaws.com.cn"
+        );
+    }
+
+    #[test]
+    fn partitions_access_points_and_the_bucket_account() {
+        let mut a = args(
+            "s3://arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/ecs/prod*.config",
+            None,
+            PolicyFormat::Json,
+        );
+        a.expected_bucket_owner = Some("210987654321".into());
+        let input = PolicyInput::from_args(&a).unwrap();
+        assert_eq!(input.partition(), "aws-us-gov");
+        assert_eq!(
+            input.object_arn(),
+            "arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/object/ecs/prod${*}.config"
+        );
+        let doc = json_document(&input);
+        let read = statement(&doc["InstanceRolePolicy"], "ReadEcsConfig").unwrap();
+        assert_eq!(
+            read["Condition"]["StringEquals"]["s3:ResourceAccount"],
+            "210987654321"
+        );
+        // --partition must agree with what the source and the key say.
+        a.partition = Some("aws".into());
+        let e = PolicyInput::from_args(&a).unwrap_err().to_string();
+        assert!(e.contains("one partition"), "{e}");
+        let mut b = args("s3://bucket/k", None, PolicyFormat::Json);
+        b.partition = Some("aws-us-gov".into());
+        let input = PolicyInput::from_args(&b).unwrap();
+        assert_eq!(input.object_arn(), "arn:aws-us-gov:s3:::bucket/k");
+        b.expected_bucket_owner = Some("12".into());
+        assert!(PolicyInput::from_args(&b).is_err());
     }
 
     #[test]
@@ -372,7 +490,10 @@ mod tests {
             "EcsInstanceRole"
         );
         let role = &res["EcsInstanceRole"]["Properties"];
-        assert_eq!(role["AssumeRolePolicyDocument"], trust_policy());
+        assert_eq!(
+            role["AssumeRolePolicyDocument"],
+            trust_policy_for(json!({ "Fn::Sub": "ec2.${AWS::URLSuffix}" }))
+        );
         let policy = &role["Policies"][0]["PolicyDocument"];
         let read = statement(policy, "ReadEcsConfig").unwrap();
         assert_eq!(

@@ -59,6 +59,12 @@ const UNREACHABLE_HINT: &str = "look for a rule on the OUTPUT chain (iptables -S
 pub enum MetadataError {
     #[error("the host cannot reach instance metadata at {endpoint} ({detail}); {UNREACHABLE_HINT}")]
     Unreachable { endpoint: String, detail: String },
+    #[error(
+        "instance metadata at {endpoint} is too slow: it accepted the connection but did not answer in time \
+         ({detail}); it is reachable, so look at what delays it (a metadata proxy or agent in the path, a \
+         host starved of CPU), or raise --deadline"
+    )]
+    TooSlow { endpoint: String, detail: String },
     #[error("instance metadata has no {path} (HTTP 404)")]
     NotFound { path: String },
     #[error("instance metadata answered HTTP {status} for {path}{hint}")]
@@ -94,14 +100,37 @@ struct Inner {
     role: OnceCell<Option<String>>,
     /// Some request gave up because IMDS did not answer (after its retries).
     unreachable: std::sync::atomic::AtomicBool,
+    /// Until then an `iam/` 404 is waited out: an instance profile associated just after
+    /// launch shows up in metadata seconds later.
+    profile_grace_until: Instant,
+    /// The wait for an instance profile was announced (once per run).
+    profile_wait_said: std::sync::atomic::AtomicBool,
+}
+
+/// How long a run waits for an instance profile to show up (at most half the time left).
+pub const PROFILE_GRACE: Duration = Duration::from_secs(20);
+
+/// Why an attempt got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// The connection failed (refused, reset, no route, connect timeout).
+    Connection,
+    /// Connected, but the answer did not come within the read limit.
+    Slow,
+    /// The overall deadline cut the attempt: which of the two is unknown.
+    Cut,
+    /// An answer came (5xx).
+    Answered,
 }
 
 /// One failed attempt, classified.
 enum Attempt {
-    /// Not answering, or answering 5xx: worth another try.
+    /// Not answering, or answering 5xx: worth another try. `kind` tells a connection that was
+    /// never made from one that was made and then not answered in time.
     Transient {
         detail: String,
         status: Option<u16>,
+        kind: Silence,
     },
     /// The token was refused.
     Unauthorized,
@@ -143,6 +172,9 @@ impl Imds {
                 region: OnceCell::new(),
                 role: OnceCell::new(),
                 unreachable: Default::default(),
+                profile_grace_until: now
+                    + PROFILE_GRACE.min(deadline.saturating_duration_since(now) / 2),
+                profile_wait_said: Default::default(),
             }),
         })
     }
@@ -186,6 +218,7 @@ impl Imds {
             Err(_) => Err(Attempt::Transient {
                 detail: "no answer before the deadline".into(),
                 status: None,
+                kind: Silence::Cut,
             }),
             Ok(Ok(v)) => Ok(v.as_ref().to_owned()),
             Ok(Err(e)) => Err(classify(path, &e)),
@@ -199,6 +232,7 @@ impl Imds {
         let mut delay = FIRST_DELAY;
         let mut renewed = false;
         let mut attempt = 1u32;
+        let (mut slow, mut unconnected) = (false, false);
         if start >= self.inner.deadline {
             // Not a sign of an unreachable IMDS: there was no time to ask.
             return Err(MetadataError::NoTimeLeft { path: path.into() });
@@ -207,6 +241,29 @@ impl Imds {
             let (generation, r) = self.attempt(path).await;
             let (detail, status) = match r {
                 Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(MetadataError::NotFound { path: p }))
+                    if p.starts_with("/latest/meta-data/iam/")
+                        && Instant::now() < self.inner.profile_grace_until =>
+                {
+                    let left = self
+                        .inner
+                        .profile_grace_until
+                        .saturating_duration_since(Instant::now());
+                    if !self
+                        .inner
+                        .profile_wait_said
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(
+                            path = %p,
+                            "no instance profile yet ({p} is 404): one associated at launch shows up in \
+                             metadata seconds later; waiting up to {:.0} s for it",
+                            left.as_secs_f64()
+                        );
+                    }
+                    tokio::time::sleep(jitter(Duration::from_secs(1)).min(left)).await;
+                    continue;
+                }
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Unauthorized) if !renewed => {
                     tracing::warn!(
@@ -226,7 +283,15 @@ impl Imds {
                             .into(),
                     });
                 }
-                Err(Attempt::Transient { detail, status }) => (detail, status),
+                Err(Attempt::Transient {
+                    detail,
+                    status,
+                    kind,
+                }) => {
+                    slow |= kind == Silence::Slow;
+                    unconnected |= kind == Silence::Connection;
+                    (detail, status)
+                }
             };
             let now = Instant::now();
             let sleep = jitter(delay);
@@ -243,6 +308,11 @@ impl Imds {
                         hint: format!(
                             " ({tried}): instance metadata is not serving; wait and retry, or raise --deadline"
                         ),
+                    },
+                    // Every connection was made (the host reaches IMDS), answers were late.
+                    None if slow && !unconnected => MetadataError::TooSlow {
+                        endpoint: self.inner.endpoint.clone(),
+                        detail: format!("{detail}; {tried}"),
                     },
                     None => {
                         self.inner
@@ -344,13 +414,23 @@ impl Imds {
 }
 
 fn classify(path: &str, e: &ImdsError) -> Attempt {
-    let transient = |status: Option<u16>| Attempt::Transient {
-        detail: match (status, e) {
-            (Some(s), ImdsError::FailedToLoadToken(_)) => format!("HTTP {s} for the token PUT"),
-            (Some(s), _) => format!("HTTP {s}"),
-            (None, _) => error_chain(e),
-        },
-        status,
+    let transient = |status: Option<u16>| {
+        let chain = error_chain(e);
+        let kind = match status {
+            Some(_) => Silence::Answered,
+            // The SDK's words for a connection that was made but not answered in time.
+            None if chain.contains("read timeout") => Silence::Slow,
+            None => Silence::Connection,
+        };
+        Attempt::Transient {
+            detail: match (status, e) {
+                (Some(s), ImdsError::FailedToLoadToken(_)) => format!("HTTP {s} for the token PUT"),
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, _) => chain,
+            },
+            status,
+            kind,
+        }
     };
     match e {
         ImdsError::ErrorResponse(r) => match r.response().status().as_u16() {

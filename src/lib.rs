@@ -10,6 +10,8 @@ pub mod fsutil;
 pub mod iam_policy;
 pub mod imds;
 pub mod logging;
+pub mod posture;
 pub mod prove;
 pub mod report;
+pub mod settings;
 pub mod sys;

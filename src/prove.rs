@@ -1,19 +1,31 @@
-//! `prove`: show that the block works, the way a container would meet it. A throwaway network
-//! namespace is attached to the bridge (docker0) by a veth, as Docker attaches a container; from
-//! it we try to connect to 169.254.169.254:80 (and [fd00:ec2::254]:80 when IPv6 is on) with a
-//! short timeout. The host must still get answers from IMDS. The namespace is always removed:
-//! by a guard on every return path, when the run is interrupted (the guard is dropped with the
-//! future), and, after a SIGKILL, by the next `prove`, which sweeps namespaces of dead runs.
+//! `prove`: show that the block works, the way a container would meet it, with a control.
+//! For each bridge that a blocked `--interface` pattern matches (or the one `--bridge`), a
+//! throwaway network namespace is attached by a veth, as Docker attaches a container. From it:
+//! - a control connection to a listener prove opens on the bridge's own address must succeed
+//!   (the probe path works: link, address, route, the host's INPUT);
+//! - a connection to 169.254.169.254:80 (and [fd00:ec2::254]:80) must fail;
+//! - our DROP rule's packet counter (the rules with the `ecs-bootstrap` comment whose pattern
+//!   matches the bridge) must rise during that connection: the packet met our rule, not
+//!   something else (forwarding off, no route).
+//!
+//! Only then is the bridge "blocked". IMDS answering is a leak (exit 6); a failed control, a
+//! counter that did not move, or no bridge at all is "not proven" (exit 8), never a pass. The
+//! host must still get answers from IMDS. The namespaces are always removed: by a guard on every
+//! return path, when the run is interrupted (the guard is dropped with the future), and, after
+//! a SIGKILL, by the next `prove`, which sweeps namespaces of dead runs.
 
 use crate::cli::{Ipv6Mode, ProveArgs};
+use crate::error::Exit;
+use crate::firewall::rules::{Family, Line, Placement, RuleSet};
 use crate::imds::Imds;
+use crate::report::Failure;
 use crate::report::StepResult;
 use crate::sys::{CommandRunner, SystemRunner};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const NS_PREFIX: &str = "ebs-prove-";
@@ -23,7 +35,11 @@ const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub bridge: String,
+    /// `--bridge`: probe only this one.
+    pub bridge: Option<String>,
+    /// The blocked interface patterns: every bridge matching one is probed.
+    pub interfaces: Vec<String>,
+    pub iptables: Option<PathBuf>,
     pub ipv6: Ipv6Mode,
 }
 
@@ -31,6 +47,8 @@ impl Options {
     pub fn from_args(a: &ProveArgs) -> Self {
         Options {
             bridge: a.bridge.clone(),
+            interfaces: a.interfaces.clone(),
+            iptables: a.iptables.clone(),
             ipv6: a.ipv6,
         }
     }
@@ -44,16 +62,64 @@ impl std::fmt::Display for Verdict {
         f.write_str(match self {
             Verdict::Blocked => "blocked",
             Verdict::Reachable => "reachable",
+            Verdict::NotProven => "not proven",
         })
     }
 }
 
-/// Where a probe got.
+/// What a probe of one address family through one bridge showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// IMDS did not answer, the control did, and our DROP rule's counter rose.
     Blocked,
+    /// IMDS answered: a leak.
     Reachable,
+    /// Neither: see the reason.
+    NotProven,
+}
+
+/// The verdict from what a probe saw (pure).
+pub fn verdict(imds_answered: bool, control_ok: bool, counter_rise: u64) -> Verdict {
+    if imds_answered {
+        Verdict::Reachable
+    } else if control_ok && counter_rise > 0 {
+        Verdict::Blocked
+    } else {
+        Verdict::NotProven
+    }
+}
+
+/// Whether an iptables interface pattern (`docker+`, `docker0`) matches an interface name.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('+') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// The packet counters of our DROP rules (comment `ecs-bootstrap`) in an `iptables -S -v`
+/// listing, as (interface pattern, packets) (pure).
+pub fn our_counters(listing: &str, family: Family) -> Vec<(String, u64)> {
+    let set = RuleSet {
+        family,
+        placement: Placement::DockerUser,
+        interfaces: vec![],
+    };
+    listing
+        .lines()
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let c = t.iter().position(|w| *w == "-c")?;
+            let packets = t.get(c + 1)?.parse::<u64>().ok()?;
+            let mut rest: Vec<&str> = t[..c].to_vec();
+            rest.extend_from_slice(t.get(c + 3..)?);
+            match set.classify(&rest.join(" ")) {
+                Line::Ours { iface, .. } => Some((iface, packets)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 fn ip(runner: &dyn CommandRunner, args: &[&str]) -> anyhow::Result<String> {
@@ -69,14 +135,23 @@ fn ip(runner: &dyn CommandRunner, args: &[&str]) -> anyhow::Result<String> {
 
 /// The bridge's first address of each family, with its prefix length.
 fn bridge_addrs(runner: &dyn CommandRunner, bridge: &str) -> anyhow::Result<BridgeAddrs> {
-    if !Path::new("/sys/class/net").join(bridge).exists() {
-        bail!(
-            "there is no {bridge} bridge on this host, so there is nothing to prove yet: start Docker \
-             (systemctl start docker) or name the bridge with --bridge"
-        );
-    }
     let out = ip(runner, &["-o", "addr", "show", "dev", bridge])?;
     Ok(parse_addrs(&out))
+}
+
+/// The bridges (interfaces with a `bridge` folder in sysfs) whose name matches a pattern.
+pub fn matching_bridges(patterns: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| Path::new("/sys/class/net").join(n).join("bridge").is_dir())
+                .filter(|n| patterns.iter().any(|p| pattern_matches(p, n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// Parses `ip -o addr show` lines into the first IPv4 and the first non-link-local IPv6 address.
@@ -148,7 +223,8 @@ impl Drop for ProbeNs {
     }
 }
 
-/// Removes probe namespaces left by runs that were killed (their process is gone).
+/// Removes probe namespaces left by runs that were killed (their process is gone): named
+/// `ebs-prove-<pid>` or `ebs-prove-<pid>-<n>`.
 fn sweep_stale(runner: &dyn CommandRunner) {
     let Ok(list) = ip(runner, &["netns", "list"]) else {
         return;
@@ -156,6 +232,7 @@ fn sweep_stale(runner: &dyn CommandRunner) {
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
         let Some(pid) = name
             .strip_prefix(NS_PREFIX)
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
@@ -172,51 +249,223 @@ fn sweep_stale(runner: &dyn CommandRunner) {
     }
 }
 
-/// Connects to `addr` from inside the named namespace (on a thread that joins it).
-async fn connect_from(ns: &str, addr: SocketAddr) -> anyhow::Result<Verdict> {
+/// Connects to each address in turn from inside the named namespace (on a thread that joins
+/// it); true where a connection was made.
+async fn connect_from(ns: &str, addrs: Vec<SocketAddr>) -> anyhow::Result<Vec<bool>> {
     let path = format!("/run/netns/{ns}");
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Verdict> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<bool>> {
         let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering the network namespace {path}"))?;
-        Ok(match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(_) => Verdict::Reachable,
-            Err(_) => Verdict::Blocked,
-        })
+        Ok(addrs
+            .iter()
+            .map(|a| TcpStream::connect_timeout(a, CONNECT_TIMEOUT).is_ok())
+            .collect())
     })
     .await
     .context("the probe thread failed")?
 }
 
-pub async fn run(
-    opts: &Options,
-    imds: &Imds,
+/// The packets our DROP rules for patterns matching `bridge` have dropped (iptables -S -v).
+fn counter(
     runner: &dyn CommandRunner,
-) -> anyhow::Result<StepResult> {
-    sweep_stale(runner);
-    let (v4, v6) = bridge_addrs(runner, &opts.bridge)?;
+    bin: &Path,
+    family: Family,
+    bridge: &str,
+) -> Result<u64, String> {
+    let args: Vec<OsString> = ["-w", "10", "-t", "filter", "-S", "-v"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let out = runner
+        .run(bin, &args, None)
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !out.success() {
+        return Err(format!(
+            "`{} -S -v` failed: {}",
+            bin.display(),
+            out.stderr.trim()
+        ));
+    }
+    Ok(our_counters(&out.stdout, family)
+        .iter()
+        .filter(|(p, _)| pattern_matches(p, bridge))
+        .map(|(_, n)| n)
+        .sum())
+}
+
+/// What one family's probe through one bridge showed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Probe {
+    pub verdict: Verdict,
+    /// The probe's own address.
+    pub from: String,
+    /// The control listener on the bridge's address, and whether the probe reached it.
+    pub control: Option<String>,
+    pub control_ok: bool,
+    pub imds_answered: bool,
+    /// Packets our DROP rule dropped during the probe.
+    pub counter_rise: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Probe {
+    fn not_proven(from: String, reason: String) -> Probe {
+        Probe {
+            verdict: Verdict::NotProven,
+            from,
+            control: None,
+            control_ok: false,
+            imds_answered: false,
+            counter_rise: None,
+            reason: Some(reason),
+        }
+    }
+
+    fn line(&self, bridge: &str, target: &str) -> String {
+        match (self.verdict, &self.reason) {
+            (Verdict::Blocked, _) => format!(
+                "from {bridge} ({}): {target} blocked (control {} answered; our DROP rule dropped {} packet(s))",
+                self.from,
+                self.control.as_deref().unwrap_or("?"),
+                self.counter_rise.unwrap_or(0)
+            ),
+            (Verdict::Reachable, _) => format!("from {bridge} ({}): {target} reachable", self.from),
+            (Verdict::NotProven, r) => format!(
+                "from {bridge} ({}): {target} not proven: {}",
+                self.from,
+                r.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// The family's iptables binary for the counters, or why there is none.
+fn family_bin(opts: &Options, family: Family) -> Result<PathBuf, String> {
+    let v4 =
+        crate::firewall::resolve_binary(opts.iptables.as_deref()).map_err(|e| e.to_string())?;
+    match family {
+        Family::V4 => Ok(v4),
+        Family::V6 => crate::firewall::iptables::ip6tables_beside(&v4)
+            .filter(|p| crate::firewall::iptables::is_executable(p))
+            .ok_or_else(|| {
+                format!(
+                    "no ip6tables beside {} to read our rule's counter",
+                    v4.display()
+                )
+            }),
+    }
+}
+
+/// Probes one family from the namespace `ns`: the control listener on `gw`, then IMDS, with
+/// our rule's counter read before and after.
+async fn probe_family(
+    opts: &Options,
+    runner: &dyn CommandRunner,
+    ns: &str,
+    bridge: &str,
+    family: Family,
+    gw: IpAddr,
+    from: String,
+) -> Probe {
+    let imds: IpAddr = match family {
+        Family::V4 => IMDS_V4.into(),
+        Family::V6 => IMDS_V6.into(),
+    };
+    let bin = match family_bin(opts, family) {
+        Ok(b) => b,
+        Err(e) => return Probe::not_proven(from, e),
+    };
+    // The listener lives in the host's namespace (this thread's); the kernel completes the
+    // handshake from its backlog, so nothing needs to accept.
+    let listener = match TcpListener::bind(SocketAddr::new(gw, 0)) {
+        Ok(l) => l,
+        Err(e) => {
+            return Probe::not_proven(
+                from,
+                format!("cannot open the control listener on {gw}: {e}"),
+            );
+        }
+    };
+    let control = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return Probe::not_proven(from, format!("control listener: {e}")),
+    };
+    let before = counter(runner, &bin, family, bridge);
+    let seen = connect_from(ns, vec![control, SocketAddr::new(imds, 80)]).await;
+    let after = counter(runner, &bin, family, bridge);
+    drop(listener);
+    let (control_ok, imds_answered) = match seen.as_deref() {
+        Ok([c, i]) => (*c, *i),
+        Ok(_) => (false, false),
+        Err(e) => return Probe::not_proven(from, format!("{e:#}")),
+    };
+    let rise = match (&before, &after) {
+        (Ok(b), Ok(a)) => Ok(a.saturating_sub(*b)),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    };
+    let v = verdict(imds_answered, control_ok, *rise.as_ref().unwrap_or(&0));
+    let reason = match v {
+        Verdict::NotProven if !control_ok => Some(format!(
+            "the control connection to {control} (a listener on {bridge}'s own address) failed too, so the probe path is broken: is {bridge} up, and does the host's INPUT chain accept traffic from it?"
+        )),
+        Verdict::NotProven => Some(match &rise {
+            Err(e) => {
+                format!("IMDS did not answer, but our DROP rule's counter cannot be read ({e})")
+            }
+            Ok(_) => format!(
+                "IMDS did not answer and the control did, but no rule of ecs-bootstrap for {bridge} dropped the probe (its packet counter did not move): something else stopped it (IP forwarding off? no route to IMDS? no rule, or the rules in the other iptables backend than {}?); run `ecs-bootstrap block-imds`, check `sysctl net.ipv4.ip_forward`, and pass prove the --iptables that block-imds uses",
+                bin.display()
+            ),
+        }),
+        _ => None,
+    };
+    Probe {
+        verdict: v,
+        from,
+        control: Some(control.to_string()),
+        control_ok,
+        imds_answered,
+        counter_rise: rise.ok(),
+        reason,
+    }
+}
+
+/// One bridge: its namespace, both families' probes.
+async fn probe_bridge(
+    opts: &Options,
+    runner: &dyn CommandRunner,
+    bridge: &str,
+    idx: usize,
+) -> anyhow::Result<(Option<Probe>, Option<Probe>)> {
+    let (v4, v6) = bridge_addrs(runner, bridge)?;
     let Some((gw4, prefix4)) = v4 else {
-        bail!(
-            "the bridge {} has no IPv4 address; is Docker running?",
-            opts.bridge
-        );
+        return Ok((
+            Some(Probe::not_proven(
+                "-".into(),
+                format!("the bridge {bridge} has no IPv4 address; is Docker running?"),
+            )),
+            None,
+        ));
     };
     let want_v6 = match opts.ipv6 {
         Ipv6Mode::Off => false,
         Ipv6Mode::Auto => v6.is_some(),
-        Ipv6Mode::On => {
-            if v6.is_none() {
-                bail!(
-                    "--ipv6 on, but the bridge {} has no IPv6 address",
-                    opts.bridge
-                );
-            }
-            true
-        }
+        Ipv6Mode::On => true,
     };
     let pid = std::process::id();
-    let name = format!("{NS_PREFIX}{pid}");
-    let host_if = format!("ebsp{}", pid % 1_000_000_000);
+    let (name, host_if) = if idx == 0 {
+        (
+            format!("{NS_PREFIX}{pid}"),
+            format!("ebsp{}", pid % 1_000_000_000),
+        )
+    } else {
+        (
+            format!("{NS_PREFIX}{pid}-{idx}"),
+            format!("ebsp{}x{idx}", pid % 100_000_000),
+        )
+    };
     let addr4 = probe_v4(gw4, prefix4, pid)
         .context("the bridge's IPv4 subnet is too small for a probe address")?;
 
@@ -228,10 +477,7 @@ pub async fn run(
             "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
         ],
     )?;
-    ip(
-        runner,
-        &["link", "set", &host_if, "master", &opts.bridge, "up"],
-    )?;
+    ip(runner, &["link", "set", &host_if, "master", bridge, "up"])?;
     ip(runner, &["-n", &name, "link", "set", "lo", "up"])?;
     ip(
         runner,
@@ -246,23 +492,34 @@ pub async fn run(
         ],
     )?;
     let mut addr6 = None;
+    let mut v6_missing = None;
     if want_v6 {
-        let (gw6, prefix6) = v6.expect("checked");
-        let a6 = probe_v6(gw6, prefix6, pid).context("the bridge's IPv6 subnet is too small")?;
-        ip(
-            runner,
-            &[
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("{a6}/{prefix6}"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )?;
-        addr6 = Some((a6, gw6));
+        match v6 {
+            Some((gw6, prefix6)) => {
+                let a6 =
+                    probe_v6(gw6, prefix6, pid).context("the bridge's IPv6 subnet is too small")?;
+                ip(
+                    runner,
+                    &[
+                        "-n",
+                        &name,
+                        "addr",
+                        "add",
+                        &format!("{a6}/{prefix6}"),
+                        "dev",
+                        "eth0",
+                        "nodad",
+                    ],
+                )?;
+                addr6 = Some((a6, gw6));
+            }
+            None => {
+                v6_missing = Some(Probe::not_proven(
+                    "-".into(),
+                    format!("--ipv6 on, but the bridge {bridge} has no global IPv6 address"),
+                ))
+            }
+        }
     }
     ip(runner, &["-n", &name, "link", "set", "eth0", "up"])?;
     ip(
@@ -292,66 +549,252 @@ pub async fn run(
             ],
         )?;
     }
-
     // Both families at once: a blocked probe waits for the whole connect timeout.
-    let (from_bridge_v4, from_bridge_v6) = tokio::join!(
-        connect_from(&name, SocketAddr::new(IMDS_V4.into(), 80)),
+    let (p4, p6) = tokio::join!(
+        probe_family(
+            opts,
+            runner,
+            &name,
+            bridge,
+            Family::V4,
+            gw4.into(),
+            addr4.to_string()
+        ),
         async {
             match addr6 {
-                Some(_) => Some(connect_from(&name, SocketAddr::new(IMDS_V6.into(), 80)).await),
+                Some((a6, gw6)) => Some(
+                    probe_family(
+                        opts,
+                        runner,
+                        &name,
+                        bridge,
+                        Family::V6,
+                        gw6.into(),
+                        a6.to_string(),
+                    )
+                    .await,
+                ),
                 None => None,
             }
         }
     );
-    let from_bridge_v4 = from_bridge_v4?;
-    let from_bridge_v6 = from_bridge_v6.transpose()?;
     drop(guard);
+    Ok((Some(p4), p6.or(v6_missing)))
+}
 
-    let host = imds.get("/latest/meta-data/instance-id").await;
-    let mut summary = vec![format!(
-        "from {} ({addr4}): 169.254.169.254:80 {from_bridge_v4}",
-        opts.bridge
-    )];
-    if let (Some(v), Some((a6, _))) = (from_bridge_v6, addr6) {
-        summary.push(format!(
-            "from {} ({a6}): [fd00:ec2::254]:80 {v}",
-            opts.bridge
+/// The comment of the counting rule (no target) that measures the PUT response hop limit.
+const TTL_COMMENT: &str = "ecs-bootstrap-ttl";
+
+/// The instance's PUT response hop limit as the host can measure it without IMDSv1: a token
+/// PUT while a counting rule (no target, so it changes nothing) on INPUT counts IMDS's packets
+/// that arrive with TTL 1. A hop limit of 1 (the answer dies at the first forward) also keeps
+/// containers on the bridges from IMDSv2 tokens. Ok("1") or Ok("2 or more"); Err: not measured.
+fn put_hop_limit(runner: &dyn CommandRunner, bin: &Path) -> Result<&'static str, String> {
+    let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_default();
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    if !endpoint.is_empty() && endpoint != "http://169.254.169.254" {
+        return Err(format!("IMDS is at {endpoint}, not 169.254.169.254"));
+    }
+    let spec: Vec<String> = [
+        "-s",
+        "169.254.169.254/32",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--sport",
+        "80",
+        "-m",
+        "ttl",
+        "--ttl-eq",
+        "1",
+        "-m",
+        "comment",
+        "--comment",
+        TTL_COMMENT,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let ipt = |args: Vec<String>| -> Result<String, String> {
+        let mut a: Vec<OsString> = ["-w", "10", "-t", "filter"].map(OsString::from).to_vec();
+        a.extend(args.into_iter().map(OsString::from));
+        let out = runner
+            .run(bin, &a, None)
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}: {}", bin.display(), out.stderr.trim()))
+        }
+    };
+    let mut insert = vec!["-I".to_owned(), "INPUT".to_owned(), "1".to_owned()];
+    insert.extend(spec.iter().cloned());
+    ipt(insert)?;
+    let put = (|| -> std::io::Result<bool> {
+        use std::io::{Read as _, Write as _};
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::new(IMDS_V4.into(), 80), CONNECT_TIMEOUT)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(
+            b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )?;
+        let mut buf = vec![];
+        let _ = s.take(64 * 1024).read_to_end(&mut buf);
+        Ok(buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200"))
+    })();
+    let listing = ipt(vec!["-S".into(), "INPUT".into(), "-v".into()]);
+    let mut delete = vec!["-D".to_owned(), "INPUT".to_owned()];
+    delete.extend(spec);
+    let _ = ipt(delete);
+    match put {
+        Ok(true) => {}
+        Ok(false) => return Err("the token PUT was not answered 200".into()),
+        Err(e) => return Err(format!("the token PUT failed: {e}")),
+    }
+    let packets: u64 = listing?
+        .lines()
+        .filter(|l| l.contains(TTL_COMMENT))
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let c = t.iter().position(|w| *w == "-c")?;
+            t.get(c + 1)?.parse::<u64>().ok()
+        })
+        .sum();
+    Ok(if packets > 0 { "1" } else { "2 or more" })
+}
+
+pub async fn run(
+    opts: &Options,
+    imds: &Imds,
+    runner: &dyn CommandRunner,
+) -> anyhow::Result<StepResult> {
+    sweep_stale(runner);
+    let not_proven = |message: String, summary: Vec<String>, details: serde_json::Value| {
+        anyhow::Error::new(Failure {
+            message,
+            summary,
+            details,
+            exit: Some(Exit::NotProven),
+        })
+    };
+    let bridges = match &opts.bridge {
+        Some(b) if Path::new("/sys/class/net").join(b).exists() => vec![b.clone()],
+        Some(b) => {
+            return Err(not_proven(
+                format!(
+                    "there is no {b} bridge on this host, so there is nothing to prove yet: start Docker (systemctl start docker) or name the bridge with --bridge"
+                ),
+                vec![],
+                json!({"bridges": []}),
+            ));
+        }
+        None => matching_bridges(&opts.interfaces),
+    };
+    if bridges.is_empty() {
+        return Err(not_proven(
+            format!(
+                "no bridge matches --interface {} on this host (there is no docker0 bridge), so there is nothing to prove yet: start Docker (systemctl start docker) or name the bridge with --bridge",
+                opts.interfaces.join(",")
+            ),
+            vec![],
+            json!({"bridges": []}),
         ));
     }
+    let mut summary = vec![];
+    let mut per_bridge = vec![];
+    let mut verdicts: Vec<(String, Family, Probe)> = vec![];
+    for (idx, bridge) in bridges.iter().enumerate() {
+        let (p4, p6) = probe_bridge(opts, runner, bridge, idx).await?;
+        if let Some(p) = &p4 {
+            summary.push(p.line(bridge, "169.254.169.254:80"));
+            verdicts.push((bridge.clone(), Family::V4, p.clone()));
+        }
+        if let Some(p) = &p6 {
+            summary.push(p.line(bridge, "[fd00:ec2::254]:80"));
+            verdicts.push((bridge.clone(), Family::V6, p.clone()));
+        }
+        per_bridge.push(json!({"bridge": bridge, "ipv4": p4, "ipv6": p6}));
+    }
+    // Per family, the worst verdict over the bridges: reachable, then not proven, then blocked.
+    let worst = |family: Family| {
+        let vs: Vec<Verdict> = verdicts
+            .iter()
+            .filter(|(_, f, _)| *f == family)
+            .map(|(_, _, p)| p.verdict)
+            .collect();
+        [Verdict::Reachable, Verdict::NotProven, Verdict::Blocked]
+            .into_iter()
+            .find(|v| vs.contains(v))
+    };
+
+    let host = imds.get("/latest/meta-data/instance-id").await;
     summary.push(match &host {
         Ok(id) => format!("from the host: IMDS answers (instance {})", id.trim()),
         Err(e) => format!("from the host: IMDS does not answer: {e}"),
     });
+    let hop_limit = match (&host, family_bin(opts, Family::V4)) {
+        (Ok(_), Ok(bin)) => put_hop_limit(runner, &bin),
+        (Err(_), _) => Err("IMDS does not answer the host".into()),
+        (_, Err(e)) => Err(e),
+    };
+    summary.push(match &hop_limit {
+        Ok("1") => "PUT response hop limit: 1 (tokens do not reach containers)".into(),
+        Ok(h) => format!(
+            "PUT response hop limit: {h} (a container that got past the block could get tokens)"
+        ),
+        Err(e) => format!("PUT response hop limit: not measured ({e})"),
+    });
     let details = json!({
-        "bridge": opts.bridge,
-        "from_bridge": {"ipv4": from_bridge_v4, "ipv6": from_bridge_v6},
+        "put_hop_limit": hop_limit.as_ref().ok(),
+        "bridges": per_bridge,
+        "from_bridge": {"ipv4": worst(Family::V4), "ipv6": worst(Family::V6)},
         "from_host": if host.is_ok() { "reachable" } else { "unreachable" },
     });
-    let leaked = [Some(from_bridge_v4), from_bridge_v6]
-        .into_iter()
-        .flatten()
-        .any(|v| v == Verdict::Reachable);
-    let fail = |message: String| {
-        anyhow::Error::new(crate::report::Failure {
+    let fail = |message: String, exit: Option<Exit>| {
+        anyhow::Error::new(Failure {
             message,
             summary: summary.clone(),
             details: details.clone(),
+            exit,
         })
     };
-    if leaked {
+    let leaked: Vec<&String> = verdicts
+        .iter()
+        .filter(|(_, _, p)| p.verdict == Verdict::Reachable)
+        .map(|(b, _, _)| b)
+        .collect();
+    if !leaked.is_empty() {
         for l in &summary {
             tracing::error!("{l}");
         }
-        return Err(fail(format!(
-            "containers on {} can reach instance metadata: run `ecs-bootstrap block-imds` (and check that \
-             `-j DOCKER-USER` is the first rule of FORWARD)",
-            opts.bridge
-        )));
+        let mut names: Vec<&str> = leaked.iter().map(|s| s.as_str()).collect();
+        names.dedup();
+        return Err(fail(
+            format!(
+                "containers on {} can reach instance metadata: run `ecs-bootstrap block-imds` with an --interface pattern for each (and check that `-j DOCKER-USER` is the first rule of FORWARD)",
+                names.join(", ")
+            ),
+            None,
+        ));
+    }
+    if let Some((b, f, p)) = verdicts
+        .iter()
+        .find(|(_, _, p)| p.verdict == Verdict::NotProven)
+    {
+        return Err(fail(
+            format!(
+                "the block is not proven on {b} ({}): {}",
+                f.name(),
+                p.reason.as_deref().unwrap_or("")
+            ),
+            Some(Exit::NotProven),
+        ));
     }
     if let Err(e) = &host {
-        return Err(fail(format!(
-            "the block holds, but the host itself cannot reach instance metadata: {e}"
-        )));
+        return Err(fail(
+            format!("the block holds, but the host itself cannot reach instance metadata: {e}"),
+            None,
+        ));
     }
     Ok(StepResult {
         changed: false,
@@ -385,5 +828,34 @@ mod tests {
         assert!(probe_v4(Ipv4Addr::new(10, 0, 0, 1), 30, 1).is_none());
         let c = probe_v6("fd00:d0c:0:1::1".parse().unwrap(), 64, 9).unwrap();
         assert_eq!(c.segments()[..4], [0xfd00, 0xd0c, 0, 1]);
+    }
+
+    #[test]
+    fn a_verdict_needs_the_control_and_the_counter() {
+        assert_eq!(verdict(true, true, 0), Verdict::Reachable);
+        assert_eq!(verdict(true, false, 3), Verdict::Reachable);
+        assert_eq!(verdict(false, true, 1), Verdict::Blocked);
+        // No answer proves nothing without the control, or without our rule's counter.
+        assert_eq!(verdict(false, false, 2), Verdict::NotProven);
+        assert_eq!(verdict(false, true, 0), Verdict::NotProven);
+    }
+
+    #[test]
+    fn patterns_and_counters() {
+        assert!(pattern_matches("docker+", "docker0"));
+        assert!(pattern_matches("br-+", "br-1a2b"));
+        assert!(pattern_matches("docker0", "docker0"));
+        assert!(!pattern_matches("docker0", "docker1"));
+        assert!(!pattern_matches("br-+", "docker0"));
+        let listing = "-P FORWARD ACCEPT -c 0 0\n\
+            -A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -c 3 180 -j DROP\n\
+            -A DOCKER-USER -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -c 0 0 -j DROP\n\
+            -A DOCKER-USER -d 169.254.169.254/32 -i docker0 -c 9 540 -j DROP\n\
+            -A DOCKER-USER -j RETURN -c 7 420\n";
+        assert_eq!(
+            our_counters(listing, Family::V4),
+            [("docker+".to_owned(), 3), ("br-+".to_owned(), 0)]
+        );
+        assert!(our_counters(listing, Family::V6).is_empty());
     }
 }

@@ -24,6 +24,8 @@ pub struct Failure {
     pub message: String,
     pub summary: Vec<String>,
     pub details: serde_json::Value,
+    /// The exit code when it is not the step's own (prove's "not proven", 8).
+    pub exit: Option<Exit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +52,9 @@ pub struct StepReport {
     /// `app`, which owns the shared IMDS handle that knows it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub imds_unreachable: bool,
+    /// The exit code of a failure that is not the step's own (from [`Failure::exit`]).
+    #[serde(skip)]
+    pub exit: Option<Exit>,
 }
 
 impl StepReport {
@@ -65,11 +70,12 @@ impl StepReport {
                 details: r.details,
                 error: None,
                 imds_unreachable: false,
+                exit: None,
             },
             Err(e) => {
-                let (summary, details) = match e.downcast_ref::<Failure>() {
-                    Some(f) => (f.summary.clone(), f.details.clone()),
-                    None => (vec![], serde_json::Value::Null),
+                let (summary, details, exit) = match e.downcast_ref::<Failure>() {
+                    Some(f) => (f.summary.clone(), f.details.clone(), f.exit),
+                    None => (vec![], serde_json::Value::Null, None),
                 };
                 StepReport {
                     step,
@@ -80,6 +86,7 @@ impl StepReport {
                     details,
                     error: Some(format!("{e:#}")),
                     imds_unreachable: false,
+                    exit,
                 }
             }
         }
@@ -95,6 +102,7 @@ impl StepReport {
             details: serde_json::Value::Null,
             error: None,
             imds_unreachable: false,
+            exit: None,
         }
     }
 }
@@ -109,6 +117,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_by: Option<&'static str>,
     pub steps: Vec<StepReport>,
+    /// `run`: one line per ECS network mode on what keeps its tasks from IMDS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub imds_posture: Vec<crate::posture::Line>,
 }
 
 impl Report {
@@ -122,6 +133,7 @@ impl Report {
             duration_ms: elapsed.as_millis() as u64,
             interrupted_by: None,
             steps,
+            imds_posture: vec![],
         }
     }
 
@@ -136,6 +148,7 @@ impl Report {
             duration_ms: elapsed.as_millis() as u64,
             interrupted_by: Some(signal),
             steps: vec![],
+            imds_posture: vec![],
         }
     }
 
@@ -165,6 +178,15 @@ impl Report {
                 s.push_str(&format!("          error: {e}\n"));
             }
         }
+        if !self.imds_posture.is_empty() {
+            s.push_str("imds posture:\n");
+            for l in &self.imds_posture {
+                s.push_str(&format!(
+                    "          {}: {} ({})\n",
+                    l.mode, l.state, l.detail
+                ));
+            }
+        }
         if let Some(sig) = self.interrupted_by {
             s.push_str(&format!("interrupted by {sig}\n"));
         }
@@ -190,9 +212,8 @@ pub fn exit_for(steps: &[StepReport]) -> Exit {
     steps
         .iter()
         .filter(|s| s.outcome == Outcome::Failed)
-        .map(|s| s.step)
-        .min()
-        .map(Step::exit_code)
+        .min_by_key(|s| s.step)
+        .map(|s| s.exit.unwrap_or(s.step.exit_code()))
         .unwrap_or(Exit::Success)
 }
 
@@ -254,6 +275,7 @@ mod tests {
             message: "reachable".into(),
             summary: vec!["from docker0: reachable".into()],
             details: serde_json::json!({"from_bridge": {"ipv4": "reachable"}}),
+            exit: None,
         })
         .context("prove");
         let r = StepReport::from_result(Step::Prove, Duration::ZERO, Err(e));

@@ -41,7 +41,9 @@ fn run_writes_config_blocks_containers_and_keeps_host_on_imds() {
     assert_eq!(sb.drop_rules("iptables"), 1, "exactly one DROP rule");
     let persisted = std::fs::read_to_string(&pf).unwrap();
     assert!(
-        persisted.contains("-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP"),
+        persisted.contains(
+            "-I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP"
+        ),
         "{persisted}"
     );
     assert!(!sb.reaches_imds(Ns::Ctr, false), "the container is blocked");

@@ -1007,3 +1007,840 @@ fn settings_file_malformed() {
         .assert_contains("fix the line or remove it");
     nothing_lost(&sb, File::Old, NO_RULE);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Settings: no setting makes a boot worse than doing nothing
+// ---------------------------------------------------------------------------------------------
+
+/// Writes the settings file (root-owned, 0600 unless `mode` says otherwise).
+fn settings(sb: &Sandbox, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = sb.root.path().join("etc/ecs-bootstrap/env");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// The docker.service drop-in's command line, as shipped (`ExecStartPost=/usr/bin/ecs-bootstrap
+/// ARGS`): the test runs exactly these arguments.
+fn drop_in_args() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo().join("systemd/docker.service.d/10-ecs-bootstrap.conf"))
+            .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPost="))
+        .expect("the drop-in has an ExecStartPost");
+    let mut words = line.trim_start_matches(['-', '+', '!']).split_whitespace();
+    assert_eq!(words.next(), Some("/usr/bin/ecs-bootstrap"), "{line}");
+    words.map(str::to_owned).collect()
+}
+
+/// Booleans take the usual spellings (`QUIET=1`), and a bad value of a setting the command does
+/// not use only warns: fetch-config ignores a bad `CHAIN`, and the docker drop-in's block-imds
+/// a bad `MAX_SIZE`. A bad value that block-imds uses (`CHAIN`) falls back to the
+/// built-in default, said as an error, and the block is asserted (exit 0): docker.service fails
+/// only when the block cannot be asserted (control: no iptables, exit 4).
+#[test]
+fn settings_bad_values_never_stop_a_command_that_does_not_need_them() {
+    let sb = setup();
+    let secretish = "Zm9vYmFyLXNlY3JldA";
+    let path = settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_QUIET=1\nECS_BOOTSTRAP_CHAIN=bogus-{secretish}\nECS_BOOTSTRAP_SOURCE={}\n\
+             ECS_BOOTSTRAP_SHA256=nothex\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    // fetch-config: quiet (no info lines), CHAIN warned about, SHA256 used and bad: exit 2.
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("ECS_BOOTSTRAP_SHA256")
+        .assert_contains("--sha256 must be 64 hexadecimal digits");
+    assert!(!r.all().contains("nothex"), "{}", r.all());
+    // Without the bad SHA256 it runs, quietly, and warns about CHAIN with its line.
+    settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_QUIET=yes\nECS_BOOTSTRAP_CHAIN=bogus-{secretish}\nECS_BOOTSTRAP_SOURCE={}\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(0)
+        .assert_contains(&format!(
+            "ECS_BOOTSTRAP_CHAIN on line 2 of {}",
+            path.display()
+        ))
+        .assert_contains("`fetch-config` does not use it");
+    assert!(!r.stderr.contains("INFO"), "quiet: {}", r.stderr);
+    assert!(!r.all().contains(secretish), "{}", r.all());
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+
+    // The drop-in's block-imds with a bad CHAIN and QUIET, and a bad MAX_SIZE (not its flag).
+    settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_QUIET=maybe\nECS_BOOTSTRAP_CHAIN=bogus-{secretish}\nECS_BOOTSTRAP_MAX_SIZE=lots\n\
+             ECS_BOOTSTRAP_IPV6=off\n"
+        ),
+        0o600,
+    );
+    let args = drop_in_args();
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(&args);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("ECS_BOOTSTRAP_CHAIN on line 2")
+        .assert_contains("block-imds uses the built-in default instead")
+        .assert_contains("ECS_BOOTSTRAP_QUIET on line 1")
+        .assert_contains("not a boolean")
+        .assert_contains("ECS_BOOTSTRAP_MAX_SIZE on line 3")
+        .assert_contains("`block-imds` does not use it");
+    assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
+    assert!(!r.all().contains(secretish), "{}", r.all());
+    assert_eq!(sb.drop_rules(IPT), 1, "the block is asserted");
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+    // A value that passes the flag's syntax but not the step's check (an interface pattern
+    // iptables cannot take): the whole command falls back to the built-in defaults.
+    settings(
+        &sb,
+        "ECS_BOOTSTRAP_INTERFACE=docker+,bad/name\nECS_BOOTSTRAP_IPV6=off\n",
+        0o600,
+    );
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(&args);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("--interface is ECS_BOOTSTRAP_INTERFACE on line 1")
+        .assert_contains("block-imds uses the built-in defaults instead");
+    assert_eq!(sb.drop_rules(IPT), 1, "the block is asserted");
+    // Control: where the block cannot be asserted (iptables missing), the drop-in fails.
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.args(&args).args(["--iptables", "/nonexistent/iptables"]);
+        c
+    });
+    r.assert_code(4);
+}
+
+/// A bad setting that the command uses fails it (exit 2) naming the line and the reason, never
+/// the value; the same setting is only a warning when the command line overrides it.
+#[test]
+fn settings_bad_used_value_fails_unless_the_command_line_overrides_it() {
+    let sb = setup();
+    let path = settings(
+        &sb,
+        "# deadline\nECS_BOOTSTRAP_DEADLINE=s3kr1t-ish\n",
+        0o600,
+    );
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains(&format!(
+            "ECS_BOOTSTRAP_DEADLINE on line 2 of {}",
+            path.display()
+        ))
+        .assert_contains("the command line sets it");
+    assert!(!r.all().contains("s3kr1t"), "{}", r.all());
+    nothing_lost(&sb, File::New, ONE_RULE);
+    std::fs::write(sb.dest(), OLD).unwrap();
+    let r = sb.run(&["check-imds"]);
+    r.assert_code(2)
+        .assert_contains("ECS_BOOTSTRAP_DEADLINE on line 2")
+        .assert_contains("not a value --deadline accepts")
+        .assert_contains("fix or remove the setting");
+    assert!(!r.all().contains("s3kr1t"), "{}", r.all());
+    // The environment variable beats the file: no complaint about the file then.
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_DEADLINE", "20").arg("check-imds");
+        c
+    });
+    r.assert_code(0);
+}
+
+/// Every `ECS_BOOTSTRAP_SET` line applies, in order, also when systemd's EnvironmentFile= has
+/// put the last one in the environment; another duplicate warns and names both lines.
+#[test]
+fn settings_all_set_lines_apply_and_duplicates_warn() {
+    let sb = setup();
+    let path = settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_SOURCE={}\nECS_BOOTSTRAP_SET=ECS_CLUSTER=from-settings\n\
+             ECS_BOOTSTRAP_SET=ECS_RESERVED_MEMORY=256\nECS_BOOTSTRAP_DEADLINE=60\nECS_BOOTSTRAP_DEADLINE=30\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        // What systemd's EnvironmentFile= makes of the file: the last line of each name.
+        c.env("ECS_BOOTSTRAP_SET", "ECS_RESERVED_MEMORY=256")
+            .env("ECS_BOOTSTRAP_DEADLINE", "30")
+            .env("ECS_BOOTSTRAP_SOURCE", sb.source())
+            .arg("fetch-config");
+        c
+    });
+    r.assert_code(0).assert_contains(&format!(
+        "settings file {} line 5: ECS_BOOTSTRAP_DEADLINE is also set on line 4",
+        path.display()
+    ));
+    let written = std::fs::read_to_string(sb.dest()).unwrap();
+    assert!(written.contains("ECS_CLUSTER=from-settings\n"), "{written}");
+    assert!(written.contains("ECS_RESERVED_MEMORY=256\n"), "{written}");
+    assert!(
+        !r.all().contains("SET lines"),
+        "no warning about SET: {}",
+        r.all()
+    );
+}
+
+/// A settings line that cannot be read (a wrapped base64 secret) is named by its number and
+/// reason, never echoed: the config step refuses (exit 2, old file kept); block-imds warns and
+/// asserts the block.
+#[test]
+fn settings_unreadable_line_is_named_not_echoed() {
+    let sb = setup();
+    let secret = "dXNlcjpodW50ZXIyLXBhc3N3b3JkLWxvbmc";
+    settings(
+        &sb,
+        &format!(
+            "ECS_BOOTSTRAP_SOURCE={}\nECS_BOOTSTRAP_SET=ECS_ENGINE_AUTH_DATA={{\"auth\":\n  \"{secret}==\"}}\n",
+            sb.source()
+        ),
+        0o600,
+    );
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(2)
+        .assert_contains("line 3: the text before `=` is not a variable name")
+        .assert_contains("fix the line or remove it");
+    assert!(!r.all().contains(secret), "{}", r.all());
+    nothing_lost(&sb, File::Old, NO_RULE);
+    let r = sb.run(&["block-imds", "--ipv6", "off", "--persist", "none"]);
+    r.assert_code(0).assert_contains("line 3:");
+    assert!(!r.all().contains(secret), "{}", r.all());
+    assert_eq!(sb.drop_rules(IPT), 1);
+}
+
+/// An untrusted settings file read by systemd's own rules: a line ending in a backslash is
+/// joined with the next by `EnvironmentFile=`, so the value systemd passes on is not the one our
+/// parser reads from the file. It is ignored all the same (the name occurs in the file), and the
+/// program it names never runs. Likewise for a file that is not UTF-8 text, whose message names
+/// the line rather than a chmod that would not fix it.
+#[test]
+fn settings_file_untrusted_read_by_systemds_rules() {
+    let sb = setup();
+    let marker = sb.root.path().join("evil-ran");
+    let evil = sb.root.path().join("evil.sh");
+    std::fs::write(
+        &evil,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let evil_s = evil.to_str().unwrap();
+    let (head, tail) = evil_s.split_at(evil_s.len() - 3);
+    // What systemd makes of the continued line is the whole path; our parser sees `head\`.
+    let text = format!("ECS_BOOTSTRAP_IPTABLES={head}\\\n{tail}\n");
+    settings(&sb, &text, 0o666);
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_IPTABLES", evil_s)
+            .args(drop_in_args())
+            .args(["--ipv6", "off"]);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("ECS_BOOTSTRAP_IPTABLES in the environment is ignored")
+        .assert_contains("is not trusted");
+    assert!(!marker.exists(), "the untrusted file's program ran");
+    assert!(sb.rules(IPT).contains("-i docker+"), "{}", sb.rules(IPT));
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+
+    // Not UTF-8 text (root's, 0600): untrusted, and the fix names the line, not a chmod.
+    let mut bytes =
+        b"ECS_BOOTSTRAP_CHAIN=DOCKER-USER\nECS_BOOTSTRAP_INTERFACE=dock\xffer+\n".to_vec();
+    bytes.extend_from_slice(format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()).as_bytes());
+    let p = settings(&sb, "", 0o600);
+    std::fs::write(&p, &bytes).unwrap();
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("it is not UTF-8 text (line 2)")
+        .assert_contains("rewrite line 2");
+    assert!(!r.stderr.contains("chmod 600"), "{}", r.stderr);
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+/// A settings file that others may write (or that root does not own) names programs that run
+/// as root: the config step refuses it (exit 2, what to run, old file kept), block-imds ignores
+/// it, also its values that systemd passed on as environment, and asserts the built-in block
+/// (docker+), saying so as an error. The file's --iptables program is never run.
+#[test]
+fn settings_file_untrusted() {
+    let sb = setup();
+    let marker = sb.root.path().join("evil-ran");
+    let evil = sb.root.path().join("evil.sh");
+    std::fs::write(
+        &evil,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let text = format!(
+        "ECS_BOOTSTRAP_SOURCE={}\nECS_BOOTSTRAP_IPTABLES={}\nECS_BOOTSTRAP_INTERFACE=nothing0\n",
+        sb.source(),
+        evil.display()
+    );
+    let path = settings(&sb, &text, 0o666);
+    let r = sb.run(&["fetch-config"]);
+    r.assert_code(2)
+        .assert_contains("is not trusted: group or others may write it (mode 0666)")
+        .assert_contains(&format!("chmod 600 {}", path.display()));
+    nothing_lost(&sb, File::Old, NO_RULE);
+    let r = Sandbox::run_cmd({
+        let mut c = sb.cmd();
+        c.env("ECS_BOOTSTRAP_IPTABLES", evil.to_str().unwrap())
+            .env("ECS_BOOTSTRAP_INTERFACE", "nothing0")
+            .args(drop_in_args())
+            .args(["--ipv6", "off"]);
+        c
+    });
+    r.assert_code(0)
+        .assert_contains("is not trusted")
+        .assert_contains("the built-in defaults");
+    assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
+    assert!(!marker.exists(), "the untrusted file's program ran");
+    assert!(sb.rules(IPT).contains("-i docker+"), "{}", sb.rules(IPT));
+    assert!(!sb.reaches_imds(Ns::Ctr, false));
+    // Not owned by root: the same.
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    settings(&sb, &text, 0o600);
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    sb.run(&["fetch-config"])
+        .assert_code(2)
+        .assert_contains("owned by uid 65534, not root");
+    // A folder others may write: they could replace the file.
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = path.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        sb.run(&["fetch-config"])
+            .assert_code(2)
+            .assert_contains("its folder")
+            .assert_contains("group or others may write it (mode 0777)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Control: the same file, root's and 0600, is used.
+    settings(
+        &sb,
+        &format!("ECS_BOOTSTRAP_SOURCE={}\n", sb.source()),
+        0o600,
+    );
+    sb.run(&["fetch-config"]).assert_code(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------------
+
+/// No credential in any output at any verbosity: `-vv` in text and JSON, with
+/// `LOG_SENSITIVE_BODIES=true` (which the SDK's own log line suggests), on a run that succeeds,
+/// one whose token is invalidated mid-run (a second token) and one S3 refuses. The IMDS
+/// session tokens (from the emulator's log), the role's key id, secret key and session token
+/// must not show; a control proves that -vv does log the SDK's requests.
+#[test]
+fn no_credential_in_logs_at_any_verbosity() {
+    let sb = setup();
+    let creds = &sb.state["role_credentials"];
+    let mut secrets: Vec<String> = ["access_key_id", "secret_access_key", "session_token"]
+        .iter()
+        .map(|k| creds[k].as_str().unwrap().to_owned())
+        .collect();
+    let mut outputs = Vec::new();
+    for (fmt, knobs, extra) in [
+        ("text", json!({}), vec![]),
+        ("json", json!({}), vec![]),
+        ("text", json!({"token_401_after": 2}), vec![]),
+        (
+            "text",
+            json!({}),
+            vec![
+                "--source".to_owned(),
+                format!("s3://{}/{}", sb.s("bucket"), sb.s("forbidden_key")),
+            ],
+        ),
+    ] {
+        sb.imds_control(knobs);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut c = sb.cmd();
+        c.env("LOG_SENSITIVE_BODIES", "true")
+            .args(run_args(&sb, 30, &extra))
+            .args(["-vv", "--log-format", fmt]);
+        let r = Sandbox::run_cmd(c);
+        assert!(r.code == Some(0) || r.code == Some(3), "{}", r.all());
+        assert!(
+            r.stderr.contains("LOG_SENSITIVE_BODIES is set and ignored"),
+            "{}",
+            r.stderr
+        );
+        outputs.push(r.all());
+    }
+    for rec in sb.imds_requests() {
+        if let Some(t) = rec["issued"].as_str() {
+            secrets.push(t.to_owned());
+        }
+    }
+    assert!(secrets.len() >= 3 + 5, "tokens issued: {secrets:?}");
+    let all = outputs.join("\n");
+    // Control: -vv shows the SDK's own lines (so the absence below means something).
+    assert!(
+        all.contains("entering 'transmit' phase") && all.contains("GetObject"),
+        "no SDK debug lines at -vv:\n{all}"
+    );
+    for s in &secrets {
+        assert!(
+            !all.contains(s.as_str()),
+            "a credential leaked ({s}):\n{all}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ecs.config never regresses; keys others wrote
+// ---------------------------------------------------------------------------------------------
+
+/// The ecs.service drop-in's guard (its ExecStartPre shell script), with /etc/ under the test's
+/// root; returns the run. The script must hold no `$` or `%` (systemd would expand them).
+fn first_boot_guard(sb: &Sandbox) -> Run {
+    let text = std::fs::read_to_string(
+        repo().join("systemd/ecs.service.d/20-ecs-bootstrap-first-boot.conf"),
+    )
+    .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre=/bin/sh -c '"))
+        .expect("the drop-in runs a shell test in ExecStartPre");
+    let script = line.strip_suffix('\'').expect("one quoted script");
+    assert!(!script.contains(['$', '%', '\'']), "{script}");
+    let root = sb.root.path().display().to_string();
+    let script = script.replace("/etc/", &format!("{root}/etc/"));
+    Sandbox::run_cmd({
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    })
+}
+
+/// An empty (0-byte) or comment-only object is refused: exit 3, the old ecs.config
+/// byte-identical, the reason and `--allow-empty` named. With `--allow-empty` it is written.
+#[test]
+fn s3_empty_object_keeps_the_old_config() {
+    let sb = setup();
+    for body in ["", "# ecs.config\n\n; nothing here\n"] {
+        sb.proxy_control(json!({"plan": [], "then": {"body": body, "keep_headers": false}}));
+        let r = run_fault(&sb, 30, &[]);
+        r.assert_code(3)
+            .assert_contains("the source has no settings")
+            .assert_contains("--allow-empty")
+            .assert_contains("keeps its previous content");
+        nothing_lost(&sb, File::Old, ONE_RULE);
+    }
+    // Control: a good run (ecs-bootstrap's own file now), then an empty object it is told to
+    // accept: every key it wrote goes.
+    sb.proxy_control(json!({"plan": [], "then": "pass"}));
+    run_fault(&sb, 30, &[]).assert_code(0);
+    sb.proxy_control(json!({"plan": [], "then": {"body": "", "keep_headers": false}}));
+    let r = run_fault(&sb, 30, &["--allow-empty"]);
+    r.assert_code(0).assert_contains("(--allow-empty)");
+    assert_eq!(std::fs::read_to_string(sb.dest()).unwrap(), "");
+}
+
+/// First boot, the fetch fails: no ecs.config, and the ecs.service drop-in keeps the agent from
+/// starting with its defaults. It starts once ecs-bootstrap wrote ecs.config (and keeps
+/// starting with that file after later failed fetches), when user data wrote an ECS_CLUSTER,
+/// or when the operator allows it.
+#[test]
+fn first_boot_failed_fetch_keeps_the_agent_from_starting() {
+    let sb = setup();
+    std::fs::remove_dir_all(sb.dest().parent().unwrap()).unwrap();
+    sb.proxy_control(json!({"plan": [], "then":
+        {"status": 404, "code": "NoSuchKey", "message": "The specified key does not exist."}}));
+    run_fault(&sb, 30, &[]).assert_code(3);
+    assert!(!sb.dest().exists());
+    let g = first_boot_guard(&sb);
+    g.assert_code(1)
+        .assert_contains("not starting the ECS agent")
+        .assert_contains("allow-agent-defaults");
+    // User data wrote the cluster: the agent may start.
+    std::fs::create_dir_all(sb.dest().parent().unwrap()).unwrap();
+    std::fs::write(sb.dest(), "ECS_CLUSTER=from-user-data\n").unwrap();
+    first_boot_guard(&sb).assert_code(0);
+    std::fs::write(sb.dest(), "ECS_LOGLEVEL=debug\nECS_CLUSTER=\n").unwrap();
+    first_boot_guard(&sb).assert_code(1);
+    std::fs::remove_file(sb.dest()).unwrap();
+    // The operator's override.
+    let allow = sb
+        .root
+        .path()
+        .join("etc/ecs-bootstrap/allow-agent-defaults");
+    std::fs::create_dir_all(allow.parent().unwrap()).unwrap();
+    std::fs::write(&allow, "").unwrap();
+    first_boot_guard(&sb).assert_code(0);
+    std::fs::remove_file(&allow).unwrap();
+    first_boot_guard(&sb).assert_code(1);
+    // A good fetch; then a failed one: the last good file stays and the agent starts.
+    sb.proxy_control(json!({"plan": [], "then": "pass"}));
+    run_fault(&sb, 30, &[]).assert_code(0);
+    sb.proxy_control(json!({"plan": [], "then":
+        {"status": 404, "code": "NoSuchKey", "message": "The specified key does not exist."}}));
+    run_fault(&sb, 30, &[]).assert_code(3);
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        sb.s("object_content")
+    );
+    first_boot_guard(&sb).assert_code(0);
+}
+
+/// Keys that user data appended to ecs.config (`echo KEY=V >> /etc/ecs/ecs.config`) are never
+/// dropped without a word: kept when the object does not set them (named once), replaced by the
+/// object's value when it does (named every time); a key ecs-bootstrap wrote and the object no
+/// longer sets goes; a key of ours edited by hand since counts as local. The sidecar records
+/// which is which, without values.
+#[test]
+fn keys_others_wrote_are_kept_or_named() {
+    let sb = setup();
+    let secret = "bG9jYWwtc2VjcmV0LXZhbHVl";
+    std::fs::write(
+        sb.dest(),
+        format!(
+            "ECS_CLUSTER=from-user-data\nECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n\
+             {secret}-wrapped\n"
+        ),
+    )
+    .unwrap();
+    let object = sb.s("object_content");
+    let r = run_moto(&sb, 30, &["--output", "json"]);
+    r.assert_code(0)
+        .assert_contains(
+            "ECS_ENABLE_SPOT_INSTANCE_DRAINING, ECS_ENGINE_AUTH_DATA kept from the existing",
+        )
+        .assert_contains("ECS_CLUSTER in the existing")
+        .assert_contains("replaced by the value from the object")
+        .assert_contains("line(s) 4 of the existing");
+    assert!(!r.all().contains(secret) && !r.all().contains("from-user-data"));
+    let expect =
+        format!("{object}ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\nECS_ENGINE_AUTH_DATA={secret}\n");
+    assert_eq!(std::fs::read_to_string(sb.dest()).unwrap(), expect);
+    let side = sb.root.path().join("etc/ecs/ecs.config.ecs-bootstrap");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    assert_eq!(rec["keys"]["ECS_ENGINE_AUTH_DATA"]["from"], "local");
+    assert_eq!(rec["keys"]["ECS_CLUSTER"]["from"], "object");
+    assert!(!std::fs::read_to_string(&side).unwrap().contains(secret));
+    assert_eq!(mode(&side), 0o600);
+    // The next boot: the same file, nothing new to say.
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0);
+    assert!(!r.all().contains("kept from the existing"), "{}", r.all());
+    assert_eq!(std::fs::read_to_string(sb.dest()).unwrap(), expect);
+    // The object drops ECS_LOGLEVEL (ours: it goes), and someone edited
+    // ECS_ENABLE_TASK_IAM_ROLE by hand (local now; the object still sets it: replaced, named).
+    let text = std::fs::read_to_string(sb.dest()).unwrap().replace(
+        "ECS_ENABLE_TASK_IAM_ROLE=true",
+        "ECS_ENABLE_TASK_IAM_ROLE=false",
+    );
+    std::fs::write(sb.dest(), text).unwrap();
+    sb.put(
+        &sb.s("key"),
+        b"ECS_CLUSTER=sandbox\nECS_ENABLE_TASK_IAM_ROLE=true\n",
+    );
+    let r = run_moto(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("removed: ECS_LOGLEVEL")
+        .assert_contains("ECS_ENABLE_TASK_IAM_ROLE in the existing");
+    assert_eq!(
+        std::fs::read_to_string(sb.dest()).unwrap(),
+        format!(
+            "ECS_CLUSTER=sandbox\nECS_ENABLE_TASK_IAM_ROLE=true\nECS_ENABLE_SPOT_INSTANCE_DRAINING=true\n\
+             ECS_ENGINE_AUTH_DATA={secret}\n"
+        )
+    );
+    // A kept local value that the two readers of ecs.config read differently is named too.
+    let mut text = std::fs::read_to_string(sb.dest()).unwrap();
+    text.push_str("ECS_AWSVPC_BLOCK_IMDS=\"true\n");
+    std::fs::write(sb.dest(), text).unwrap();
+    run_moto(&sb, 30, &[])
+        .assert_code(0)
+        .assert_contains("kept local key ECS_AWSVPC_BLOCK_IMDS: the value of ECS_AWSVPC_BLOCK_IMDS starts with a quote");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retries: bounded by the deadline; skew, token refresh, late instance profile, slow IMDS
+// ---------------------------------------------------------------------------------------------
+
+/// A network that comes up late: 10 connections reset in a row (more than any fixed count of
+/// attempts used to allow), then S3 answers; the deadline, not a count, bounds the retries.
+#[test]
+fn s3_network_late_is_retried_until_the_deadline() {
+    let sb = setup();
+    let plan: Vec<serde_json::Value> = (0..10).map(|_| json!("reset")).collect();
+    sb.proxy_control(json!({"plan": plan, "then": "pass"}));
+    let r = run_fault(&sb, 90, &[]);
+    r.assert_code(0).assert_contains("written from");
+    assert_eq!(attempts_logged(&r), 10, "{}", r.stderr);
+    // Backoff is capped: no wait above 5 s.
+    for l in r.stderr.lines().filter(|l| l.contains("next_delay_ms")) {
+        let ms: u64 = l
+            .split("next_delay_ms=")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{l}"));
+        assert!(ms <= 5000, "{l}");
+    }
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// S3's clock is an hour ahead of ours: RequestTimeTooSkewed (with S3's Date), then the request
+/// is signed with S3's time and passes.
+#[test]
+fn s3_request_time_too_skewed_is_retried_with_the_server_clock() {
+    let sb = setup();
+    sb.proxy_control(json!({"plan": [], "then": {"skew_seconds": 3600}}));
+    let before = sb.proxy_requests().len();
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("RequestTimeTooSkewed")
+        .assert_contains("s behind S3's")
+        .assert_contains("written from");
+    let reqs = sb.proxy_requests();
+    let reqs = &reqs[before..];
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0]["status"], 403);
+    assert_eq!(reqs[1]["upstream_status"], 200);
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// TokenRefreshRequired: new credentials from the instance role, then success.
+#[test]
+fn s3_token_refresh_required_gets_new_credentials() {
+    let sb = setup();
+    sb.proxy_control(
+        json!({"plan": [{"status": 400, "code": "TokenRefreshRequired",
+        "message": "The provided token must be refreshed."}], "then": "pass"}),
+    );
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(0)
+        .assert_contains("TokenRefreshRequired")
+        .assert_contains("written from");
+    let role = sb.s("role_name");
+    let creds_gets = sb
+        .imds_requests()
+        .iter()
+        .filter(|q| q["path"] == format!("/latest/meta-data/iam/security-credentials/{role}"))
+        .count();
+    assert_eq!(creds_gets, 2, "the credentials were fetched again");
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// The instance profile is associated 4 s after boot: iam/ is 404 until then; the run waits
+/// (a bounded grace, said in one line) and succeeds, the check included.
+#[test]
+fn imds_instance_profile_associated_late() {
+    let sb = setup();
+    let from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 4.0;
+    sb.imds_control(json!({"profile_from": from}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 60, &[]);
+    let took = start.elapsed();
+    r.assert_code(0)
+        .assert_contains("no instance profile yet")
+        .assert_contains("written from");
+    assert!(took >= Duration::from_millis(3500), "took {took:?}");
+    nothing_lost(&sb, File::New, ONE_RULE);
+}
+
+/// IMDS accepts connections but answers after 3 s (above the 2 s read limit): "too slow", not
+/// "unreachable" (exit 3, not 7).
+#[test]
+fn imds_too_slow_is_not_unreachable() {
+    let sb = setup();
+    sb.imds_control(json!({"delay_ms": 3000}));
+    let start = Instant::now();
+    let r = run_moto(&sb, 8, &[]);
+    assert!(start.elapsed() < Duration::from_secs(12));
+    r.assert_code(3).assert_contains("too slow");
+    assert!(
+        !r.all().contains("cannot reach instance metadata"),
+        "{}",
+        r.all()
+    );
+    nothing_lost(&sb, File::Old, ONE_RULE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints and access-denied diagnosis
+// ---------------------------------------------------------------------------------------------
+
+/// The S3 endpoint the client resolves, seen where it must go: through `HTTPS_PROXY` (the fault
+/// proxy), which logs the host of each CONNECT and refuses it, so nothing leaves the sandbox.
+/// FIPS and dual-stack by the standard variables, the aws-cn and aws-us-gov partitions by region,
+/// an access point ARN as the source (its own region), with no endpoint override.
+#[test]
+fn s3_endpoints_resolve_the_standard_way() {
+    let sb = setup();
+    let proxy = fault(&sb);
+    let bucket = sb.s("bucket");
+    let ap = "s3://arn:aws:s3:us-west-2:123456789012:accesspoint/my-ap/ecs.config";
+    let ap_gov = "s3://arn:aws-us-gov:s3:us-gov-east-1:123456789012:accesspoint/my-ap/ecs.config";
+    let cases: Vec<(&str, &str, &str, String, String)> = vec![
+        (
+            "us-east-1",
+            "",
+            "",
+            sb.source(),
+            format!("{bucket}.s3.us-east-1.amazonaws.com:443"),
+        ),
+        (
+            "us-east-1",
+            "true",
+            "",
+            sb.source(),
+            format!("{bucket}.s3-fips.us-east-1.amazonaws.com:443"),
+        ),
+        (
+            "us-east-1",
+            "",
+            "true",
+            sb.source(),
+            format!("{bucket}.s3.dualstack.us-east-1.amazonaws.com:443"),
+        ),
+        (
+            "us-gov-west-1",
+            "true",
+            "true",
+            sb.source(),
+            format!("{bucket}.s3-fips.dualstack.us-gov-west-1.amazonaws.com:443"),
+        ),
+        (
+            "cn-north-1",
+            "",
+            "",
+            sb.source(),
+            format!("{bucket}.s3.cn-north-1.amazonaws.com.cn:443"),
+        ),
+        (
+            "us-east-1",
+            "",
+            "",
+            ap.to_owned(),
+            "my-ap-123456789012.s3-accesspoint.us-west-2.amazonaws.com:443".to_owned(),
+        ),
+        (
+            "us-east-1",
+            "true",
+            "",
+            ap.to_owned(),
+            "my-ap-123456789012.s3-accesspoint-fips.us-west-2.amazonaws.com:443".to_owned(),
+        ),
+        (
+            "us-gov-east-1",
+            "",
+            "",
+            ap_gov.to_owned(),
+            "my-ap-123456789012.s3-accesspoint.us-gov-east-1.amazonaws.com:443".to_owned(),
+        ),
+    ];
+    for (region, fips, dual, source, want) in cases {
+        let before = sb.proxy_requests().len();
+        let mut c = sb.cmd();
+        c.env_remove("AWS_ENDPOINT_URL_S3")
+            .env("HTTPS_PROXY", &proxy)
+            .env("AWS_REGION", region)
+            .args(["fetch-config", "--source", &source, "--deadline", "3"]);
+        if !fips.is_empty() {
+            c.env("AWS_USE_FIPS_ENDPOINT", fips);
+        }
+        if !dual.is_empty() {
+            c.env("AWS_USE_DUALSTACK_ENDPOINT", dual);
+        }
+        let r = Sandbox::run_cmd(c);
+        r.assert_code(3);
+        let reqs = sb.proxy_requests();
+        let connects: Vec<&str> = reqs[before..]
+            .iter()
+            .filter(|q| q["method"] == "CONNECT")
+            .map(|q| q["path"].as_str().unwrap())
+            .collect();
+        assert!(
+            !connects.is_empty(),
+            "{region} {fips} {dual} {source}: no CONNECT\n{}",
+            r.all()
+        );
+        assert!(
+            connects.iter().all(|h| *h == want),
+            "{region} fips={fips} dualstack={dual} {source}: {connects:?}, want {want}"
+        );
+    }
+    nothing_lost(&sb, File::Old, NO_RULE);
+}
+
+/// GetObject denied on an SSE-KMS object: the HEAD that GetObject's permission allows names the
+/// KMS key, and the message says the role needs kms:Decrypt on it. Control: the same denial on
+/// an object without KMS gives the plain access-denied message.
+#[test]
+fn s3_403_on_a_kms_object_names_the_key() {
+    let sb = setup();
+    let put = sb.put_with(&sb.s("key"), sb.s("object_content").as_bytes(), &["--kms"]);
+    let key_arn = put["kms_key_arn"].as_str().unwrap().to_owned();
+    assert!(key_arn.starts_with("arn:aws:kms:"), "{put}");
+    let denied = json!({"status": 403, "code": "AccessDenied", "message": "Access Denied"});
+    sb.proxy_control(json!({"plan": [denied], "then": "pass"}));
+    let before = sb.proxy_requests().len();
+    let r = run_fault(&sb, 30, &[]);
+    let methods: Vec<String> = sb.proxy_requests()[before..]
+        .iter()
+        .map(|q| q["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        methods,
+        ["GET", "HEAD"],
+        "one GET, then the HEAD that shows the key"
+    );
+    r.assert_code(3)
+        .assert_contains(&format!("encrypted with the KMS key {key_arn}"))
+        .assert_contains("needs kms:Decrypt on that key")
+        .assert_contains(&format!("iam-policy --kms-key {key_arn}"));
+    nothing_lost(&sb, File::Old, ONE_RULE);
+    // Control: no KMS on the object.
+    sb.put(&sb.s("key"), sb.s("object_content").as_bytes());
+    sb.proxy_control(json!({"plan": [denied], "then": "pass"}));
+    let r = run_fault(&sb, 30, &[]);
+    r.assert_code(3).assert_contains(
+        "the instance role needs s3:GetObject on arn:aws:s3:::ecs-bootstrap-sandbox/ecs.config",
+    );
+    assert!(!r.all().contains("kms:Decrypt on that key"), "{}", r.all());
+}

@@ -9,6 +9,7 @@ use ecs_bootstrap::firewall::rules::Family;
 use ecs_bootstrap::sys::SystemRunner;
 use firewall_net::*;
 use std::path::Path;
+use std::time::Duration;
 
 /// Declares one test per backend.
 macro_rules! both_backends {
@@ -31,6 +32,16 @@ both_backends! {
     runner_tells_absent_chain_missing_and_failed_apart => runner_kinds;
     full_save_writes_a_restorable_stable_file => full_save;
     invalid_existing_rules_file_is_left_alone_with_a_clear_error => invalid_file_untouched;
+    return_or_accept_above_our_drop_is_repaired_keeping_them_below => foreign_rule_above_ours;
+    rules_files_that_leaked_block_after_merge_and_restore => leaky_rules_files;
+    documented_seed_rule_is_recognised_and_moved => seed_rule_moved;
+    interface_and_chain_changes_remove_what_is_no_longer_wanted => changes_remove_unwanted;
+    remove_undoes_everything_we_added => remove_undoes;
+    churn_at_the_top_of_forward_loses_nothing_with_restore => churn_with_restore;
+    churn_at_the_top_of_forward_loses_nothing_without_restore => churn_without_restore;
+    ipv6_auto_fails_closed_when_a_blocked_bridge_has_ipv6_and_no_ip6tables => ipv6_fails_closed;
+    changed_sample_loaded_at_boot_is_merged_keeping_input_and_containers_work => sample_merged;
+    docker_nftables_backend_replayed_keeps_the_block => docker_nftables_replay;
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -151,8 +162,8 @@ fn twenty_concurrent_runs(bin: &str) {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(count(&file, RULE4), 1);
-    assert_eq!(count(&file, JUMP), 1);
+    assert_eq!(count(&file, FILE_RULE4), 1);
+    assert_eq!(count(&file, FILE_JUMP), 1);
 }
 
 /// Amazon Linux 2's /etc/sysconfig/iptables from iptables-services.
@@ -201,6 +212,7 @@ fn restore_after_al2_sample(bin: &str) {
         &root.path().join("usr/lib/systemd/system/iptables.service"),
         "[Service]\n",
     );
+    enable_unit(root.path(), "iptables.service");
 
     let first = Topo::new();
     let r = block(&first.host, root.path(), bin, &["--ipv6", "off"]);
@@ -315,7 +327,7 @@ fn forward_placement_bypassed(bin: &str) {
         let rules = t.host.rules(bin);
         assert_eq!(
             rules.iter().find(|l| l.starts_with("-A FORWARD")).unwrap(),
-            "-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP"
+            FWD_RULE4
         );
         assert!(
             !rules.iter().any(|l| l.contains("DOCKER-USER")),
@@ -339,17 +351,8 @@ fn forward_placement_bypassed(bin: &str) {
             .iter()
             .filter(|l| l.starts_with("-A FORWARD"))
             .collect();
-        assert_eq!(
-            forward[0], "-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP",
-            "{forward:?}"
-        );
-        assert_eq!(
-            count(
-                &rules,
-                "-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP"
-            ),
-            1
-        );
+        assert_eq!(forward[0], FWD_RULE4, "{forward:?}");
+        assert_eq!(count(&rules, FWD_RULE4), 1);
         assert_blocked(
             &t.ctr,
             IMDS4,
@@ -535,10 +538,14 @@ fn debian_default_file_without_loader_warns() {
     let v4 = std::fs::read_to_string(root.path().join("etc/iptables/rules.v4")).unwrap();
     let v6 = std::fs::read_to_string(root.path().join("etc/iptables/rules.v6")).unwrap();
     assert!(
-        v4.contains(RULE4) && v4.contains("-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -j DROP"),
+        v4.contains(FILE_RULE4)
+            && v4.contains("-I DOCKER-USER 1 -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -j DROP"),
         "{v4}"
     );
-    assert!(v6.contains(RULE6), "{v6}");
+    assert!(
+        v6.contains("-I DOCKER-USER 1 -d fd00:ec2::254/128 -i docker+ -m comment --comment ecs-bootstrap -j DROP"),
+        "{v6}"
+    );
     assert!(r.stdout.contains("nothing loads"), "{}", r.text());
     let rules = host.rules(LEGACY);
     let du: Vec<&String> = rules
@@ -549,10 +556,24 @@ fn debian_default_file_without_loader_warns() {
         du,
         [
             RULE4,
-            "-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -j DROP"
+            "-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -j DROP"
         ],
         "interfaces in the order given"
     );
+}
+
+/// `--remove` belongs to block-imds; on `run` it is a usage error (exit 2), before any work.
+#[test]
+fn remove_on_run_is_a_usage_error() {
+    let root = tempdir();
+    let o = std::process::Command::new(BIN)
+        .args(["run", "--root", root.path().to_str().unwrap()])
+        .args(["--remove", "--skip-config", "--skip-check"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("block-imds --remove"), "{err}");
 }
 
 #[test]
@@ -707,4 +728,581 @@ fn ipv6_auto_follows_the_host() {
     assert_eq!(v6["reason"], "auto: the host has no IPv6");
     assert_eq!(count(&off.rules(NFT), RULE4), 1);
     assert_eq!(count(&off.rules(&six(NFT)), RULE6), 0);
+}
+
+/// The kernel holds our DROP, but a rule above it lets the packet through first: dockerd's
+/// `-j RETURN` (or an admin's) or an admin's `-i docker0 -j ACCEPT`. The block does not hold
+/// (the container reaches IMDS: the control), and a run repairs it in one transaction: ours
+/// back on top, theirs kept below, and the report says what it moved.
+fn foreign_rule_above_ours(bin: &str) {
+    for foreign in ["-j RETURN", "-i docker0 -j ACCEPT"] {
+        let t = Topo::new();
+        let root = tempdir();
+        let args = ["--persist", "none", "--ipv6", "off"];
+        let r = block(&t.host, root.path(), bin, &args);
+        assert_eq!(r.code, 0, "{}", r.text());
+        assert_blocked_by_us(&t, bin, "after the first run");
+        let mut ins = vec!["-w", "10", "-I", "DOCKER-USER", "1"];
+        ins.extend(foreign.split(' '));
+        t.host.exec_ok(bin, &ins);
+        assert_reaches(
+            &t.ctr,
+            IMDS4,
+            &format!("`{foreign}` above our DROP lets it through"),
+        );
+
+        let r = block(&t.host, root.path(), bin, &args);
+        assert_eq!(r.code, 0, "{}", r.text());
+        assert!(r.changed(), "{}", r.text());
+        let line = format!("-A DOCKER-USER {foreign}");
+        assert!(
+            r.stdout.contains("moved") && r.stdout.contains(&line),
+            "the report names what it moved ours above: {}",
+            r.text()
+        );
+        let f = &r.step()["details"]["families"][0];
+        assert_eq!(f["rules"][0]["state"], "moved", "{f}");
+        assert_eq!(f["moved_above"][0], line.as_str(), "{f}");
+        assert_blocked_by_us(&t, bin, &format!("repaired after `{foreign}`"));
+        let rules = t.host.rules(bin);
+        assert_eq!(
+            chain_of(&rules, "DOCKER-USER"),
+            [RULE4, line.as_str()],
+            "theirs kept, below"
+        );
+        let again = block(&t.host, root.path(), bin, &args);
+        assert!(!again.changed(), "{}", again.text());
+    }
+}
+
+/// Rules files that held "our rule" and still let containers through once restored (the
+/// control restores each as it was and sees the container reach IMDS). Merged by a run, then
+/// restored into a fresh namespace: blocked, by our rule, and other traffic still flows.
+fn leaky_rules_files(bin: &str) {
+    let old = "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP";
+    let cases = [
+        ("RETURN first", format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n{old}\nCOMMIT\n")),
+        ("an -I ACCEPT line", format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n{old}\n-I DOCKER-USER -i docker0 -j ACCEPT\nCOMMIT\n")),
+        ("long spellings", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n--append FORWARD --jump DOCKER-USER\n--insert DOCKER-USER 1 --jump RETURN\n--append DOCKER-USER --in-interface docker+ --destination 169.254.169.254 --jump DROP\nCOMMIT\n".to_owned()),
+        ("two *filter tables", format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n{old}\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")),
+        ("CRLF", format!("*filter\r\n:INPUT ACCEPT [0:0]\r\n:FORWARD ACCEPT [0:0]\r\n:OUTPUT ACCEPT [0:0]\r\n:DOCKER-USER - [0:0]\r\n-A DOCKER-USER -j RETURN\r\n{old}\r\n-A FORWARD -j DOCKER-USER\r\nCOMMIT\r\n")),
+        ("the seed rule under an -I ACCEPT", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-I FORWARD 1 --in-interface docker+ --destination 169.254.169.254/32 --jump DROP\n-I FORWARD -i docker0 -j ACCEPT\nCOMMIT\n".to_owned()),
+    ];
+    for (what, text) in &cases {
+        let control = Topo::new();
+        // iptables-restore rejects CR: the control restores the LF form of the same file.
+        restore_into(&control.host, bin, text.replace("\r\n", "\n").as_bytes());
+        assert_reaches(
+            &control.ctr,
+            IMDS4,
+            &format!("{what}: the file as it was leaks"),
+        );
+        drop(control);
+
+        let host = Ns::new("m");
+        let root = tempdir();
+        let (f4, _) = files(root.path());
+        write(Path::new(&f4), text);
+        let r = block(
+            &host,
+            root.path(),
+            bin,
+            &["--persist-file", &f4, "--ipv6", "off"],
+        );
+        assert_eq!(r.code, 0, "{what}: {}", r.text());
+        assert_eq!(
+            r.step()["details"]["families"][0]["persist"]["outcome"],
+            "written",
+            "{what}"
+        );
+        let merged = std::fs::read_to_string(&f4).unwrap();
+        drop(host);
+
+        let t = Topo::new();
+        restore_into(&t.host, bin, merged.as_bytes());
+        assert_blocked_by_us(&t, bin, &format!("{what}: merged file restored:\n{merged}"));
+    }
+}
+
+/// The AWS documentation's rule (`--insert FORWARD 1 --in-interface docker+ ...`), bypassed
+/// once dockerd put its rules above it (the control), is recognised and moved: it goes, ours
+/// goes into DOCKER-USER, and the report says so.
+fn seed_rule_moved(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    t.host.exec_ok(
+        bin,
+        &[
+            "-w",
+            "10",
+            "--insert",
+            "FORWARD",
+            "1",
+            "--in-interface",
+            "docker+",
+            "--destination",
+            "169.254.169.254/32",
+            "--jump",
+            "DROP",
+        ],
+    );
+    replay_dockerd(&t.host, bin, DockerLayout::V20To27);
+    assert_reaches(
+        &t.ctr,
+        IMDS4,
+        "the documented rule is bypassed after dockerd starts",
+    );
+    let r = block(
+        &t.host,
+        root.path(),
+        bin,
+        &["--persist", "none", "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stdout.contains("the documented FORWARD rule"),
+        "{}",
+        r.text()
+    );
+    let rules = t.host.rules(bin);
+    assert_eq!(count(&rules, SEED4), 0, "{rules:?}");
+    assert_eq!(chain_of(&rules, "FORWARD")[0], JUMP);
+    assert_eq!(chain_of(&rules, "DOCKER-USER")[0], RULE4);
+    assert_blocked_by_us(&t, bin, "seed rule moved into DOCKER-USER");
+}
+
+/// A change of --interface or --chain removes the rules no longer wanted, in the kernel and in
+/// the rules file; the block holds throughout for what is still wanted.
+fn changes_remove_unwanted(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    let run = |extra: &[&str]| {
+        let mut a = vec!["--persist-file", f4.as_str(), "--ipv6", "off"];
+        a.extend_from_slice(extra);
+        let r = block(&t.host, root.path(), bin, &a);
+        assert_eq!(r.code, 0, "{}", r.text());
+        r
+    };
+    let br =
+        "-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -j DROP";
+    run(&["--interface", "docker+,br-+"]);
+    assert_eq!(chain_of(&t.host.rules(bin), "DOCKER-USER"), [RULE4, br]);
+    assert!(std::fs::read_to_string(&f4).unwrap().contains("-i br-+"));
+
+    let r = run(&["--interface", "docker+"]);
+    assert!(r.stdout.contains("no longer wanted"), "{}", r.text());
+    assert_eq!(chain_of(&t.host.rules(bin), "DOCKER-USER"), [RULE4]);
+    let file = std::fs::read_to_string(&f4).unwrap();
+    assert!(!file.contains("-i br-+"), "{file}");
+    assert_blocked_by_us(&t, bin, "docker+ only");
+
+    run(&["--chain", "FORWARD"]);
+    let rules = t.host.rules(bin);
+    assert_eq!(
+        chain_of(&rules, "DOCKER-USER"),
+        Vec::<&str>::new(),
+        "{rules:?}"
+    );
+    assert_eq!(chain_of(&rules, "FORWARD")[0], FWD_RULE4, "{rules:?}");
+    let file = std::fs::read_to_string(&f4).unwrap();
+    assert!(!file.contains("-I DOCKER-USER"), "{file}");
+    assert!(
+        file.contains("-I FORWARD 1 -d 169.254.169.254/32 -i docker+ -m comment"),
+        "{file}"
+    );
+    assert_blocked_by_us(&t, bin, "--chain FORWARD");
+
+    run(&[]);
+    let rules = t.host.rules(bin);
+    assert_eq!(count(&rules, FWD_RULE4), 0, "{rules:?}");
+    assert_eq!(chain_of(&rules, "DOCKER-USER"), [RULE4]);
+    assert_blocked_by_us(&t, bin, "back to DOCKER-USER");
+}
+
+/// `block-imds --remove` undoes everything we added: without Docker, the kernel's table and
+/// the rules file are as before the first run (DOCKER-USER and the jump too); with Docker's
+/// chains, only our rules go. The container reaches IMDS again (the effect).
+fn remove_undoes(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    t.host.exec_ok(
+        bin,
+        &["-w", "10", "-A", "FORWARD", "-i", "eth9", "-j", "ACCEPT"],
+    );
+    let before = t.host.rules(bin);
+    let original = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n";
+    write(Path::new(&f4), original);
+    let args = ["--persist-file", f4.as_str(), "--ipv6", "off"];
+    let r = block(&t.host, root.path(), bin, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_blocked_by_us(&t, bin, "blocked");
+    let mut rm = args.to_vec();
+    rm.push("--remove");
+    let r = block(&t.host, root.path(), bin, &rm);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(r.changed(), "{}", r.text());
+    assert_eq!(t.host.rules(bin), before);
+    assert_eq!(std::fs::read_to_string(&f4).unwrap(), original);
+    assert_reaches(&t.ctr, IMDS4, "removed");
+    let again = block(&t.host, root.path(), bin, &rm);
+    assert!(!again.changed(), "{}", again.text());
+
+    // With dockerd's chains: ours go, DOCKER-USER and its jump (dockerd's) stay.
+    let t = Topo::new();
+    replay_dockerd(&t.host, bin, DockerLayout::V20To27);
+    let before = t.host.rules(bin);
+    let r = block(&t.host, root.path(), bin, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_blocked_by_us(&t, bin, "blocked under dockerd");
+    let r = block(&t.host, root.path(), bin, &rm);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(t.host.rules(bin), before);
+    assert_reaches(&t.ctr, IMDS4, "removed under dockerd");
+}
+
+fn churn_with_restore(bin: &str) {
+    churn(bin, bin.to_owned(), false);
+}
+
+/// The same without iptables-restore: `--iptables` is a link named `iptables` in a folder
+/// without `iptables-restore`, so every change goes one command at a time.
+fn churn_without_restore(bin: &str) {
+    let dir = tempdir();
+    let link = dir.path().join("iptables");
+    std::os::unix::fs::symlink(bin, &link).unwrap();
+    churn(bin, link.to_str().unwrap().to_owned(), true);
+    drop(dir);
+}
+
+/// Another process inserts and deletes a rule at the top of FORWARD in a loop (as dockerd
+/// does while it starts) during many runs, each of which has something to move (a second jump
+/// at the bottom of FORWARD, a new rule of others above ours). After every run: no rule of
+/// others lost, exactly one jump, ours first in DOCKER-USER; at the end the block holds.
+fn churn(bin: &str, ours: String, one_by_one: bool) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const RUNS: usize = 25;
+    let t = Topo::new();
+    let root = tempdir();
+    replay_dockerd(&t.host, bin, DockerLayout::V20To27);
+    let args = ["--persist", "none", "--ipv6", "off"];
+    let r = block(&t.host, root.path(), &ours, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let churn_rule = "-A FORWARD -i churn0 -j ACCEPT";
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ns, b, st) = (t.host.name().to_owned(), bin.to_owned(), stop.clone());
+    let churner = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        while !st.load(Ordering::SeqCst) && n < 5000 && start.elapsed() < Duration::from_secs(120) {
+            for op in ["-I", "-D"] {
+                let _ = sh(
+                    "ip",
+                    &[
+                        "netns", "exec", &ns, &b, "-w", "10", op, "FORWARD", "-i", "churn0", "-j",
+                        "ACCEPT",
+                    ],
+                );
+            }
+            n += 1;
+        }
+        n
+    });
+    let not_churn = |rules: &[String]| -> Vec<String> {
+        rules.iter().filter(|l| *l != churn_rule).cloned().collect()
+    };
+    let mut theirs: Vec<String> = not_churn(&t.host.rules(bin))
+        .into_iter()
+        .filter(|l| l.starts_with("-A ") && l != RULE4 && l != JUMP)
+        .collect();
+    for i in 0..RUNS {
+        let rule = format!("-i f{i} -j ACCEPT");
+        let mut ins = vec!["-w", "10", "-I", "DOCKER-USER", "1"];
+        ins.extend(rule.split(' '));
+        t.host.exec_ok(bin, &ins);
+        t.host
+            .exec_ok(bin, &["-w", "10", "-A", "FORWARD", "-j", "DOCKER-USER"]);
+        theirs.push(format!("-A DOCKER-USER {rule}"));
+        let r = block(&t.host, root.path(), &ours, &args);
+        assert_eq!(r.code, 0, "run {i}: {}", r.text());
+        let method = r.step()["details"]["families"][0]["method"]
+            .as_str()
+            .unwrap_or("");
+        if one_by_one {
+            assert_eq!(method, "one command at a time", "run {i}: {}", r.text());
+        } else {
+            assert!(method.starts_with("transaction"), "run {i}: {}", r.text());
+        }
+        let rules = not_churn(&t.host.rules(bin));
+        for l in &theirs {
+            assert!(rules.contains(l), "run {i}: {l} lost: {rules:#?}");
+        }
+        assert_eq!(count(&rules, JUMP), 1, "run {i}: {rules:#?}");
+        assert_eq!(count(&rules, RULE4), 1, "run {i}: {rules:#?}");
+        assert_eq!(chain_of(&rules, "FORWARD")[0], JUMP, "run {i}: {rules:#?}");
+        assert_eq!(
+            chain_of(&rules, "DOCKER-USER")[0],
+            RULE4,
+            "run {i}: {rules:#?}"
+        );
+        assert!(
+            !rules.iter().any(|l| l.contains("ecs-bootstrap-moving")),
+            "run {i}: a temporary copy was left: {rules:#?}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let loops = churner.join().unwrap();
+    assert!(loops > 5, "the churn ran during the runs ({loops} loops)");
+    let rules = t.host.rules(bin);
+    assert_eq!(count(&rules, churn_rule), 0);
+    assert_blocked_by_us(&t, bin, "after the churn");
+}
+
+/// `--ipv6 auto` with ip6tables missing: while docker0 has a global IPv6 address, containers
+/// reach fd00:ec2::254 (the control shows it), so the step fails (exit 4) and says what to
+/// install, with the IPv4 rule in place; once no blocked bridge has one, a warning remains.
+fn ipv6_fails_closed(bin: &str) {
+    let t = Topo::new();
+    let root = tempdir();
+    let dir = tempdir();
+    let link = dir.path().join("iptables");
+    std::os::unix::fs::symlink(bin, &link).unwrap();
+    let link = link.to_str().unwrap();
+    let args = ["--persist", "none", "--ipv6", "auto"];
+    let r = block(&t.host, root.path(), link, &args);
+    assert_eq!(r.code, 4, "{}", r.text());
+    assert!(
+        r.stdout.contains("docker0 has a global IPv6 address")
+            && r.stdout.contains("ip6tables")
+            && r.stdout.contains("is missing")
+            && r.stdout.contains("apt-get install iptables"),
+        "{}",
+        r.text()
+    );
+    assert_blocked_by_us(&t, bin, "the IPv4 rule is in place");
+    assert_reaches(
+        &t.ctr,
+        IMDS6,
+        "no ip6tables: IPv6 IMDS is open, hence the failure",
+    );
+
+    t.host
+        .ip(&["addr", "del", "fd00:d0c::1/64", "dev", "docker0"]);
+    let r = block(&t.host, root.path(), link, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stdout.contains("fd00:ec2::254 is not blocked"),
+        "{}",
+        r.text()
+    );
+}
+
+/// `systemctl enable UNIT` under a root: the link in multi-user.target.wants.
+fn enable_unit(root: &Path, unit: &str) {
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{unit}"), wants.join(unit))
+        .unwrap();
+}
+
+/// An Amazon Linux root: os-release, iptables.service installed (enabled when asked), and
+/// /etc/sysconfig/iptables holding `rules`.
+fn al2_root(rules: &str, enabled: bool) -> tempfile::TempDir {
+    let root = tempdir();
+    write(
+        &root.path().join("etc/os-release"),
+        "NAME=\"Amazon Linux\"\nVERSION=\"2\"\nID=\"amzn\"\nID_LIKE=\"centos rhel fedora\"\n",
+    );
+    write(&root.path().join("etc/sysconfig/iptables"), rules);
+    write(
+        &root.path().join("usr/lib/systemd/system/iptables.service"),
+        "[Service]\n",
+    );
+    if enabled {
+        enable_unit(root.path(), "iptables.service");
+    }
+    root
+}
+
+/// The sample with a note of the operator's, loaded at boot by an enabled iptables.service:
+/// merged, not replaced. Its INPUT rules stay; its forwarding REJECT (which, restored, cuts
+/// every container off: the control) is commented out; restored into a fresh namespace the
+/// container is blocked from IMDS by our rule and reaches other addresses.
+fn sample_merged(bin: &str) {
+    let annotated = AL2_SAMPLE.replace("*filter\n", "# ops: keep ssh only, ticket 42\n*filter\n");
+    let control = Topo::new();
+    restore_into(&control.host, bin, annotated.as_bytes());
+    assert_blocked(
+        &control.ctr,
+        OTHER4,
+        "the sample's REJECT cuts containers off",
+    );
+    drop(control);
+
+    let root = al2_root(&annotated, true);
+    let host = Ns::new("s");
+    let r = block(&host, root.path(), bin, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let p = &r.step()["details"]["families"][0]["persist"];
+    assert_eq!(p["outcome"], "written", "{}", r.text());
+    assert_eq!(p["backup"], serde_json::Value::Null, "merged, not replaced");
+    assert_eq!(p["loaded_at_boot_by"], "iptables.service");
+    assert!(r.stdout.contains("keeping its INPUT rules"), "{}", r.text());
+    let merged = std::fs::read_to_string(root.path().join("etc/sysconfig/iptables")).unwrap();
+    for l in AL2_SAMPLE.lines().filter(|l| l.starts_with("-A INPUT")) {
+        assert!(merged.lines().any(|m| m == l), "{l} kept:\n{merged}");
+    }
+    assert!(
+        !merged
+            .lines()
+            .any(|l| l.starts_with("-A FORWARD -j REJECT")),
+        "{merged}"
+    );
+    drop(host);
+    let t = Topo::new();
+    restore_into(&t.host, bin, merged.as_bytes());
+    assert_blocked_by_us(&t, bin, "the merged sample, restored");
+}
+
+/// The same annotated sample with iptables.service installed but not enabled is inert at
+/// boot: replaced (kept as the backup), and no loader is reported, with a warning saying so.
+#[test]
+fn inert_sample_is_replaced_and_no_loader_is_reported() {
+    let annotated = AL2_SAMPLE.replace("*filter\n", "# ops note\n*filter\n");
+    let root = al2_root(&annotated, false);
+    let host = Ns::new("i");
+    let r = block(&host, root.path(), NFT, &["--ipv6", "off"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let p = &r.step()["details"]["families"][0]["persist"];
+    assert_eq!(p["loaded_at_boot_by"], serde_json::Value::Null, "{p}");
+    assert!(p["backup"].is_string(), "{p}");
+    assert!(
+        r.stdout.contains("systemctl enable iptables.service"),
+        "{}",
+        r.text()
+    );
+    let file = std::fs::read_to_string(root.path().join("etc/sysconfig/iptables")).unwrap();
+    assert!(!file.contains("REJECT"), "{file}");
+}
+
+/// A rules file that is a symbolic link: written through to a root-owned regular target (the
+/// link stays a link); a target owned by someone else, or a dangling link, is not written and
+/// the step succeeds with a warning, the kernel rule in place.
+#[test]
+fn symlinked_rules_file_is_written_through_only_to_a_root_owned_file() {
+    use std::os::unix::fs::MetadataExt as _;
+    let host = Ns::new("l");
+    let root = tempdir();
+    let target = root.path().join("real.rules");
+    let link = root.path().join("rules.v4");
+    write(
+        &target,
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n",
+    );
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let args = ["--persist-file", link.to_str().unwrap(), "--ipv6", "off"];
+    let r = block(&host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let text = std::fs::read_to_string(&target).unwrap();
+    assert!(
+        text.contains(FILE_RULE4) && text.contains("-A INPUT -i lo -j ACCEPT"),
+        "{text}"
+    );
+
+    // Someone else's target: left alone.
+    let theirs = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n";
+    write(&target, theirs);
+    nix::unistd::chown(&target, Some(nix::unistd::Uid::from_raw(1000)), None).unwrap();
+    assert_eq!(std::fs::metadata(&target).unwrap().uid(), 1000);
+    let r = block(&host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stdout.contains("not a regular file owned by root"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.step()["details"]["families"][0]["persist"]["outcome"],
+        "skipped"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), theirs);
+    assert_eq!(count(&host.rules(NFT), RULE4), 1);
+
+    // Dangling.
+    std::fs::remove_file(&target).unwrap();
+    let r = block(&host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(r.stdout.contains("cannot be resolved"), "{}", r.text());
+    assert!(!target.exists());
+}
+
+/// Docker 29's `firewall-backend: nftables`, replayed as Docker's documentation describes it:
+/// its rules live in its own table `ip docker-bridges`, whose forward base chain accepts the
+/// bridge's traffic, and there is no DOCKER-USER of Docker's. An accept ends only that base
+/// chain; our DROP (in the filter table, iptables-nft or iptables-legacy) is final. Before our
+/// run the container reaches IMDS (control); after it, whichever came first, it is blocked by
+/// our rule, and Docker's accept still lets other traffic through.
+fn docker_nftables_replay(bin: &str) {
+    const DOCKER_BRIDGES: &str = "table ip docker-bridges {
+    chain filter-FORWARD {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname \"docker0\" oifname != \"docker0\" accept
+    }
+}
+";
+    for docker_first in [true, false] {
+        let t = Topo::new();
+        let root = tempdir();
+        let nft = |t: &Topo| {
+            let o = t
+                .host
+                .exec_stdin("nft", &["-f", "-"], DOCKER_BRIDGES.as_bytes());
+            assert!(
+                o.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        if docker_first {
+            nft(&t);
+            assert_reaches(
+                &t.ctr,
+                IMDS4,
+                "Docker's nftables accept, no rule of ours yet",
+            );
+        }
+        let r = block(
+            &t.host,
+            root.path(),
+            bin,
+            &["--persist", "none", "--ipv6", "off"],
+        );
+        assert_eq!(r.code, 0, "{}", r.text());
+        if !docker_first {
+            nft(&t);
+        }
+        let tables = t.host.exec_ok("nft", &["list", "tables"]);
+        assert!(tables.contains("table ip docker-bridges"), "{tables}");
+        assert_blocked_by_us(
+            &t,
+            bin,
+            &format!("nftables backend, Docker first: {docker_first}"),
+        );
+        let again = block(
+            &t.host,
+            root.path(),
+            bin,
+            &["--persist", "none", "--ipv6", "off"],
+        );
+        assert!(!again.changed(), "{}", again.text());
+    }
 }

@@ -116,13 +116,17 @@ fn condition(policy: &Value, action: &str) -> Value {
 }
 
 fn check_trust(trust: &Value) {
+    check_trust_principal(trust, serde_json::json!("ec2.amazonaws.com"));
+}
+
+fn check_trust_principal(trust: &Value, principal: Value) {
     assert_eq!(
         trust,
         &serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [{
                 "Effect": "Allow",
-                "Principal": { "Service": "ec2.amazonaws.com" },
+                "Principal": { "Service": principal },
                 "Action": "sts:AssumeRole"
             }]
         })
@@ -191,7 +195,11 @@ fn cloudformation_role_and_instance_profile() {
         ["AWS::IAM::InstanceProfile", "AWS::IAM::Role"].into()
     );
     let role = &resources["EcsInstanceRole"]["Properties"];
-    check_trust(&role["AssumeRolePolicyDocument"]);
+    // The template serves every partition: the principal takes the partition's DNS suffix.
+    check_trust_principal(
+        &role["AssumeRolePolicyDocument"],
+        serde_json::json!({ "Fn::Sub": "ec2.${AWS::URLSuffix}" }),
+    );
     let policies = role["Policies"].as_array().unwrap();
     assert_eq!(policies.len(), 1);
     let object = "arn:aws:s3:::my-bucket/k";
@@ -250,4 +258,77 @@ fn bad_input_exits_2_with_the_reason() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(why), "{args:?}: {err}");
     }
+}
+
+/// The bucket's account becomes an s3:ResourceAccount condition on the read; the partition
+/// follows --partition, an access point ARN or the KMS key (ARNs, kms:ViaService domain, EC2
+/// principal), and they must agree.
+#[test]
+fn partitions_access_points_and_the_bucket_account() {
+    let doc = parse(&run(&[
+        "--source",
+        "s3://my-bucket/k",
+        "--expected-bucket-owner",
+        "210987654321",
+    ]));
+    let read = doc["InstanceRolePolicy"]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Sid"] == "ReadEcsConfig")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        read["Condition"],
+        serde_json::json!({"StringEquals": {"s3:ResourceAccount": "210987654321"}})
+    );
+    // aws-cn through the key: ARNs, the KMS service domain and the EC2 principal.
+    let doc = parse(&run(&[
+        "--source",
+        "s3://my-bucket/k",
+        "--kms-key",
+        "arn:aws-cn:kms:cn-northwest-1:123456789012:key/abc-1",
+    ]));
+    assert_eq!(
+        grants(&doc["InstanceRolePolicy"]),
+        expected(
+            "arn:aws-cn:s3:::my-bucket/k",
+            &[(
+                "kms:Decrypt",
+                "arn:aws-cn:kms:cn-northwest-1:123456789012:key/abc-1"
+            )]
+        )
+    );
+    let text = doc.to_string();
+    assert!(
+        text.contains("\"s3.cn-northwest-1.amazonaws.com.cn\""),
+        "{text}"
+    );
+    check_trust_principal(
+        &doc["TrustPolicy"],
+        serde_json::json!("ec2.amazonaws.com.cn"),
+    );
+    // aws-us-gov access point.
+    let doc = parse(&run(&[
+        "--source",
+        "s3://arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/ecs.config",
+    ]));
+    assert_eq!(
+        grants(&doc["InstanceRolePolicy"]),
+        expected(
+            "arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/object/ecs.config",
+            &[]
+        )
+    );
+    // Disagreeing partitions are a usage error.
+    let out = run(&[
+        "--source",
+        "s3://my-bucket/k",
+        "--partition",
+        "aws-us-gov",
+        "--kms-key",
+        "arn:aws:kms:us-east-1:123456789012:key/abc",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one partition"));
 }

@@ -1,13 +1,14 @@
 //! Property tests of the pure logic on generated inputs (proptest), beside the unit tests in
 //! src/ (which already cover: parse/render round trip, parse never panics, no secret in any
 //! message). Here: the rules-file merge on generated iptables-save files (idempotent, keeps every
-//! line that is not ours, exactly one rule and one jump placed first), and parser invariants
+//! line that is not ours, and after a replayed restore our rules first in their chain and one
+//! jump first in FORWARD, whatever the file held), and parser invariants
 //! (CRLF equals LF, the last value wins, line numbers point into the source).
 //! The cargo-fuzz targets in fuzz/ check the same merge properties on arbitrary bytes.
 
 use ecs_bootstrap::config::parse::{At, Config, Severity, parse};
-use ecs_bootstrap::firewall::persist::{merge, minimal};
-use ecs_bootstrap::firewall::rules::{Family, Placement, RuleSet};
+use ecs_bootstrap::firewall::persist::{MARKER, merge, minimal, replay_filter};
+use ecs_bootstrap::firewall::rules::{Family, Line, Placement, RuleSet};
 use proptest::prelude::*;
 
 fn rule_set() -> impl Strategy<Value = RuleSet> {
@@ -42,6 +43,13 @@ fn body_line() -> impl Strategy<Value = String> {
         Just("-A FORWARD -i docker0 ! -o docker0 -j ACCEPT".to_owned()),
         Just("-A FORWARD -j REJECT --reject-with icmp-host-prohibited".to_owned()),
         Just("-A DOCKER-USER -j RETURN".to_owned()),
+        Just("-I DOCKER-USER -j RETURN".to_owned()),
+        Just("-I DOCKER-USER 1 -i docker0 -j ACCEPT".to_owned()),
+        Just("--insert FORWARD 1 --in-interface docker+ --destination 169.254.169.254/32 --jump DROP".to_owned()),
+        Just("-I FORWARD -i docker0 -j ACCEPT".to_owned()),
+        Just("-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP".to_owned()),
+        Just("-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -j DROP".to_owned()),
+        Just("-A DOCKER-USER -i docker0 -m comment --comment \"admin rule\" -j ACCEPT".to_owned()),
         Just("-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP".to_owned()),
         Just("-A DOCKER-USER -i docker+ -d 169.254.169.254 -j DROP".to_owned()),
         Just(
@@ -105,13 +113,9 @@ fn rules_file() -> impl Strategy<Value = String> {
     )
 }
 
-fn words(l: &str) -> Vec<&str> {
-    l.split_whitespace().collect()
-}
-
 fn is_ours(line: &str, set: &RuleSet) -> bool {
-    set.is_our_rule(line)
-        || set.jump_line().is_some_and(|j| words(line) == words(&j))
+    set.classify(line) != Line::Other
+        || line.trim() == MARKER
         || set.chain_decl().is_some_and(|d| {
             line.trim()
                 .strip_prefix(':')
@@ -121,12 +125,13 @@ fn is_ours(line: &str, set: &RuleSet) -> bool {
         })
 }
 
-/// The lines of the first `*filter` table, between the header and COMMIT.
-fn filter_body(text: &str) -> Vec<&str> {
+/// The lines of the last `*filter` table (the one a restore leaves), between the header and
+/// COMMIT.
+fn filter_body_last(text: &str) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines
         .iter()
-        .position(|l| l.trim() == "*filter")
+        .rposition(|l| l.trim() == "*filter")
         .expect("a *filter table");
     let end = start
         + lines[start..]
@@ -158,19 +163,25 @@ proptest! {
         }
     }
 
+    /// The block holds after a restore of the merged file, whatever it held: replaying its
+    /// last *filter table (-A appends, -I inserts), our rules are the first of their chain, in
+    /// order, once each, and the jump is the first rule of FORWARD, once.
     #[test]
-    fn merge_leaves_one_rule_per_interface_and_one_jump_first(old in rules_file(), set in rule_set()) {
+    fn merge_makes_the_block_hold_after_a_restore(old in rules_file(), set in rule_set()) {
         if let Ok(m) = merge(&old, &set) {
-            let body = filter_body(&m.text);
-            for i in &set.interfaces {
-                let n = body.iter().filter(|l| set.is_rule_for(l, i)).count();
-                prop_assert_eq!(n, 1, "rule for {} in\n{}", i, m.text);
+            let chains = replay_filter(&m.text);
+            let own = chains.get(set.chain()).cloned().unwrap_or_default();
+            for (n, i) in set.interfaces.iter().enumerate() {
+                let got = own.get(n).map(|r| format!("-A {} {r}", set.chain()));
+                prop_assert_eq!(got, Some(set.save_line(i)), "rule {} in\n{}", n, m.text);
             }
-            if let Some(j) = set.jump_line() {
-                let jumps = body.iter().filter(|l| words(l) == words(&j)).count();
-                prop_assert_eq!(jumps, 1, "jumps in\n{}", m.text);
-                let first = body.iter().find(|l| words(l).starts_with(&["-A", "FORWARD"]));
-                prop_assert!(first.is_some_and(|l| words(l) == words(&j)), "jump not first in\n{}", m.text);
+            let ours = own.iter().filter(|r| set.is_our_rule(&format!("-A {} {r}", set.chain()))).count();
+            prop_assert_eq!(ours, set.interfaces.len(), "copies in\n{}", m.text);
+            if set.jump_line().is_some() {
+                let fwd = chains.get("FORWARD").cloned().unwrap_or_default();
+                prop_assert_eq!(fwd.first().map(String::as_str), Some("-j DOCKER-USER"), "jump not first in\n{}", m.text);
+                prop_assert_eq!(fwd.iter().filter(|r| *r == "-j DOCKER-USER").count(), 1, "jumps in\n{}", m.text);
+                let body = filter_body_last(&m.text);
                 let decls = body.iter().filter(|l| l.starts_with(":DOCKER-USER ")).count();
                 prop_assert_eq!(decls, 1, "DOCKER-USER declarations in\n{}", m.text);
             }

@@ -132,8 +132,19 @@ fn prove_says_reachable_before_the_block_and_blocked_after_ipv4_and_ipv6() {
     let d = &r.json()["steps"][0]["details"];
     assert_eq!(d["from_bridge"]["ipv4"], "blocked", "{d}");
     assert_eq!(d["from_bridge"]["ipv6"], "blocked", "{d}");
+    // "blocked" rests on the control and on our rule's counter, for each family.
+    for fam in ["ipv4", "ipv6"] {
+        let p = &d["bridges"][0][fam];
+        assert_eq!(p["control_ok"], true, "{d}");
+        assert!(p["counter_rise"].as_u64().unwrap() >= 1, "{d}");
+    }
     assert_eq!(d["from_host"], "reachable");
-    assert_eq!(sb.token_puts() - puts, 1, "the host check asks IMDSv2");
+    assert_eq!(
+        sb.token_puts() - puts,
+        2,
+        "the host check asks IMDSv2 (one PUT), and the hop-limit measurement makes its own"
+    );
+    assert_eq!(d["put_hop_limit"], "2 or more", "{d}");
     assert_clean(&sb, pid);
 
     // Text report; --ipv6 off probes IPv4 only.
@@ -236,8 +247,105 @@ fn prove_without_docker0_says_so() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(6), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "no bridge is not a leak (6): {text}"
+    );
     assert!(text.contains("there is no docker0 bridge"), "{text}");
     assert!(text.contains("start Docker"), "{text}");
     assert!(!has_ns(&probe_ns(pid)), "{}", netns_list());
+}
+
+/// The case: no rule at all and forwarding off in the host namespace. The container
+/// cannot reach IMDS, but nothing of ours blocks it: "not proven" (8), never "blocked" (0).
+/// (The control, forwarding on and no rule, is the first test: reachable, 6.)
+#[test]
+fn prove_with_forwarding_off_and_no_rule_is_not_proven() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    let r = sb.exec(Ns::Host, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        !sb.reaches_imds(Ns::Ctr, false),
+        "forwarding off: nothing gets through"
+    );
+    let (pid, r) = run_pid(&sb, &["prove", "--ipv6", "off", "--output", "json"]);
+    r.assert_code(8).assert_contains("not proven");
+    let d = &r.json()["steps"][0]["details"];
+    assert_eq!(d["from_bridge"]["ipv4"], "not_proven", "{d}");
+    assert_eq!(d["bridges"][0]["ipv4"]["control_ok"], true, "{d}");
+    assert_eq!(d["bridges"][0]["ipv4"]["counter_rise"], 0, "{d}");
+    assert_clean(&sb, pid);
+}
+
+/// A broken probe path (the host drops everything from docker0 on INPUT, so the control
+/// listener on docker0's address is out of reach) is its own verdict: 8, not 0, not 6.
+#[test]
+fn prove_with_a_broken_probe_path_is_not_proven() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    block(&sb);
+    let r = sb.exec(
+        Ns::Host,
+        &[
+            "iptables", "-w", "5", "-I", "INPUT", "-i", "docker0", "-j", "DROP",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let (pid, r) = run_pid(&sb, &["prove", "--ipv6", "off"]);
+    r.assert_code(8).assert_contains("the probe path is broken");
+    assert_clean(&sb, pid);
+}
+
+/// Every bridge matching a blocked pattern is probed, not only docker0: a user-defined
+/// bridge (br-*) left out of block-imds leaks (6) and is named; once blocked, both pass.
+#[test]
+fn prove_probes_every_bridge_matching_the_patterns() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    for argv in [
+        &["ip", "link", "add", "br-test", "type", "bridge"][..],
+        &["ip", "addr", "add", "172.18.0.1/16", "dev", "br-test"],
+        &["ip", "link", "set", "br-test", "up"],
+    ] {
+        let r = sb.exec(Ns::Host, argv);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+    let r = sb.exec(
+        Ns::Svc,
+        &["ip", "route", "add", "172.18.0.0/16", "via", "192.0.2.1"],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    block(&sb);
+    let patterns = ["--interface", "docker+,br-+", "--ipv6", "off"];
+    let mut args = vec!["prove"];
+    args.extend(patterns);
+    let (pid, r) = run_pid(&sb, &args);
+    r.assert_code(6)
+        .assert_contains("from br-test (172.18.")
+        .assert_contains("containers on br-test can reach instance metadata")
+        .assert_contains("169.254.169.254:80 blocked");
+    assert_clean(&sb, pid);
+
+    let pf = sb.persist_file();
+    let mut b = vec!["block-imds", "--persist-file", pf.to_str().unwrap()];
+    b.extend(patterns);
+    sb.run(&b).assert_code(0);
+    let mut json = args.clone();
+    json.extend(["--output", "json"]);
+    let (pid, r) = run_pid(&sb, &json);
+    r.assert_code(0);
+    let d = &r.json()["steps"][0]["details"];
+    let names: Vec<&str> = d["bridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bridge"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["br-test", "docker0"], "{d}");
+    for b in d["bridges"].as_array().unwrap() {
+        assert_eq!(b["ipv4"]["verdict"], "blocked", "{d}");
+    }
+    assert_clean(&sb, pid);
 }

@@ -70,8 +70,9 @@ fn run_with_prove_has_four_steps_one_token_and_writes_the_report_file() {
     r.assert_code(0);
     assert_eq!(
         sb.token_puts() - puts,
-        1,
-        "one token PUT for config, check and prove"
+        2,
+        "one token PUT for config, check and prove's host probe, and one of prove's own that \
+         measures the PUT response hop limit"
     );
     // The region and the role are asked once per run and serve the config step and the check
     // alike (prove asks instance-id again on purpose: IMDS must answer after the probe too).

@@ -3,12 +3,13 @@
 //! Checks, whenever the merge succeeds:
 //! - merging the result again changes nothing (idempotent: no rewrite at every boot);
 //! - every line of the old file that is not one of ours is kept, in order;
-//! - the first *filter table holds each of our DROP rules exactly once, and in the
-//!   DOCKER-USER placement exactly one jump, as the first FORWARD rule.
+//! - after a restore (the last *filter table replayed) our DROP rules are the first rules of
+//!   their chain, once each, and in the DOCKER-USER placement the jump is the first FORWARD
+//!   rule, once.
 #![no_main]
 
-use ecs_bootstrap::firewall::persist::merge;
-use ecs_bootstrap::firewall::rules::{Family, Placement, RuleSet};
+use ecs_bootstrap::firewall::persist::{MARKER, merge, replay_filter};
+use ecs_bootstrap::firewall::rules::{Family, Line, Placement, RuleSet};
 use libfuzzer_sys::fuzz_target;
 
 fn rule_set(b: u8) -> RuleSet {
@@ -31,9 +32,8 @@ fn rule_set(b: u8) -> RuleSet {
 }
 
 fn ours(line: &str, set: &RuleSet) -> bool {
-    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    set.is_our_rule(line)
-        || set.jump_line().is_some_and(|j| words(line) == words(&j))
+    set.classify(line) != Line::Other
+        || line.trim() == MARKER
         || set.chain_decl().is_some_and(|d| {
             line.trim()
                 .strip_prefix(':')
@@ -66,32 +66,20 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.any(|o| o == l), "line {l:?} lost or reordered");
     }
 
-    let lines: Vec<&str> = m.text.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.trim() == "*filter")
-        .expect("a *filter table");
-    let end = start
-        + lines[start..]
-            .iter()
-            .position(|l| l.trim() == "COMMIT")
-            .expect("COMMIT");
-    let body = &lines[start + 1..end];
-    for i in &set.interfaces {
-        let n = body.iter().filter(|l| set.is_rule_for(l, i)).count();
-        assert_eq!(n, 1, "rule for {i} appears {n} times");
+    let chains = replay_filter(&m.text);
+    let own = chains.get(set.chain()).cloned().unwrap_or_default();
+    for (n, i) in set.interfaces.iter().enumerate() {
+        let got = own.get(n).map(|r| format!("-A {} {r}", set.chain()));
+        assert_eq!(got, Some(set.save_line(i)), "rule {n} is not ours after a restore");
     }
-    if let Some(j) = set.jump_line() {
-        let jw: Vec<&str> = j.split_whitespace().collect();
-        let is_j = |l: &&&str| l.split_whitespace().eq(jw.iter().copied());
-        assert_eq!(body.iter().filter(is_j).count(), 1, "jump count");
-        let first_fwd = body.iter().find(|l| {
-            let mut t = l.split_whitespace();
-            t.next() == Some("-A") && t.next() == Some("FORWARD")
-        });
-        assert!(
-            first_fwd.is_some_and(|l| is_j(&l)),
-            "jump is not the first FORWARD rule"
-        );
+    let copies = own
+        .iter()
+        .filter(|r| set.is_our_rule(&format!("-A {} {r}", set.chain())))
+        .count();
+    assert_eq!(copies, set.interfaces.len(), "copies of our rules");
+    if set.jump_line().is_some() {
+        let fwd = chains.get("FORWARD").cloned().unwrap_or_default();
+        assert_eq!(fwd.first().map(String::as_str), Some("-j DOCKER-USER"));
+        assert_eq!(fwd.iter().filter(|r| *r == "-j DOCKER-USER").count(), 1);
     }
 });

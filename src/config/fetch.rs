@@ -34,18 +34,30 @@ pub struct Fetched {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error(
-        "access denied reading {url} ({detail}): the instance role needs {action} on arn:aws:s3:::{bucket}/{key} \
+        "access denied reading {url} ({detail}): the instance role needs {action} on {resource} \
          (instance profile: {profile}){owner_hint}; check the role's policy and the bucket policy, and for a \
          KMS-encrypted object kms:Decrypt on its key; without s3:ListBucket on the bucket S3 also answers a missing \
          key with AccessDenied, so check that the key exists"
     )]
     AccessDenied {
         url: String,
-        bucket: String,
-        key: String,
+        /// The object's ARN, as an IAM policy names it.
+        resource: String,
         action: &'static str,
         profile: String,
         owner_hint: String,
+        detail: String,
+    },
+    #[error(
+        "access denied reading {url} ({detail}): the instance role may read the object (a HEAD of it works) but \
+         not decrypt it: it is encrypted with the KMS key {key}, and the role (instance profile: {profile}) \
+         needs kms:Decrypt on that key, through S3 (`ecs-bootstrap iam-policy --kms-key {key}` prints the \
+         statement), and the key policy must allow the role's account"
+    )]
+    KmsDenied {
+        url: String,
+        key: String,
+        profile: String,
         detail: String,
     },
     #[error(
@@ -96,6 +108,9 @@ const MARGIN: Duration = Duration::from_millis(300);
 struct AttemptError {
     failure: Failure,
     detail: String,
+    /// The `Date` header of S3's answer, when it sent one: the clock to sign with after a
+    /// RequestTimeTooSkewed.
+    server_date: Option<std::time::SystemTime>,
 }
 
 impl AttemptError {
@@ -103,7 +118,36 @@ impl AttemptError {
         AttemptError {
             failure,
             detail: detail.into(),
+            server_date: None,
         }
+    }
+}
+
+/// The system clock moved by the offset learnt from S3's `Date` header, for signing.
+#[derive(Debug, Clone, Copy)]
+struct SkewedClock {
+    /// S3's clock minus ours, in milliseconds.
+    offset_ms: i64,
+}
+
+impl aws_smithy_async::time::TimeSource for SkewedClock {
+    fn now(&self) -> std::time::SystemTime {
+        let now = std::time::SystemTime::now();
+        let d = Duration::from_millis(self.offset_ms.unsigned_abs());
+        if self.offset_ms >= 0 {
+            now + d
+        } else {
+            now.checked_sub(d).unwrap_or(now)
+        }
+    }
+}
+
+/// S3's clock minus ours, from a `Date` header's time.
+fn clock_offset_ms(server: std::time::SystemTime) -> i64 {
+    let now = std::time::SystemTime::now();
+    match server.duration_since(now) {
+        Ok(ahead) => ahead.as_millis().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
     }
 }
 
@@ -134,16 +178,21 @@ pub async fn fetch(
     let url = req.url.to_string();
     let deadline = req.deadline.checked_sub(MARGIN).unwrap_or(req.deadline);
     let backoff = Backoff::default();
-    let mut region = sdk
-        .region()
-        .map(|r| r.as_ref().to_owned())
-        .unwrap_or_else(|| "us-east-1".to_owned());
+    // An access point ARN names its region; S3 must be asked there.
+    let mut region = match req.url.access_point() {
+        Some(ap) => ap.region,
+        None => sdk
+            .region()
+            .map(|r| r.as_ref().to_owned())
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+    };
     let mut redirected = false;
     let mut creds: Option<Credentials> = None;
+    let mut clock: Option<SkewedClock> = None;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let result = one_attempt(req, sdk, &region, &mut creds, deadline).await;
+        let result = one_attempt(req, sdk, &region, &mut creds, clock, deadline).await;
         let err = match result {
             Ok(mut f) => {
                 f.region = region;
@@ -168,13 +217,35 @@ pub async fn fetch(
                 redirected = true;
                 continue;
             }
-            Decision::Fail => return Err(fatal(req, err, imds, deadline).await),
+            Decision::Fail => {
+                let kms = match &err.failure {
+                    Failure::Http { status: 403, .. } => {
+                        kms_key_of(req, sdk, &region, creds.clone(), clock, deadline).await
+                    }
+                    _ => None,
+                };
+                return Err(fatal(req, err, imds, deadline, &region, kms).await);
+            }
             Decision::Retry => {}
         }
-        if matches!(err.failure, Failure::CredentialsTransient)
-            || matches!(&err.failure, Failure::Http { code: Some(c), .. } if c == "ExpiredToken")
-        {
+        if super::retry::needs_new_credentials(&err.failure) {
             creds = None;
+        }
+        if let (Failure::Http { code: Some(c), .. }, Some(date)) = (&err.failure, err.server_date)
+            && c == "RequestTimeTooSkewed"
+        {
+            let offset_ms = clock_offset_ms(date);
+            tracing::warn!(
+                attempt,
+                source = %url,
+                clock_offset_s = offset_ms / 1000,
+                "S3 refused the request time (RequestTimeTooSkewed): this host's clock is {:.0} s {} S3's; \
+                 signing the next attempts with S3's time (fix the clock: is chronyd or systemd-timesyncd \
+                 running, and does it reach 169.254.169.123?)",
+                (offset_ms.unsigned_abs() as f64) / 1000.0,
+                if offset_ms >= 0 { "behind" } else { "ahead of" }
+            );
+            clock = Some(SkewedClock { offset_ms });
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match backoff.next(attempt, remaining, fastrand::f64()) {
@@ -212,6 +283,7 @@ async fn one_attempt(
     sdk: &aws_config::SdkConfig,
     region: &str,
     creds: &mut Option<Credentials>,
+    clock: Option<SkewedClock>,
     deadline: Instant,
 ) -> Result<Fetched, AttemptError> {
     let now = Instant::now();
@@ -230,18 +302,7 @@ async fn one_attempt(
             c
         }
     };
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
-        .region(Region::new(region.to_owned()))
-        .credentials_provider(c)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
-                .build(),
-        )
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(conf);
+    let client = s3_client(sdk, region, c, clock, false);
     let send = client
         .get_object()
         .bucket(&req.url.bucket)
@@ -331,6 +392,90 @@ async fn one_attempt(
     })
 }
 
+/// An S3 client for one attempt: our retries, our time limits, the region of the attempt, and
+/// the signing clock learnt from S3 when ours is off; with `head`, its GetObject is sent as a
+/// HEAD (see [`HeadInstead`]).
+fn s3_client(
+    sdk: &aws_config::SdkConfig,
+    region: &str,
+    creds: Credentials,
+    clock: Option<SkewedClock>,
+    head: bool,
+) -> aws_sdk_s3::Client {
+    let mut conf = aws_sdk_s3::config::Builder::from(sdk);
+    if let Some(c) = clock {
+        conf = conf.time_source(c);
+    }
+    if head {
+        conf = conf.interceptor(HeadInstead);
+    }
+    let conf = conf
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(creds)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Turns the GetObject of the client it is configured on into a HEAD of the same object (signed as a HEAD):
+/// S3 answers with the object's headers and no body, and GetObject's output reads them. This
+/// spares the HeadObject operation's code in the binary.
+#[derive(Debug)]
+struct HeadInstead;
+
+impl aws_sdk_s3::config::Intercept for HeadInstead {
+    fn name(&self) -> &'static str {
+        "HeadInstead"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        context.request_mut().set_method("HEAD")?;
+        Ok(())
+    }
+}
+
+/// After GetObject was denied: the KMS key of the object when a HEAD (which GetObject's
+/// permission allows and which needs no kms:Decrypt) shows that it is encrypted with SSE-KMS.
+/// Best effort, within 3 s.
+async fn kms_key_of(
+    req: &Request<'_>,
+    sdk: &aws_config::SdkConfig,
+    region: &str,
+    creds: Option<Credentials>,
+    clock: Option<SkewedClock>,
+    deadline: Instant,
+) -> Option<String> {
+    let client = s3_client(sdk, region, creds?, clock, true);
+    let head = client
+        .get_object()
+        .bucket(&req.url.bucket)
+        .key(&req.url.key)
+        .set_version_id(req.url.version_id.clone())
+        .set_expected_bucket_owner(req.expected_owner.map(str::to_owned))
+        .send();
+    let until = deadline.min(Instant::now() + Duration::from_secs(3));
+    let out = tokio::time::timeout_at(until, head).await.ok()?.ok()?;
+    use aws_sdk_s3::types::ServerSideEncryption as Sse;
+    match out.server_side_encryption() {
+        Some(Sse::AwsKms | Sse::AwsKmsDsse) => Some(
+            out.ssekms_key_id()
+                .map_or_else(|| "(key not named)".to_owned(), str::to_owned),
+        ),
+        _ => None,
+    }
+}
+
 /// The instance role's credentials, classified: no instance profile is fatal, anything else
 /// (metadata slow, 5xx, token refused) transient.
 async fn credentials(
@@ -389,7 +534,18 @@ fn classify(e: &GetError) -> AttemptError {
                 .map(|h| h.trim().to_owned());
             let err = ctx.err();
             let message = err.message().unwrap_or("").to_owned();
-            AttemptError::new(
+            let server_date = raw
+                .headers()
+                .get("date")
+                .and_then(|d| {
+                    aws_sdk_s3::primitives::DateTime::from_str(
+                        d.trim(),
+                        aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+                    )
+                    .ok()
+                })
+                .and_then(|d| std::time::SystemTime::try_from(d).ok());
+            let mut e = AttemptError::new(
                 Failure::Http {
                     status: raw.status().as_u16(),
                     code: err.code().map(str::to_owned),
@@ -400,7 +556,9 @@ fn classify(e: &GetError) -> AttemptError {
                 } else {
                     message
                 },
-            )
+            );
+            e.server_date = server_date;
+            e
         }
         SdkError::TimeoutError(_) => AttemptError::new(Failure::Timeout, text),
         SdkError::DispatchFailure(d) => {
@@ -428,7 +586,14 @@ fn get_action(req: &Request<'_>) -> &'static str {
 }
 
 /// The error of a fatal failure, naming the bucket, key, IAM action and instance profile.
-async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Instant) -> FetchError {
+async fn fatal(
+    req: &Request<'_>,
+    err: AttemptError,
+    imds: &Imds,
+    deadline: Instant,
+    region: &str,
+    kms_key: Option<String>,
+) -> FetchError {
     let url = req.url.to_string();
     let detail = format!("{}: {}", err.failure, err.detail);
     match &err.failure {
@@ -448,10 +613,17 @@ async fn fatal(req: &Request<'_>, err: AttemptError, imds: &Imds, deadline: Inst
             if code.as_deref() == Some("RequestTimeTooSkewed") {
                 owner_hint.push_str("; the instance clock is off: check chrony/NTP");
             }
+            if let Some(key) = kms_key {
+                return FetchError::KmsDenied {
+                    url,
+                    key,
+                    profile,
+                    detail,
+                };
+            }
             FetchError::AccessDenied {
                 url,
-                bucket: req.url.bucket.clone(),
-                key: req.url.key.clone(),
+                resource: super::source::object_arn(req.url, region),
                 action,
                 profile,
                 owner_hint,

@@ -17,6 +17,7 @@ pub fn known() -> &'static [&'static str] {
             .collect();
         // Proxy variables the agent's HTTP client honours besides HTTP_PROXY and NO_PROXY.
         v.extend(["HTTPS_PROXY"]);
+        v.extend(super::parse::LOWER_CASE_KEYS);
         v.sort_unstable();
         v.dedup();
         v

@@ -7,7 +7,9 @@
 
 pub mod fetch;
 pub mod keys;
+pub mod local;
 pub mod parse;
+pub mod readers;
 pub mod retry;
 pub mod source;
 
@@ -48,6 +50,7 @@ pub struct Options {
     pub expected_owner: Option<String>,
     pub max_size: u64,
     pub strict: bool,
+    pub allow_empty: bool,
     pub sets: Vec<SetArg>,
 }
 
@@ -122,6 +125,7 @@ impl Options {
             expected_owner,
             max_size: args.max_size,
             strict: args.strict,
+            allow_empty: args.allow_empty,
             sets,
         })
     }
@@ -172,7 +176,7 @@ pub async fn run(
         );
     }
 
-    let (config, findings) = validate(&fetched.bytes, &opts.sets, opts.strict);
+    let (config, findings) = validate(&fetched.bytes, &opts.sets, opts.strict, opts.allow_empty);
     let warnings: Vec<String> = findings
         .iter()
         .filter(|f| f.severity == Severity::Warning)
@@ -181,6 +185,7 @@ pub async fn run(
     for w in &warnings {
         tracing::warn!(source = %url, "{w}");
     }
+    let warnings_from_object = warnings.len();
     let errors: Vec<String> = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -194,11 +199,98 @@ pub async fn run(
         );
     }
 
+    let (old, old_bad) = match read_old_lines(&opts.dest) {
+        Some((c, bad)) => (Some(c), bad),
+        None => (None, Vec::new()),
+    };
+    let side = local::sidecar(&opts.dest);
+    let prov = read_provenance(&side);
+    let set_keys: Vec<&str> = opts.sets.iter().map(|s| s.key.as_str()).collect();
+    let merged = local::merge(
+        old.as_ref(),
+        prov.as_ref(),
+        &config,
+        &set_keys,
+        &url.to_string(),
+    );
+    let mut warnings = warnings;
+    if !merged.newly_kept.is_empty() {
+        warnings.push(format!(
+            "{} kept from the existing {} (written by something other than ecs-bootstrap, such as user \
+             data); the object does not set {}; move {} into the object (or --set) to manage {} here",
+            merged.newly_kept.join(", "),
+            opts.dest.display(),
+            if merged.newly_kept.len() == 1 { "it" } else { "them" },
+            if merged.newly_kept.len() == 1 { "it" } else { "them" },
+            if merged.newly_kept.len() == 1 { "it" } else { "them" },
+        ));
+    }
+    if !old_bad.is_empty() {
+        warnings.push(format!(
+            "line(s) {} of the existing {} could not be read as KEY=VALUE and are not kept; put what they \
+             set into the object (or --set)",
+            old_bad
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            opts.dest.display()
+        ));
+    }
+    if !merged.replaced.is_empty() {
+        warnings.push(format!(
+            "{} in the existing {} (written by something other than ecs-bootstrap, such as user data) \
+             replaced by the value from {}: the object and --set win; remove the line from what writes it",
+            merged.replaced.join(", "),
+            opts.dest.display(),
+            if merged.replaced.iter().all(|k| set_keys.contains(&k.as_str())) {
+                "--set"
+            } else {
+                "the object"
+            }
+        ));
+    }
+    // The file as written, kept local keys included, must read alike to both readers too.
+    let mut named: std::collections::BTreeSet<String> = config
+        .keys()
+        .filter(|k| !parse::value_warnings(k, config.get(k).unwrap_or_default()).is_empty())
+        .map(str::to_owned)
+        .collect();
+    named.extend(readers::disagreements(&config.render()));
+    for k in &merged.kept {
+        for w in parse::value_warnings(k, merged.config.get(k).unwrap_or_default()) {
+            warnings.push(format!("kept local key {k}: {w}"));
+            named.insert(k.clone());
+        }
+    }
+    for f in parse::reader_findings(&merged.config, &named) {
+        warnings.push(f.to_string());
+    }
+    for w in warnings.iter().skip(warnings_from_object) {
+        tracing::warn!(source = %url, "{w}");
+    }
+    let config = merged.config;
     let content = config.render();
-    let old = read_old(&opts.dest);
     let outcome = fsutil::write_atomic(&opts.dest, content.as_bytes(), 0o600)
         .map_err(anyhow::Error::new)
         .with_context(|| format!("writing ecs.config from {url}; the previous file is intact"))?;
+    // After ecs.config: a sidecar that describes the file on disk. Should it fail, the next run
+    // takes the keys this run wrote for local ones (kept, with a warning), never loses one.
+    match serde_json::to_vec_pretty(&merged.provenance) {
+        Ok(mut json) => {
+            json.push(b'\n');
+            if let Err(e) = fsutil::write_atomic(&side, &json, 0o600) {
+                let w = format!(
+                    "{} is written, but its record of which keys ecs-bootstrap wrote is not ({e}); the next run \
+                     will keep keys the object dropped",
+                    opts.dest.display()
+                );
+                tracing::warn!("{w}");
+                warnings.push(w);
+            }
+        }
+        Err(e) => tracing::warn!("cannot encode the record of the keys written: {e}"),
+    }
     let d = parse::diff(&old.unwrap_or_default(), &config);
     let state = match outcome {
         WriteOutcome::Written => "written",
@@ -248,16 +340,33 @@ pub async fn run(
             "changed": d.changed,
             "removed": d.removed,
             "warnings": warnings,
+            "kept_local": merged.kept,
+            "replaced_local": merged.replaced,
         }),
     })
 }
 
-/// Parses the fetched bytes, applies `--set`, and escalates warnings under `strict`. Pure.
-pub fn validate(bytes: &[u8], sets: &[SetArg], strict: bool) -> (Config, Vec<Finding>) {
+/// Parses the fetched bytes, applies `--set`, and escalates warnings under `strict`. A source
+/// without settings is an error unless `allow_empty`. Pure.
+pub fn validate(
+    bytes: &[u8],
+    sets: &[SetArg],
+    strict: bool,
+    allow_empty: bool,
+) -> (Config, Vec<Finding>) {
     let parsed = parse::parse(bytes);
     let mut findings = parsed.findings;
+    if parsed.entries.is_empty() && !findings.iter().any(|f| f.severity == Severity::Error) {
+        findings.push(parse::no_settings(allow_empty));
+    }
     let mut config = Config::from_entries(&parsed.entries);
     findings.extend(parse::apply_sets(&mut config, sets));
+    let warned: std::collections::BTreeSet<String> = config
+        .keys()
+        .filter(|k| !parse::value_warnings(k, config.get(k).unwrap_or_default()).is_empty())
+        .map(str::to_owned)
+        .collect();
+    findings.extend(parse::reader_findings(&config, &warned));
     parse::escalate(&mut findings, strict);
     (config, findings)
 }
@@ -278,13 +387,41 @@ fn summarize(errors: &[String]) -> String {
 }
 
 /// The current destination, for the diff; `None` when absent or not a readable regular file.
+#[cfg(test)]
 fn read_old(dest: &Path) -> Option<Config> {
+    read_old_lines(dest).map(|(c, _)| c)
+}
+
+/// The current destination and the numbers of its lines that are not `KEY=VALUE` as we write
+/// them (such a line cannot be kept).
+fn read_old_lines(dest: &Path) -> Option<(Config, Vec<usize>)> {
     let meta = std::fs::symlink_metadata(dest).ok()?;
     if !meta.file_type().is_file() {
         return None;
     }
     let bytes = std::fs::read(dest).ok()?;
-    Some(Config::from_entries(&parse::parse(&bytes).entries))
+    let p = parse::parse(&bytes);
+    let mut bad: Vec<usize> = p
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .filter_map(|f| match f.at {
+            parse::At::Line(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    bad.dedup();
+    Some((Config::from_entries(&p.entries), bad))
+}
+
+/// The sidecar of the last write, when there is a readable one (anything else: no record, so
+/// every key of the current file counts as local, which keeps them).
+fn read_provenance(path: &Path) -> Option<local::Provenance> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -400,12 +537,12 @@ mod tests {
     #[test]
     fn validate_applies_sets_and_strict() {
         let sets = vec![parse::parse_set("ECS_CLUSTER=prod").unwrap()];
-        let (c, f) = validate(b"ECS_CLUSTER=dev\nECS_LOGLEVEL=info\n", &sets, false);
+        let (c, f) = validate(b"ECS_CLUSTER=dev\nECS_LOGLEVEL=info\n", &sets, false, false);
         assert!(f.is_empty(), "{f:?}");
         assert_eq!(c.render(), "ECS_CLUSTER=prod\nECS_LOGLEVEL=info\n");
-        let (_, f) = validate(b"ECS_CLUSTR=dev\n", &[], false);
+        let (_, f) = validate(b"ECS_CLUSTR=dev\n", &[], false, false);
         assert_eq!(f[0].severity, Severity::Warning);
-        let (_, f) = validate(b"ECS_CLUSTR=dev\n", &[], true);
+        let (_, f) = validate(b"ECS_CLUSTR=dev\n", &[], true, false);
         assert_eq!(f[0].severity, Severity::Error);
     }
 

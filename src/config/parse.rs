@@ -12,14 +12,19 @@ use super::keys;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// The key syntax: `^[A-Z_][A-Z0-9_]*$`.
+/// The key syntax: `^[A-Z_][A-Z0-9_]*$`, and the lower-case proxy variables, which both readers
+/// pass on and Go's HTTP client (the agent's) reads.
 pub fn valid_key(k: &str) -> bool {
     let mut b = k.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_uppercase() || c == b'_')
-        && b.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+    (matches!(b.next(), Some(c) if c.is_ascii_uppercase() || c == b'_')
+        && b.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_'))
+        || LOWER_CASE_KEYS.contains(&k)
 }
 
-pub const KEY_SYNTAX: &str = "^[A-Z_][A-Z0-9_]*$";
+pub const KEY_SYNTAX: &str = "^[A-Z_][A-Z0-9_]*$ (or http_proxy, https_proxy, no_proxy)";
+
+/// Lower-case names that are accepted as they are.
+pub const LOWER_CASE_KEYS: [&str; 3] = ["http_proxy", "https_proxy", "no_proxy"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -242,28 +247,36 @@ fn bad_key_message(key: &str) -> String {
     }
 }
 
-/// Warnings about a value the two parsers would read differently. Names the key, never the value.
+/// Warnings about a value (as written: `KEY=VALUE`, no trailing whitespace) that ecs-init and
+/// systemd would read differently (see [`super::readers`] for both rules). Names the key, never
+/// the value.
 pub fn value_warnings(key: &str, value: &str) -> Vec<String> {
     let mut w = Vec::new();
-    if value.starts_with(['"', '\'']) {
+    if value.starts_with([' ', '\t']) {
         w.push(format!(
-            "the value of {key} starts with a quote: systemd removes quotes and ecs-init keeps them; \
-             write the value without quotes (values are taken literally)"
+            "the value of {key} starts with whitespace: systemd skips it and ecs-init keeps it; remove it"
+        ));
+    }
+    if value
+        .trim_start_matches([' ', '\t'])
+        .starts_with(['"', '\''])
+    {
+        w.push(format!(
+            "the value of {key} starts with a quote: systemd removes quotes (and an unclosed one takes the \
+             lines after it) and ecs-init keeps them; write the value without quotes (values are taken \
+             literally)"
         ));
     }
     if value.contains('\\') {
         w.push(format!(
-            "the value of {key} has a backslash: systemd reads it as an escape and ecs-init keeps it; \
-             avoid backslashes"
-        ));
-    }
-    if value != value.trim() {
-        w.push(format!(
-            "the value of {key} has leading or trailing whitespace: systemd removes it and ecs-init keeps it"
+            "the value of {key} has a backslash: systemd reads it as an escape (at the end of the value, as \
+             a line continuation that takes the next line) and ecs-init keeps it; avoid backslashes"
         ));
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
-        w.push(format!("the value of {key} has control characters"));
+        w.push(format!(
+            "the value of {key} has control characters (systemd before v254 drops such a variable)"
+        ));
     }
     w
 }
@@ -314,6 +327,9 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     };
     let html = text.trim_start().starts_with('<');
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    // Warnings about how a value reads; only the value that is written (a key's last line)
+    // keeps them.
+    let mut value_findings: Vec<Finding> = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
         let n = i + 1;
         let line = raw.strip_suffix('\r').unwrap_or(raw);
@@ -321,6 +337,13 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
             continue;
         }
+        // As ecs-init reads a line: trimmed (Unicode whitespace), split at the first `=`. So
+        // blanks before the key and after the value are not part of either (systemd also skips
+        // spaces and tabs there), and what is written is what ecs-init reads.
+        let ends_odd = line
+            .trim_end_matches([' ', '\t'])
+            .ends_with(|c: char| c.is_whitespace());
+        let line = t;
         let hint = if html {
             format!("; {HTML_HINT}")
         } else {
@@ -353,6 +376,15 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             ));
             continue;
         }
+        if ends_odd {
+            value_findings.push(warning(
+                At::Line(n),
+                format!(
+                    "the value of {key} ends in whitespace other than spaces and tabs (a vertical tab or a \
+                     Unicode space): ecs-init drops it and systemd keeps it; it is removed, as ecs-init reads it"
+                ),
+            ));
+        }
         if let Some(m) = unknown_key_message(key) {
             out.findings.push(warning(At::Line(n), m));
         }
@@ -363,7 +395,7 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             ));
         }
         for w in value_warnings(key, value) {
-            out.findings.push(warning(At::Line(n), w));
+            value_findings.push(warning(At::Line(n), w));
         }
         out.entries.push(Entry {
             key: key.to_owned(),
@@ -371,13 +403,40 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             line: n,
         });
     }
-    if out.entries.is_empty() && !out.has_errors() {
-        out.findings.push(warning(
-            At::File,
-            "the source has no settings: the ECS agent will use its defaults (cluster `default`)",
-        ));
+    let last: BTreeSet<usize> = out
+        .entries
+        .iter()
+        .map(|e| seen.get(&e.key).copied().unwrap_or(e.line))
+        .collect();
+    for f in value_findings {
+        if matches!(f.at, At::Line(n) if last.contains(&n)) {
+            out.findings.push(f);
+        }
     }
+    out.findings.sort_by_key(|f| match f.at {
+        At::Line(n) => n,
+        _ => usize::MAX,
+    });
     out
+}
+
+/// The finding for a source without a single setting (0 bytes, or only comments and blank
+/// lines): an error unless `allow_empty`. Written, it would make the ECS agent start with its
+/// defaults (cluster `default`, no registry authentication, no task roles).
+pub fn no_settings(allow_empty: bool) -> Finding {
+    if allow_empty {
+        warning(
+            At::File,
+            "the source has no settings (--allow-empty): the ECS agent will use its defaults (cluster `default`)",
+        )
+    } else {
+        error(
+            At::File,
+            "the source has no settings (empty, or only comments): written, it would make the ECS agent start \
+             with its defaults (cluster `default`, no registry authentication, no task IAM roles); upload the \
+             config (a truncated or wrong upload?), or pass --allow-empty if an empty ecs.config is meant",
+        )
+    }
 }
 
 /// Under `--strict`, warnings become errors.
@@ -428,6 +487,11 @@ pub fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut warned = BTreeSet::new();
     for s in sets {
+        // As ecs-init reads the written line: no trailing whitespace.
+        let s = &SetArg {
+            key: s.key.clone(),
+            value: s.value.trim_end().to_owned(),
+        };
         if warned.insert(s.key.clone()) {
             if let Some(m) = unknown_key_message(&s.key) {
                 findings.push(warning(At::Set(s.key.clone()), m));
@@ -441,14 +505,55 @@ pub fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
     findings
 }
 
+/// Findings for keys that ecs-init and systemd would read differently in the rendered `cfg`
+/// (as ported in [`super::readers`]) and that no per-value warning names yet: the keys whose
+/// line systemd reads as part of an earlier value (an unclosed quote or a trailing backslash
+/// there takes the following lines). Every key affected is named, never a value.
+pub fn reader_findings(cfg: &Config, already: &BTreeSet<String>) -> Vec<Finding> {
+    let text = cfg.render();
+    let mut out = Vec::new();
+    let order: Vec<&str> = cfg.keys().collect();
+    // A value systemd may read on past its line from: a quote it opens, a backslash.
+    let may_continue =
+        |v: &str| v.trim_start_matches([' ', '\t']).starts_with(['"', '\'']) || v.contains('\\');
+    let systemd = super::readers::systemd(&text);
+    for key in super::readers::disagreements(&text) {
+        let pos = order.iter().position(|k| *k == key).unwrap_or(0);
+        // Taken into an earlier value: systemd does not set it at all.
+        let culprit = order[..pos]
+            .iter()
+            .rev()
+            .find(|k| may_continue(cfg.get(k).unwrap_or_default()))
+            .filter(|_| !systemd.contains_key(&key));
+        if culprit.is_none() && already.contains(&key) {
+            continue;
+        }
+        let why = match culprit {
+            Some(c) => format!(
+                "systemd reads the line of {key} as part of the value of {c} before it (a quote it opens or a \
+                 backslash at its end), so ecs.service's EnvironmentFile= does not set {key} as ecs-init does; \
+                 fix the value of {c}"
+            ),
+            None => format!("ecs-init and systemd read {key} differently"),
+        };
+        out.push(warning(At::File, why));
+    }
+    out
+}
+
 #[cfg(test)]
 mod cr_tests {
     use super::*;
 
     #[test]
     fn a_cr_left_in_a_value_is_an_error_naming_the_line() {
-        // The fuzzer's finding: a line ending in CR CR LF.
+        // The fuzzer's finding: a line ending in CR CR LF. Both readers drop the CR at the end
+        // of the value (ecs-init trims it, systemd ends the line there), and so do we.
         let p = parse(b"ECS_CLUSTER=a\r\nR=&\r\r\n");
+        assert!(!p.has_errors(), "{:?}", p.findings);
+        assert_eq!(Config::from_entries(&p.entries).get("R"), Some("&"));
+        // A CR inside a value: systemd ends the line there, ecs-init keeps it.
+        let p = parse(b"ECS_CLUSTER=a\r\nR=&\rx\r\n");
         assert!(p.has_errors());
         let msg = format!("{:?}", p.findings);
         assert!(msg.contains("carriage return"), "{msg}");
@@ -604,9 +709,7 @@ mod tests {
         assert!(w[0].starts_with("line 1: the value of ECS_CLUSTER starts with a quote"));
         assert!(w[1].starts_with("line 2: the value of ECS_LOGLEVEL starts with a quote"));
         assert!(w[2].starts_with("line 3: the value of ECS_DATADIR has a backslash"));
-        assert!(
-            w[3].starts_with("line 4: the value of ECS_LOGFILE has leading or trailing whitespace")
-        );
+        assert!(w[3].starts_with("line 4: the value of ECS_LOGFILE starts with whitespace"));
         assert!(w.iter().all(|m| !m.contains("s3cr3t")));
         // The values are kept as they are.
         let c = Config::from_entries(&p.entries);
@@ -614,12 +717,12 @@ mod tests {
     }
 
     #[test]
-    fn empty_source_warns_and_strict_escalates() {
-        let mut p = parse(b"# nothing\n\n");
+    fn empty_source_has_no_entries_and_strict_escalates() {
+        let p = parse(b"# nothing\n\n");
         assert!(!p.has_errors());
-        assert_eq!(msgs(&p, Severity::Warning).len(), 1);
-        escalate(&mut p.findings, true);
-        assert!(p.has_errors());
+        assert!(p.entries.is_empty());
+        assert_eq!(no_settings(false).severity, Severity::Error);
+        assert_eq!(no_settings(true).severity, Severity::Warning);
         let mut q = parse(b"ECS_CLUSTR=x\n");
         escalate(&mut q.findings, false);
         assert!(!q.has_errors());
@@ -706,6 +809,12 @@ mod tests {
             }
             let p = parse(c.render().as_bytes());
             prop_assert!(!p.has_errors(), "{:?}", p.findings);
+            // A value is what ecs-init reads from its line: without trailing whitespace.
+            let mut c2 = Config::default();
+            for k in c.keys() {
+                c2.set(k, c.get(k).unwrap_or_default().trim_end());
+            }
+            let c = c2;
             prop_assert_eq!(Config::from_entries(&p.entries), c.clone());
             // Rendering is a fixed point.
             prop_assert_eq!(Config::from_entries(&p.entries).render(), c.render());

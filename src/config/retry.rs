@@ -1,6 +1,7 @@
 //! The retry policy of the fetch, pure: what kind of failure an attempt had, whether it is worth
-//! another attempt, and how long to wait (exponential backoff with full jitter, never past the
-//! deadline).
+//! another attempt, and how long to wait (exponential backoff with full jitter, capped, never
+//! past the deadline). The deadline bounds the retries, not a count: a boot whose network comes
+//! up late still gets its config while time is left (the count is only a safety net).
 
 use std::fmt;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub enum Decision {
     Fail,
 }
 
-const RETRY_CODES: [&str; 9] = [
+const RETRY_CODES: [&str; 11] = [
     "SlowDown",
     "Throttling",
     "ThrottlingException",
@@ -70,7 +71,20 @@ const RETRY_CODES: [&str; 9] = [
     "InternalError",
     "ServiceUnavailable",
     "ExpiredToken",
+    // New credentials from the instance role fix it, as for ExpiredToken.
+    "TokenRefreshRequired",
+    // Retried with the clock offset taken from S3's Date header.
+    "RequestTimeTooSkewed",
 ];
+
+/// Whether the failure asks for fresh credentials before the next attempt.
+pub fn needs_new_credentials(f: &Failure) -> bool {
+    match f {
+        Failure::CredentialsTransient => true,
+        Failure::Http { code: Some(c), .. } => c == "ExpiredToken" || c == "TokenRefreshRequired",
+        _ => false,
+    }
+}
 
 /// Decides on a failure. `region` is where the attempt went; `redirected` whether the region
 /// hint was followed already.
@@ -93,7 +107,8 @@ pub fn decide(f: &Failure, region: &str, redirected: bool) -> Decision {
             match status {
                 408 | 429 | 500..=599 => Decision::Retry,
                 // Wrong credentials or owner, missing bucket or key: another try will not help
-                // (ExpiredToken is a credential refresh, hence retried).
+                // (ExpiredToken and TokenRefreshRequired are a credential refresh, and
+                // RequestTimeTooSkewed a clock correction, hence retried).
                 403 | 404 if !retry_code => Decision::Fail,
                 _ if retry_code => Decision::Retry,
                 _ => Decision::Fail,
@@ -123,7 +138,8 @@ impl Default for Backoff {
         Backoff {
             base: Duration::from_millis(200),
             cap: Duration::from_secs(5),
-            max_attempts: 8,
+            // A safety net: the deadline (120 s by default) ends the retries long before.
+            max_attempts: 1000,
             min_attempt: Duration::from_millis(500),
         }
     }
@@ -179,6 +195,8 @@ mod tests {
             (http(400, "RequestTimeout"), Decision::Retry),
             (http(400, "ExpiredToken"), Decision::Retry),
             (http(403, "ExpiredToken"), Decision::Retry),
+            (http(400, "TokenRefreshRequired"), Decision::Retry),
+            (http(403, "RequestTimeTooSkewed"), Decision::Retry),
             (http(403, "AccessDenied"), Decision::Fail),
             (http(404, "NoSuchKey"), Decision::Fail),
             (http(404, "NoSuchBucket"), Decision::Fail),
@@ -238,7 +256,8 @@ mod tests {
         let lots = Duration::from_secs(100);
         assert_eq!(b.next(3, lots, 0.5), Ok(Duration::from_millis(400)));
         assert_eq!(b.next(3, lots, 0.0), Ok(Duration::ZERO));
-        assert_eq!(b.next(8, lots, 0.5), Err(Stop::Attempts));
+        assert_eq!(b.next(8, lots, 0.5), Ok(Duration::from_millis(2500)));
+        assert_eq!(b.next(1000, lots, 0.5), Err(Stop::Attempts));
         assert_eq!(
             b.next(5, Duration::from_millis(1000), 0.9),
             Err(Stop::Deadline)

@@ -4,11 +4,80 @@ use crate::error::UsageError;
 use std::fmt;
 use std::str::FromStr;
 
+/// An S3 source: `bucket` is a bucket name (or an access point alias), or an access point ARN
+/// (`arn:PARTITION:s3:REGION:ACCOUNT:accesspoint/NAME`), which S3 takes in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Url {
     pub bucket: String,
     pub key: String,
     pub version_id: Option<String>,
+}
+
+/// The parts of an S3 access point ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessPoint {
+    pub partition: String,
+    pub region: String,
+    pub account: String,
+    pub name: String,
+}
+
+/// The partitions ecs-bootstrap knows: name and DNS suffix.
+pub const PARTITIONS: [(&str, &str); 3] = [
+    ("aws", "amazonaws.com"),
+    ("aws-cn", "amazonaws.com.cn"),
+    ("aws-us-gov", "amazonaws.com"),
+];
+
+/// The partition a region belongs to.
+pub fn partition_of_region(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+/// The DNS suffix of a partition (`amazonaws.com.cn` for aws-cn).
+pub fn dns_suffix(partition: &str) -> &'static str {
+    PARTITIONS
+        .iter()
+        .find(|(p, _)| *p == partition)
+        .map_or("amazonaws.com", |(_, d)| d)
+}
+
+/// The object's ARN as IAM names it: `arn:PARTITION:s3:::BUCKET/KEY`, or for an access point
+/// `ACCESS_POINT_ARN/object/KEY`; the partition from the access point, else from `region`.
+pub fn object_arn(url: &S3Url, region: &str) -> String {
+    match url.access_point() {
+        Some(_) => format!("{}/object/{}", url.bucket, url.key),
+        None => format!(
+            "arn:{}:s3:::{}/{}",
+            partition_of_region(region),
+            url.bucket,
+            url.key
+        ),
+    }
+}
+
+impl S3Url {
+    /// The access point, when the source names one by ARN.
+    pub fn access_point(&self) -> Option<AccessPoint> {
+        let rest = self.bucket.strip_prefix("arn:")?;
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        let [partition, "s3", region, account, resource] = parts[..] else {
+            return None;
+        };
+        let name = resource.strip_prefix("accesspoint/")?;
+        Some(AccessPoint {
+            partition: partition.to_owned(),
+            region: region.to_owned(),
+            account: account.to_owned(),
+            name: name.to_owned(),
+        })
+    }
 }
 
 impl FromStr for S3Url {
@@ -17,7 +86,8 @@ impl FromStr for S3Url {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
             UsageError(format!(
-                "invalid source {s:?}: {why}; expected s3://BUCKET/KEY or s3://BUCKET/KEY?versionId=V"
+                "invalid source {s:?}: {why}; expected s3://BUCKET/KEY, s3://BUCKET/KEY?versionId=V or \
+                 s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME/KEY"
             ))
         };
         let rest = s
@@ -28,6 +98,9 @@ impl FromStr for S3Url {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
+        if let Some(arn) = path.strip_prefix("arn:") {
+            return parse_access_point(arn, query).map_err(|why| bad(&why));
+        }
         let (bucket, key) = path
             .split_once('/')
             .ok_or_else(|| bad("no object key after the bucket"))?;
@@ -59,6 +132,72 @@ impl FromStr for S3Url {
     }
 }
 
+fn parse_version(query: Option<&str>) -> Result<Option<String>, String> {
+    match query {
+        None => Ok(None),
+        Some(q) => match q.strip_prefix("versionId=") {
+            Some(v) if !v.is_empty() && !v.contains('&') => Ok(Some(v.to_owned())),
+            _ => Err("the only query parameter allowed is versionId=V".into()),
+        },
+    }
+}
+
+/// `PARTITION:s3:REGION:ACCOUNT:accesspoint/NAME/KEY` (after `arn:`).
+fn parse_access_point(arn: &str, query: Option<&str>) -> Result<S3Url, String> {
+    let parts: Vec<&str> = arn.splitn(5, ':').collect();
+    let [partition, service, region, account, resource] = parts[..] else {
+        return Err(
+            "an access point ARN is arn:PARTITION:s3:REGION:ACCOUNT:accesspoint/NAME, then /KEY"
+                .into(),
+        );
+    };
+    if !PARTITIONS.iter().any(|(p, _)| *p == partition) {
+        return Err(format!(
+            "the ARN's partition must be one of aws, aws-cn, aws-us-gov, not {partition:?}"
+        ));
+    }
+    if service != "s3" {
+        return Err("only S3 access point ARNs (arn:PARTITION:s3:...) can be a source".into());
+    }
+    if region.is_empty()
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err("the ARN's region is missing or malformed (access point ARNs name one)".into());
+    }
+    if partition_of_region(region) != partition {
+        return Err(format!("region {region} is not in partition {partition}"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the ARN's account must be 12 digits".into());
+    }
+    let Some(rest) = resource.strip_prefix("accesspoint/") else {
+        return Err("the ARN must name an access point (accesspoint/NAME); Object Lambda and Multi-Region access points are not supported".into());
+    };
+    let (name, key) = rest
+        .split_once('/')
+        .ok_or_else(|| "no object key after the access point name".to_owned())?;
+    if name.len() < 3
+        || name.len() > 50
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(
+            "the access point name must be 3 to 50 lowercase letters, digits or hyphens".into(),
+        );
+    }
+    if key.is_empty() {
+        return Err("the object key is empty".into());
+    }
+    Ok(S3Url {
+        bucket: format!("arn:{partition}:s3:{region}:{account}:accesspoint/{name}"),
+        key: key.to_owned(),
+        version_id: parse_version(query)?,
+    })
+}
+
 impl fmt::Display for S3Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "s3://{}/{}", self.bucket, self.key)?;
@@ -84,6 +223,61 @@ mod tests {
         assert_eq!(
             u.to_string(),
             "s3://my-bucket/ecs/prod.config?versionId=abc"
+        );
+    }
+
+    #[test]
+    fn access_point_arns_are_sources() {
+        let u: S3Url = "s3://arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/ecs/prod.config?versionId=v1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            u.bucket,
+            "arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap"
+        );
+        assert_eq!(u.key, "ecs/prod.config");
+        assert_eq!(u.version_id.as_deref(), Some("v1"));
+        let ap = u.access_point().unwrap();
+        assert_eq!(
+            (ap.partition.as_str(), ap.region.as_str()),
+            ("aws-us-gov", "us-gov-west-1")
+        );
+        assert_eq!(
+            u.to_string(),
+            "s3://arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/ecs/prod.config?versionId=v1"
+        );
+        for (s, why) in [
+            (
+                "s3://arn:aws:s3:us-east-1:123456789012:accesspoint/ap",
+                "no object key",
+            ),
+            (
+                "s3://arn:aws:s3:cn-north-1:123456789012:accesspoint/ap/k",
+                "not in partition",
+            ),
+            (
+                "s3://arn:aws:s3:us-east-1:1234:accesspoint/ap/k",
+                "12 digits",
+            ),
+            (
+                "s3://arn:aws:s3-object-lambda:us-east-1:123456789012:accesspoint/ap/k",
+                "only S3",
+            ),
+            ("s3://arn:aws:s3::123456789012:accesspoint/ap/k", "region"),
+            (
+                "s3://arn:aws-xx:s3:us-east-1:123456789012:accesspoint/ap/k",
+                "partition",
+            ),
+        ] {
+            let e = s.parse::<S3Url>().unwrap_err().to_string();
+            assert!(e.contains(why), "{s}: {e}");
+        }
+        assert!(
+            "s3://plain-bucket/k"
+                .parse::<S3Url>()
+                .unwrap()
+                .access_point()
+                .is_none()
         );
     }
 

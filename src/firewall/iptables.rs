@@ -310,11 +310,23 @@ impl<'a> Ipt<'a> {
         self.must(&args).map(drop)
     }
 
-    /// `iptables -D CHAIN POS`.
-    pub fn delete_at(&self, chain: &str, pos: usize) -> Result<(), IptError> {
-        let pos = pos.to_string();
-        self.must(&["-t", "filter", "-D", chain, pos.as_str()])
-            .map(drop)
+    /// `iptables -D CHAIN SPEC`: deletes the first rule with exactly this specification (never
+    /// a position: another program may have inserted above it meanwhile). Ok(false) when no
+    /// such rule is there any more.
+    pub fn delete_spec(&self, chain: &str, spec: &[String]) -> Result<bool, IptError> {
+        let mut args = vec!["-t", "filter", "-D", chain];
+        args.extend(spec.iter().map(String::as_str));
+        let (cl, out) = self.run(&args)?;
+        match out.status {
+            Some(0) => Ok(true),
+            Some(1)
+                if out.stderr.contains("Bad rule")
+                    || out.stderr.contains("does a matching rule exist") =>
+            {
+                Ok(false)
+            }
+            _ => Err(Self::failed(cl, &out)),
+        }
     }
 
     /// The sibling tool of this binary: `iptables-legacy` + `-save` → `iptables-legacy-save`.

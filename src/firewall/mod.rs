@@ -9,17 +9,24 @@
 //! make `-j DOCKER-USER` the first rule of FORWARD (so the block holds before dockerd ever ran
 //! too). `--chain FORWARD` reproduces the documented placement, with a warning.
 //!
+//! The block is a property of the kernel's state ([`plan`]): our DROP rules first in
+//! DOCKER-USER, nothing of ours elsewhere, `-j DOCKER-USER` first in FORWARD, once. A rule of
+//! another tool above ours is a break, repaired by moving ours above it; nothing of another
+//! tool is deleted, and nothing is deleted by position.
+//!
 //! Concurrency. All of it runs under an exclusive lock in /run ([`lock`]) plus iptables' own
 //! `-w` lock wait ([`iptables`]), so concurrent runs end with exactly one rule; every check is
 //! made before any change, so a second run changes nothing.
 //!
-//! Modules: [`rules`] (pure rendering), [`iptables`] (the runner over the binaries, and why it
+//! Modules: [`rules`] (pure rendering and recognition), [`plan`] (pure planning),
+//! [`iptables`] (the runner over the binaries, and why it
 //! is ours rather than the `iptables` crate), [`persist`] (merge into the distribution's rules
 //! file, and what happens to the iptables-services sample file), [`lock`].
 
 pub mod iptables;
 pub mod lock;
 pub mod persist;
+pub mod plan;
 pub mod rules;
 
 use crate::cli::{ChainChoice, FirewallArgs, Ipv6Mode, PersistMode};
@@ -27,8 +34,9 @@ use crate::error::UsageError;
 use crate::fsutil::WriteOutcome;
 use crate::report::StepResult;
 use crate::sys::{CommandRunner, Root};
-use iptables::{Ipt, IptError, Presence};
+use iptables::{Ipt, IptError};
 use persist::Distro;
+use plan::{Mode, Op, RuleState};
 use rules::{DOCKER_USER, FORWARD, Family, Placement, RuleSet};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -53,6 +61,8 @@ pub struct Options {
     pub persist_file: Option<PathBuf>,
     pub persist_file6: Option<PathBuf>,
     pub root: Root,
+    /// `--remove`: take out everything of ours instead of asserting the block.
+    pub remove: bool,
 }
 
 impl Options {
@@ -95,7 +105,16 @@ impl Options {
             persist_file: args.persist_file.clone(),
             persist_file6: args.persist_file6.clone(),
             root: root.clone(),
+            remove: args.remove,
         })
+    }
+
+    fn mode(&self) -> Mode {
+        if self.remove {
+            Mode::Remove
+        } else {
+            Mode::Assert
+        }
     }
 
     fn rule_set(&self, family: Family) -> RuleSet {
@@ -115,158 +134,162 @@ struct Applied {
     rules: Vec<Value>,
     jump: Option<&'static str>,
     duplicate_jumps_removed: usize,
+    moved_above: Vec<String>,
+    removed: Vec<String>,
+    /// How the change went in: "transaction" (attempt N) or "one command at a time".
+    method: Option<String>,
     summary: Vec<String>,
     warnings: Vec<String>,
 }
 
-/// The changes of one [`apply`]: batched into one `iptables-restore --noflush` transaction
-/// (one commit, one process), or run one command at a time.
-struct Changes<'a, 'b> {
-    ipt: &'a Ipt<'b>,
-    /// `Some` when batching: the commands not yet committed.
-    batch: Option<Vec<Vec<String>>>,
+/// How many times the transaction is tried (each time on a fresh listing) before the step
+/// goes one command at a time.
+pub const TRANSACTION_ATTEMPTS: u32 = 4;
+
+/// The wait before transaction attempt `attempt + 1`: uniform in 10..=50*attempt ms, so runs
+/// that collided (two runs, or a run and dockerd) do not collide again in step.
+fn jitter(attempt: u32) -> Duration {
+    Duration::from_millis(fastrand::u64(10..=50 * u64::from(attempt)))
 }
 
-impl Changes<'_, '_> {
-    /// `-N chain`; Ok(false) when it exists already (only known when not batching).
-    fn new_chain(&mut self, chain: &str) -> Result<bool, IptError> {
-        match &mut self.batch {
-            Some(b) => {
-                b.push(vec!["-N".into(), chain.into()]);
-                Ok(true)
+/// Makes one family's rules what they should be ([`plan`]: the block as a property of the
+/// kernel's state). Each attempt lists the filter table once, plans, and applies the plan as
+/// one `iptables-restore --noflush` transaction: one process, one kernel commit, all or
+/// nothing; deletes name full rule specs, never positions. A transaction that fails (dockerd
+/// created DOCKER-USER or changed a chain since the listing) applied nothing, and is planned
+/// again on a fresh listing, up to [`TRANSACTION_ATTEMPTS`] times with jitter. When
+/// iptables-restore is missing or every attempt failed, the plan goes in one command at a time
+/// ([`one_by_one`]), so the error names the exact command. A lock held past the wait is
+/// reported at once (a retry would wait as long again).
+fn apply(ipt: &Ipt, set: &RuleSet, mode: Mode) -> Result<Applied, IptError> {
+    let mut legacy_too = false;
+    for attempt in 1..=TRANSACTION_ATTEMPTS {
+        let (table, legacy) = ipt.list_table()?;
+        legacy_too = legacy;
+        let p = plan::plan(&table, set, mode);
+        if p.ops.is_empty() {
+            return Ok(applied(ipt, set, mode, p, None, legacy_too));
+        }
+        let commands: Vec<Vec<String>> = p.ops.iter().map(Op::args).collect();
+        match ipt.restore_noflush(&commands) {
+            Ok(()) => {
+                let how = format!("transaction (attempt {attempt})");
+                return Ok(applied(ipt, set, mode, p, Some(how), legacy_too));
             }
-            None => self.ipt.new_chain(chain),
-        }
-    }
-
-    fn insert(&mut self, chain: &str, pos: usize, spec: &[String]) -> Result<(), IptError> {
-        match &mut self.batch {
-            Some(b) => {
-                let mut c = vec!["-I".into(), chain.into(), pos.to_string()];
-                c.extend(spec.iter().cloned());
-                b.push(c);
-                Ok(())
+            Err(e) if e.is_lock_timeout() => return Err(e),
+            Err(e @ IptError::Missing { .. }) => {
+                tracing::debug!(family = set.family.name(), error = %e, "no iptables-restore; one command at a time");
+                break;
             }
-            None => self.ipt.insert(chain, pos, spec),
+            Err(e) => {
+                tracing::debug!(family = set.family.name(), attempt, error = %e, "the transaction failed; planning again");
+                if attempt < TRANSACTION_ATTEMPTS {
+                    std::thread::sleep(jitter(attempt));
+                }
+            }
         }
     }
-
-    /// `-D chain spec` (the first rule that matches), only in a transaction: there, every old
-    /// copy goes in the same commit that inserts the new one.
-    fn delete(&mut self, chain: &str, spec: &[String]) -> Result<(), IptError> {
-        if let Some(b) = &mut self.batch {
-            let mut c = vec!["-D".into(), chain.into()];
-            c.extend(spec.iter().cloned());
-            b.push(c);
-        }
-        Ok(())
-    }
-
-    fn batching(&self) -> bool {
-        self.batch.is_some()
-    }
-
-    /// Applies what was batched so far.
-    fn commit(&mut self) -> Result<(), IptError> {
-        match self.batch.as_mut().map(std::mem::take) {
-            Some(b) if !b.is_empty() => self.ipt.restore_noflush(&b),
-            _ => Ok(()),
-        }
-    }
+    let (table, legacy) = ipt.list_table()?;
+    legacy_too |= legacy;
+    let p = plan::plan(&table, set, mode);
+    one_by_one(ipt, &p.ops)?;
+    let how = (!p.ops.is_empty()).then(|| "one command at a time".to_owned());
+    Ok(applied(ipt, set, mode, p, how, legacy_too))
 }
 
-/// Makes one family's rules what they should be. Every question is asked first (one listing,
-/// `-C` per rule in an existing DOCKER-USER); the changes then go in as one `iptables-restore
-/// --noflush` transaction, which also makes a move (delete the old copies, insert at the top)
-/// atomic. Should that transaction fail (something else, dockerd say, created DOCKER-USER or
-/// changed FORWARD since the listing, or iptables-restore is missing), nothing of it applied:
-/// everything is asked again and done one command at a time, inserting before deleting so
-/// that the block never lapses, with the precise error of the command that fails. Only a lock
-/// held past the wait is reported at once (a retry would wait as long again).
-fn apply(ipt: &Ipt, set: &RuleSet) -> Result<Applied, IptError> {
-    match apply_with(ipt, set, true) {
-        Err(e) if !e.is_lock_timeout() => {
-            tracing::debug!(family = set.family.name(), error = %e, "the batched change failed; retrying one command at a time");
-            apply_with(ipt, set, false)
+/// The spec of the temporary copy that holds the block while `spec` moves: the same rule with
+/// the comment [`rules::MOVING_COMMENT`] (so `-D` by spec tells the two apart).
+fn moving_copy(spec: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    let mut it = spec.iter().peekable();
+    let mut done = false;
+    while let Some(a) = it.next() {
+        if a == "-m" && it.peek().is_some_and(|n| *n == "comment") {
+            // `-m comment --comment X`: replaced below.
+            it.next();
+            it.next();
+            it.next();
+            continue;
         }
-        r => r,
+        if a == "-j" && !done {
+            out.extend(["-m", "comment", "--comment", rules::MOVING_COMMENT].map(str::to_owned));
+            done = true;
+        }
+        out.push(a.clone());
     }
+    out
 }
 
-fn apply_with(ipt: &Ipt, set: &RuleSet, batch: bool) -> Result<Applied, IptError> {
-    let mut changes = Changes {
-        ipt,
-        batch: batch.then(Vec::new),
-    };
-    let mut a = match set.placement {
-        Placement::DockerUser => apply_docker_user(ipt, set, &mut changes)?,
-        Placement::Forward => apply_forward(ipt, set, &mut changes)?,
-    };
-    changes.commit()?;
-    // One command at a time, the new copies went in first: now the old ones go.
-    if !batch {
-        if let Some(jump) = set.jump_line() {
-            a.duplicate_jumps_removed = remove_below(ipt, 1, |l| l == jump)?;
-        }
-        if set.placement == Placement::Forward {
-            let n = set.interfaces.len();
-            remove_below(ipt, n, |l| {
-                set.interfaces.iter().any(|i| set.is_rule_for(l, i))
-            })?;
-        }
-    }
-    if a.duplicate_jumps_removed > 0 {
-        a.changed = true;
-        a.summary.push(format!(
-            "{}: removed {} later -j {DOCKER_USER} from {FORWARD}",
-            set.family.name(),
-            a.duplicate_jumps_removed
-        ));
-    }
-    Ok(a)
-}
-
-/// Deletes the rules of FORWARD below its first `keep` rules for which `ours` holds, highest
-/// position first so that the lower positions stay valid (bounded by the listing's length).
-/// Returns how many went.
-fn remove_below(ipt: &Ipt, keep: usize, ours: impl Fn(&str) -> bool) -> Result<usize, IptError> {
-    let forward = ipt.list(FORWARD)?;
-    let extra: Vec<usize> = forward
+/// Applies a plan one command at a time, so that the block never lapses and nothing of
+/// another tool is touched: a rule that moves gets a temporary copy at the top first (with
+/// another comment), then the old copies go by their spec, then the new rules come in at the
+/// top, then the temporary copies go. A delete that finds its rule gone (removed meanwhile by
+/// someone else) is not an error.
+fn one_by_one(ipt: &Ipt, ops: &[Op]) -> Result<(), IptError> {
+    let deletes: Vec<(&String, &Vec<String>)> = ops
         .iter()
-        .enumerate()
-        .skip(keep)
-        .filter(|(_, l)| ours(l))
-        .map(|(i, _)| i + 1)
+        .filter_map(|o| match o {
+            Op::Delete { chain, spec } => Some((chain, spec)),
+            _ => None,
+        })
         .collect();
-    for pos in extra.iter().rev() {
-        ipt.delete_at(FORWARD, *pos)?;
+    let moves: Vec<(&String, Vec<String>)> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::InsertTop { chain, spec } if deletes.contains(&(chain, spec)) => {
+                Some((chain, moving_copy(spec)))
+            }
+            _ => None,
+        })
+        .collect();
+    for o in ops {
+        if let Op::NewChain(c) = o {
+            ipt.new_chain(c)?;
+        }
     }
-    Ok(extra.len())
+    for (chain, copy) in &moves {
+        ipt.insert(chain, 1, copy)?;
+    }
+    for (chain, spec) in &deletes {
+        ipt.delete_spec(chain, spec)?;
+    }
+    for o in ops {
+        if let Op::InsertTop { chain, spec } = o {
+            ipt.insert(chain, 1, spec)?;
+        }
+    }
+    for (chain, copy) in &moves {
+        ipt.delete_spec(chain, copy)?;
+    }
+    for o in ops {
+        if let Op::DeleteChain(c) = o {
+            ipt.must(&["-t", "filter", "-X", c])?;
+        }
+    }
+    Ok(())
 }
 
-/// The rule lines' summary and report entries, in the order given.
-fn report_rules(a: &mut Applied, set: &RuleSet, states: &[(&String, &'static str)]) {
-    let (fam, chain) = (set.family.name(), set.chain());
-    for (iface, state) in states {
-        let line = set.save_line(iface);
-        a.summary.push(match *state {
-            "added" => format!("{fam}: added {line} at the top of {chain}"),
-            "moved" => format!("{fam}: moved {line} back to the top of {chain}"),
-            _ => format!("{fam}: {line} already present"),
-        });
-        a.rules
-            .push(json!({"interface": iface, "destination": set.family.imds(), "state": state}));
-    }
-}
-
-/// The default placement: DOCKER-USER exists, holds our rules at its top, and `-j DOCKER-USER`
-/// is the first rule of FORWARD, exactly once.
-fn apply_docker_user(ipt: &Ipt, set: &RuleSet, changes: &mut Changes) -> Result<Applied, IptError> {
-    let mut a = Applied::default();
+/// The report of one family's plan, once applied.
+fn applied(
+    ipt: &Ipt,
+    set: &RuleSet,
+    mode: Mode,
+    p: plan::Plan,
+    method: Option<String>,
+    legacy_too: bool,
+) -> Applied {
     let fam = set.family.name();
-    // One listing of the whole filter table tells whether DOCKER-USER exists and what FORWARD
-    // holds (one iptables call instead of one per chain, on the boot path).
-    let (table, legacy_too) = ipt.list_table()?;
+    let chain = set.chain();
+    let mut a = Applied {
+        changed: !p.ops.is_empty(),
+        chain_created: p.chain_created,
+        jump: p.jump,
+        duplicate_jumps_removed: p.duplicate_jumps_removed,
+        moved_above: p.moved_above.clone(),
+        removed: p.removed.iter().map(|(l, _)| l.clone()).collect(),
+        method,
+        ..Applied::default()
+    };
     if legacy_too {
         a.warnings.push(format!(
             "{fam}: iptables-legacy tables exist beside the nft ones (a dockerd or another tool on iptables-legacy?): the rule is in the nft backend of {}, where `{} -S` shows it and `iptables-legacy -S` does not; the kernel applies both, so the block holds. Pass --iptables with the legacy binary to keep everything in one backend",
@@ -274,108 +297,59 @@ fn apply_docker_user(ipt: &Ipt, set: &RuleSet, changes: &mut Changes) -> Result<
             ipt.bin.display()
         ));
     }
-    if !table.iter().any(|l| l == &format!("-N {DOCKER_USER}")) {
-        a.chain_created = changes.new_chain(DOCKER_USER)?;
-        if a.chain_created {
-            a.summary
-                .push(format!("{fam}: created chain {DOCKER_USER}"));
-            a.changed = true;
-        }
-    }
-    // In reverse, each at position 1: the rules end up in the order given, at the top.
-    let mut states = vec![];
-    for iface in set.interfaces.iter().rev() {
-        let spec = set.spec(iface);
-        // A chain created just now is empty: no need to ask whether the rule is in it.
-        let presence = if a.chain_created {
-            Presence::Absent
-        } else {
-            ipt.check(DOCKER_USER, &spec)?
-        };
-        let state = match presence {
-            Presence::Present => "present",
-            Presence::Absent => {
-                changes.insert(DOCKER_USER, 1, &spec)?;
-                a.changed = true;
-                "added"
-            }
-        };
-        states.push((iface, state));
-    }
-    states.reverse();
-    report_rules(&mut a, set, &states);
-
-    let jump = set.jump_line().expect("DOCKER-USER placement has a jump");
-    let forward: Vec<&String> = table
-        .iter()
-        .filter(|l| l.starts_with(&format!("-A {FORWARD} ")))
-        .collect();
-    let jumps = forward.iter().filter(|l| ***l == jump).count();
-    let first = forward.first() == Some(&&jump);
-    let to_jump = ["-j".to_owned(), DOCKER_USER.to_owned()];
-    a.jump = Some(if first { "present" } else { "placed" });
-    if !first {
-        a.changed = true;
+    if p.chain_created {
         a.summary
-            .push(format!("{fam}: placed -j {DOCKER_USER} first in {FORWARD}"));
+            .push(format!("{fam}: created chain {DOCKER_USER}"));
     }
-    if first && jumps == 1 {
-        return Ok(a);
+    for (line, why) in &p.removed {
+        a.summary.push(format!("{fam}: removed {line} ({why})"));
     }
-    if changes.batching() {
-        // One transaction: every old copy out, one jump in at the top.
-        for _ in 0..jumps {
-            changes.delete(FORWARD, &to_jump)?;
+    if mode == Mode::Assert {
+        for (iface, state) in &p.rules {
+            let line = set.save_line(iface);
+            a.summary.push(match state {
+                RuleState::Added => format!("{fam}: added {line} at the top of {chain}"),
+                RuleState::Moved if p.moved_above.is_empty() => {
+                    format!("{fam}: moved {line} back to the top of {chain}")
+                }
+                RuleState::Moved => format!(
+                    "{fam}: moved {line} back to the top of {chain}, above {} rule(s) of others that let packets through before it: {}",
+                    p.moved_above.len(),
+                    p.moved_above.join("; ")
+                ),
+                _ => format!("{fam}: {line} already present"),
+            });
+            a.rules.push(
+                json!({"interface": iface, "destination": set.family.imds(), "state": state}),
+            );
         }
-        changes.insert(FORWARD, 1, &to_jump)?;
-        a.duplicate_jumps_removed = jumps - usize::from(first);
-    } else if !first {
-        // One command at a time: the new jump first; `apply_with` removes the old ones after.
-        changes.insert(FORWARD, 1, &to_jump)?;
-    }
-    Ok(a)
-}
-
-/// `--chain FORWARD`, the documented placement: our rules are the first rules of FORWARD, in
-/// the order given, each exactly once. After dockerd has put its rules above them, a rerun
-/// (the docker.service drop-in) moves them back to the top.
-fn apply_forward(ipt: &Ipt, set: &RuleSet, changes: &mut Changes) -> Result<Applied, IptError> {
-    let mut a = Applied::default();
-    let forward = ipt.list(FORWARD)?;
-    let n = set.interfaces.len();
-    let ours = |l: &str| set.interfaces.iter().any(|i| set.is_rule_for(l, i));
-    let on_top = forward.len() >= n
-        && set
-            .interfaces
-            .iter()
-            .zip(&forward)
-            .all(|(i, l)| set.is_rule_for(l, i));
-    let copies = forward.iter().filter(|l| ours(l)).count();
-    let mut states = vec![];
-    if on_top && copies == n {
-        states = set.interfaces.iter().map(|i| (i, "present")).collect();
-        report_rules(&mut a, set, &states);
-        return Ok(a);
-    }
-    a.changed = true;
-    if changes.batching() {
-        // One transaction: every old copy out, our rules in at the top.
-        for iface in &set.interfaces {
-            let spec = set.spec(iface);
-            for _ in forward.iter().filter(|l| set.is_rule_for(l, iface)) {
-                changes.delete(FORWARD, &spec)?;
-            }
+        if p.jump == Some("placed") {
+            a.summary
+                .push(format!("{fam}: placed -j {DOCKER_USER} first in {FORWARD}"));
+        }
+        if p.duplicate_jumps_removed > 0 {
+            a.summary.push(format!(
+                "{fam}: removed {} later -j {DOCKER_USER} from {FORWARD}",
+                p.duplicate_jumps_removed
+            ));
+        }
+    } else {
+        for (iface, state) in &p.rules {
+            a.rules.push(
+                json!({"interface": iface, "destination": set.family.imds(), "state": state}),
+            );
+        }
+        if p.jump == Some("removed") {
+            a.summary.push(format!(
+                "{fam}: removed -j {DOCKER_USER} and the empty chain {DOCKER_USER} (no Docker chains here)"
+            ));
+        }
+        if p.ops.is_empty() {
+            a.summary
+                .push(format!("{fam}: nothing of ours in the kernel's tables"));
         }
     }
-    for iface in set.interfaces.iter().rev() {
-        changes.insert(FORWARD, 1, &set.spec(iface))?;
-    }
-    for iface in &set.interfaces {
-        let had = forward.iter().any(|l| set.is_rule_for(l, iface));
-        states.push((iface, if had { "moved" } else { "added" }));
-    }
-    report_rules(&mut a, set, &states);
-    Ok(a)
+    a
 }
 
 /// Whether the host has IPv6: an address in /proc/net/if_inet6, or IPv6 not disabled.
@@ -390,10 +364,16 @@ fn host_has_ipv6() -> bool {
 }
 
 fn resolve_iptables(opts: &Options) -> Result<PathBuf, IptError> {
-    match &opts.iptables {
+    resolve_binary(opts.iptables.as_deref())
+}
+
+/// The iptables binary to run: `--iptables` (a path, or a name looked up like the default),
+/// else `iptables` from PATH or the sbin folders.
+pub fn resolve_binary(iptables: Option<&Path>) -> Result<PathBuf, IptError> {
+    match iptables {
         Some(p) if p.components().count() > 1 || p.is_absolute() => {
             if iptables::is_executable(p) {
-                Ok(p.clone())
+                Ok(p.to_path_buf())
             } else {
                 Err(IptError::Missing {
                     bin: p.display().to_string(),
@@ -444,6 +424,7 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
     let bin4 = resolve_iptables(opts)?;
     let ipt4 = Ipt::new(bin4.clone(), Family::V4, runner);
 
+    let mut v6_error: Option<String> = None;
     let bin6 = iptables::ip6tables_beside(&bin4);
     let bin6_found = bin6.as_deref().filter(|p| iptables::is_executable(p));
     let (v6, v6_reason): (Option<PathBuf>, String) = match opts.ipv6 {
@@ -463,12 +444,24 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
             (true, Some(p)) => (Some(p.to_owned()), "auto: the host has IPv6".into()),
             (false, _) => (None, "auto: the host has no IPv6".into()),
             (true, None) => {
-                let w = format!(
-                    "the host has IPv6 but {} is missing: fd00:ec2::254 is not blocked; install ip6tables (package iptables) or pass --ipv6 off",
-                    bin6.map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "ip6tables".into())
-                );
-                warnings.push(w);
+                let bin6 = bin6
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "ip6tables".into());
+                let exposed = std::fs::read_to_string("/proc/net/if_inet6")
+                    .map(|t| global_v6_on(&t, &opts.interfaces))
+                    .unwrap_or_default();
+                if exposed.is_empty() {
+                    warnings.push(format!(
+                        "the host has IPv6 but {bin6} is missing: fd00:ec2::254 is not blocked (no blocked bridge has a global IPv6 address now, so containers cannot reach it yet); install ip6tables (package iptables) or pass --ipv6 off"
+                    ));
+                } else {
+                    // Fail closed: containers on these bridges can reach IMDS over IPv6.
+                    v6_error = Some(format!(
+                        "{} {} a global IPv6 address, so containers on it can reach instance metadata at fd00:ec2::254, but {bin6} is missing and the IPv6 rule cannot be put in place (the IPv4 rule is); install ip6tables (Amazon Linux 2023: `dnf install iptables-nft`; Amazon Linux 2 and RHEL: `yum install iptables`; Debian and Ubuntu: `apt-get install iptables`), or pass --ipv6 off if the instance's IPv6 metadata endpoint is disabled",
+                        exposed.join(", "),
+                        if exposed.len() == 1 { "has" } else { "have" }
+                    ));
+                }
                 (None, "auto: ip6tables missing".into())
             }
         },
@@ -528,10 +521,7 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
         tracing::warn!("{w}");
         summary.push(format!("warning: {w}"));
     }
-    Ok(StepResult {
-        changed,
-        summary,
-        details: json!({
+    let details = json!({
             "backend": backend,
             "iptables": bin4,
             "chain": opts.placement,
@@ -544,8 +534,42 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
             },
             "families": fam_details,
             "warnings": warnings,
-        }),
+    });
+    if let Some(message) = v6_error {
+        return Err(anyhow::Error::new(crate::report::Failure {
+            message,
+            summary,
+            details,
+            exit: None,
+        }));
+    }
+    Ok(StepResult {
+        changed,
+        summary,
+        details,
     })
+}
+
+/// The interfaces matching a blocked pattern that have a global IPv6 address, from the text of
+/// `/proc/net/if_inet6` (address, index, prefix, scope, flags, name; scope 00 is global, which
+/// includes unique local addresses such as Docker's fd00::/8 ones) (pure).
+pub fn global_v6_on(if_inet6: &str, patterns: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for l in if_inet6.lines() {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        if t.len() != 6 || t[3] != "00" {
+            continue;
+        }
+        let name = t[5].to_owned();
+        if patterns
+            .iter()
+            .any(|p| crate::prove::pattern_matches(p, &name))
+            && !out.contains(&name)
+        {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// What one address family's run did.
@@ -584,14 +608,14 @@ fn run_family(
                     &mut warnings,
                 )
             });
-            let applied = apply(&ipt, &set);
+            let applied = apply(&ipt, &set, opts.mode());
             let persist = persist
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the persist thread panicked")));
             (applied, persist)
         })
     } else {
-        let applied = apply(&ipt, &set);
+        let applied = apply(&ipt, &set, opts.mode());
         let persist = match &applied {
             Ok(_) => persist_family(
                 opts,
@@ -622,6 +646,9 @@ fn run_family(
             "rules": applied.rules,
             "jump": applied.jump,
             "duplicate_jumps_removed": applied.duplicate_jumps_removed,
+            "moved_above": applied.moved_above,
+            "removed": applied.removed,
+            "method": applied.method,
             "persist": persisted,
         }),
     })
@@ -651,9 +678,27 @@ fn persist_family(
             return Ok((json!({"outcome": "skipped", "reason": reason}), false));
         }
     };
+    let loader = loader_state(opts, distro, set.family, &path);
+    // A rules file that is a link is written through to its target only when that is a
+    // regular file of root's; otherwise persistence is skipped (the kernel rule is in place,
+    // so the step does not fail at every boot).
+    let file = match persist::resolve_rules_file(&path) {
+        Ok(f) => f,
+        Err(why) => {
+            warnings.push(format!(
+                "{why}: the {fam} rule is not persisted (ecs-bootstrap re-asserts it at every boot); replace the link with a regular file, or pass --persist-file"
+            ));
+            return Ok((
+                json!({"file": path, "outcome": "skipped", "reason": why}),
+                false,
+            ));
+        }
+    };
     let p = match opts.persist {
-        PersistMode::Merge => persist::merge_into(ipt, &path, set)?,
-        PersistMode::FullSave => persist::full_save_into(ipt, &path)?,
+        PersistMode::Merge => {
+            persist::merge_into(ipt, &file, set, opts.mode(), loader.0.is_some())?
+        }
+        PersistMode::FullSave => persist::full_save_into(ipt, &file)?,
         PersistMode::None => unreachable!("handled above"),
     };
     summary.push(format!(
@@ -665,12 +710,12 @@ fn persist_family(
         summary.push(format!("{fam}: {}: {n}", p.file.display()));
     }
     warnings.extend(p.warnings.iter().cloned());
-    let loader = loader_state(opts, distro, set.family, &path);
     if let Some(w) = &loader.1 {
         warnings.push(w.clone());
     }
     let details = json!({
         "file": p.file,
+        "link": (file != path).then_some(&path),
         "outcome": outcome_name(p.outcome),
         "backup": p.backup,
         "notes": p.notes,
@@ -696,19 +741,25 @@ fn loader_state(
     if !default {
         return (None, None);
     }
-    match units
-        .iter()
-        .find(|u| persist::unit_installed(&opts.root, u))
-    {
+    // A loader counts only when it is enabled: an installed but disabled iptables.service
+    // restores nothing at boot.
+    match units.iter().find(|u| persist::unit_enabled(&opts.root, u)) {
         Some(u) => (Some(u), None),
-        None => (
-            None,
-            Some(format!(
-                "nothing loads {} at boot: install {package} and enable {} (ecs-bootstrap re-asserts the rule at every boot regardless)",
-                path.display(),
-                units[0]
-            )),
-        ),
+        None => {
+            let installed = units.iter().any(|u| persist::unit_installed(&opts.root, u));
+            let fix = if installed {
+                format!("enable {} (systemctl enable {})", units[0], units[0])
+            } else {
+                format!("install {package} and enable {}", units[0])
+            };
+            (
+                None,
+                Some(format!(
+                    "nothing loads {} at boot: {fix} (ecs-bootstrap re-asserts the rule at every boot regardless)",
+                    path.display()
+                )),
+            )
+        }
     }
 }
 
@@ -779,7 +830,7 @@ mod tests {
             Mutex::new(vec![]),
         );
         let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
-        let a = apply(&ipt, &docker_user_set()).unwrap();
+        let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
         assert!(a.changed && a.chain_created);
         assert_eq!(a.jump, Some("placed"));
         let calls = r.1.lock().unwrap().clone();
@@ -788,16 +839,16 @@ mod tests {
             [
                 "/usr/sbin/iptables -w 10 -t filter -S",
                 "/usr/sbin/iptables-restore -w 10 --noflush <<< *filter;-N DOCKER-USER;\
-                 -I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -j DROP;\
+                 -I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP;\
                  -I FORWARD 1 -j DOCKER-USER;COMMIT;"
             ]
         );
     }
 
     /// dockerd created DOCKER-USER between our listing and our transaction: the transaction
-    /// fails whole, and the step asks again and goes one command at a time.
+    /// fails whole, and the step lists again, plans again and commits the new plan.
     #[test]
-    fn a_failed_transaction_is_redone_one_command_at_a_time() {
+    fn a_failed_transaction_is_planned_again_on_a_fresh_listing() {
         let r = Canned(
             Mutex::new(vec![
                 (0, EMPTY, ""),
@@ -808,115 +859,118 @@ mod tests {
                 ),
                 (
                     0,
-                    "-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n",
+                    "-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n",
                     "",
-                ),
-                (
-                    1,
-                    "",
-                    "iptables: Bad rule (does a matching rule exist in that chain?).\n",
                 ),
                 (0, "", ""),
-                (0, "-A FORWARD -j DOCKER-USER\n", ""),
             ]),
             Mutex::new(vec![]),
         );
         let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
-        let a = apply(&ipt, &docker_user_set()).unwrap();
+        let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
         assert!(a.changed && !a.chain_created);
         assert_eq!(a.jump, Some("present"));
         assert_eq!(a.rules[0]["state"], "added");
+        assert_eq!(a.method.as_deref(), Some("transaction (attempt 2)"));
         let calls = r.1.lock().unwrap().clone();
-        assert_eq!(calls.len(), 6, "{calls:#?}");
+        assert_eq!(calls.len(), 4, "{calls:#?}");
         assert!(
-            calls[3].contains(" -C DOCKER-USER -d 169.254.169.254/32 -i docker+"),
-            "{calls:#?}"
-        );
-        assert!(
-            calls[4].contains(" -I DOCKER-USER 1 -d 169.254.169.254/32"),
-            "{calls:#?}"
-        );
-        assert!(calls[5].ends_with(" -S FORWARD"), "{calls:#?}");
-    }
-
-    /// A jump that is not first, twice: one transaction takes both copies out and puts one at
-    /// the top (no moment without a jump, no position arithmetic against a changing chain).
-    #[test]
-    fn misplaced_and_duplicate_jumps_are_fixed_in_one_transaction() {
-        let r = Canned(
-            Mutex::new(vec![
-                (
-                    0,
-                    "-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\n\
-                     -A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-USER\n",
-                    "",
-                ),
-                (0, "", ""),
-                (0, "", ""),
-            ]),
-            Mutex::new(vec![]),
-        );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
-        let a = apply(&ipt, &docker_user_set()).unwrap();
-        assert!(a.changed);
-        assert_eq!((a.jump, a.duplicate_jumps_removed), (Some("placed"), 2));
-        assert_eq!(a.rules[0]["state"], "present");
-        let calls = r.1.lock().unwrap().clone();
-        assert_eq!(calls.len(), 3, "{calls:#?}");
-        assert!(
-            calls[2].ends_with(
-                "--noflush <<< *filter;-D FORWARD -j DOCKER-USER;-D FORWARD -j DOCKER-USER;\
-                 -I FORWARD 1 -j DOCKER-USER;COMMIT;"
+            calls[3].ends_with(
+                "--noflush <<< *filter;-I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP;COMMIT;"
             ),
             "{calls:#?}"
         );
     }
 
-    /// `--chain FORWARD` after dockerd put its rules above ours: the rule moves back to the
-    /// top in one transaction.
+    /// No iptables-restore: one command at a time, and a rule that moves (here the jump and
+    /// our DROP, both below others) first gets a temporary copy at the top, so the block never
+    /// lapses; every delete names the full rule spec, never a position.
     #[test]
-    fn forward_placement_moves_the_rule_back_to_the_top() {
-        let set = RuleSet {
-            placement: Placement::Forward,
-            ..docker_user_set()
-        };
-        let r = Canned(
-            Mutex::new(vec![
-                (
-                    0,
-                    "-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-FORWARD\n\
-                     -A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP\n",
-                    "",
-                ),
-                (0, "", ""),
-            ]),
+    fn without_restore_a_move_goes_through_a_temporary_copy() {
+        const TABLE: &str = "-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\n-A FORWARD -j DOCKER-USER\n\
+                     -A DOCKER-USER -j RETURN\n\
+                     -A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP\n";
+        // A missing binary is io::ErrorKind::NotFound from the runner; other commands succeed.
+        struct NoRestore<'a>(&'a Canned, Mutex<Vec<String>>);
+        impl CommandRunner for NoRestore<'_> {
+            fn run(
+                &self,
+                p: &Path,
+                a: &[OsString],
+                stdin: Option<&[u8]>,
+            ) -> std::io::Result<CmdOutput> {
+                if p.ends_with("iptables-restore") {
+                    return Err(std::io::ErrorKind::NotFound.into());
+                }
+                if a.iter().any(|x| x == "-S") {
+                    return self.0.run(p, a, stdin);
+                }
+                let mut line = String::new();
+                for x in a.iter().skip(2) {
+                    line.push_str(&x.to_string_lossy());
+                    line.push(' ');
+                }
+                self.1.lock().unwrap().push(line.trim_end().to_owned());
+                Ok(CmdOutput {
+                    status: Some(0),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                })
+            }
+        }
+        let canned = Canned(
+            Mutex::new(vec![(0, TABLE, ""), (0, TABLE, "")]),
             Mutex::new(vec![]),
         );
+        let nr = NoRestore(&canned, Mutex::new(vec![]));
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &nr);
+        let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
+        assert_eq!(a.method.as_deref(), Some("one command at a time"));
+        assert_eq!(a.moved_above, ["-A DOCKER-USER -j RETURN"]);
+        let ours = "-d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP";
+        let copy =
+            "-d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap-moving -j DROP";
+        assert_eq!(
+            *nr.1.lock().unwrap(),
+            [
+                format!("-t filter -I DOCKER-USER 1 {copy}"),
+                "-t filter -I FORWARD 1 -m comment --comment ecs-bootstrap-moving -j DOCKER-USER"
+                    .into(),
+                format!("-t filter -D DOCKER-USER {ours}"),
+                "-t filter -D FORWARD -j DOCKER-USER".into(),
+                format!("-t filter -I DOCKER-USER 1 {ours}"),
+                "-t filter -I FORWARD 1 -j DOCKER-USER".into(),
+                format!("-t filter -D DOCKER-USER {copy}"),
+                "-t filter -D FORWARD -m comment --comment ecs-bootstrap-moving -j DOCKER-USER"
+                    .into(),
+            ]
+        );
+    }
+
+    /// A transaction that keeps failing is tried a bounded number of times, then the plan
+    /// goes in one command at a time, whose error names the command.
+    #[test]
+    fn retries_are_bounded() {
+        let mut script = vec![];
+        for _ in 0..TRANSACTION_ATTEMPTS {
+            script.push((0, EMPTY, ""));
+            script.push((1, "", "iptables-restore: line 2 failed\n"));
+        }
+        script.push((0, EMPTY, ""));
+        script.push((1, "", "iptables: Chain already exists.\n"));
+        script.push((0, "", ""));
+        script.push((0, "", ""));
+        let r = Canned(Mutex::new(script), Mutex::new(vec![]));
         let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
-        let a = apply(&ipt, &set).unwrap();
-        assert!(a.changed);
-        assert_eq!(a.rules[0]["state"], "moved");
+        let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
+        assert_eq!(a.method.as_deref(), Some("one command at a time"));
         let calls = r.1.lock().unwrap().clone();
         assert_eq!(
-            calls[1],
-            "/usr/sbin/iptables-restore -w 10 --noflush <<< *filter;\
-             -D FORWARD -d 169.254.169.254/32 -i docker+ -j DROP;\
-             -I FORWARD 1 -d 169.254.169.254/32 -i docker+ -j DROP;COMMIT;"
+            calls.len(),
+            2 * TRANSACTION_ATTEMPTS as usize + 4,
+            "{calls:#?}"
         );
-        // Already on top: nothing to do, one listing.
-        let r = Canned(
-            Mutex::new(vec![(
-                0,
-                "-P FORWARD ACCEPT\n-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP\n\
-                 -A FORWARD -j DOCKER-FORWARD\n",
-                "",
-            )]),
-            Mutex::new(vec![]),
-        );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
-        let a = apply(&ipt, &set).unwrap();
-        assert!(!a.changed);
-        assert_eq!(r.1.lock().unwrap().len(), 1);
+        assert!(calls.iter().all(|c| !c.contains(" -D ")), "{calls:#?}");
     }
 
     /// A lock held past the wait is not retried (that would double the wait): the error says so.
@@ -934,11 +988,36 @@ mod tests {
             Mutex::new(vec![]),
         );
         let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
-        let e = apply(&ipt, &docker_user_set()).unwrap_err();
+        let e = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap_err();
         assert!(e.is_lock_timeout(), "{e}");
         let m = e.to_string();
         assert!(m.contains("iptables-restore -w 10 --noflush"), "{m}");
         assert!(m.contains("-N DOCKER-USER"), "{m}");
         assert_eq!(r.1.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_moving_copy_differs_only_by_its_comment() {
+        let set = docker_user_set();
+        assert_eq!(
+            moving_copy(&set.spec("docker+")).join(" "),
+            "-d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap-moving -j DROP"
+        );
+        assert_eq!(
+            moving_copy(&plan::jump_spec(None)).join(" "),
+            "-m comment --comment ecs-bootstrap-moving -j DOCKER-USER"
+        );
+    }
+
+    #[test]
+    fn global_ipv6_on_blocked_bridges() {
+        let t = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                 fd000d0c000000000000000000000001 05 40 00 80  docker0\n\
+                 fe80000000000000000000000000abcd 06 40 20 80  br-1234\n\
+                 20010db8000000000000000000000001 02 40 00 80     eth0\n";
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(global_v6_on(t, &p(&["docker+"])), ["docker0"]);
+        assert!(global_v6_on(t, &p(&["br-+"])).is_empty(), "link-local only");
+        assert!(global_v6_on(t, &p(&["docker1"])).is_empty());
     }
 }

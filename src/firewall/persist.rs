@@ -1,8 +1,9 @@
 //! Persistence of our rule to the distribution's rules file (iptables-save format), so it is in
 //! place at boot before dockerd and before ecs-bootstrap itself runs.
 //!
-//! - `merge` (default): read the file, make sure our chain declaration, DROP rules and jump
-//!   appear exactly once in `*filter`, keep every other line as it was, validate with
+//! - `merge` (default): read the file, take our lines out wherever they are, put them back at
+//!   the end of the last `*filter` table as `-I CHAIN 1` lines (so that after a restore they
+//!   come first, whatever the file holds), keep every other line as it was, validate with
 //!   `iptables-restore --test` (unless the file holds nothing but our own minimal rendering)
 //!   and write atomically. Only our lines are ever added, so Docker's
 //!   and the ECS agent's run-time rules never end up in the file. A missing or empty file
@@ -21,7 +22,8 @@
 //! anyone edited is merged as usual; if it still rejects forwarded traffic we warn.
 
 use super::iptables::Ipt;
-use super::rules::{Family, RuleSet};
+use super::plan::Mode;
+use super::rules::{DOCKER_USER, FORWARD, Family, Line, RuleSet};
 use crate::fsutil::{self, WriteOutcome};
 use crate::sys::Root;
 use std::os::unix::fs::PermissionsExt as _;
@@ -144,6 +146,49 @@ pub fn unit_installed(root: &Root, unit: &str) -> bool {
     .any(|d| root.join(d).join(unit).exists())
 }
 
+/// Whether `unit` is enabled under the root: a link to it in a `*.wants` folder of
+/// `/etc/systemd/system` (where `systemctl enable` and presets put them).
+pub fn unit_enabled(root: &Root, unit: &str) -> bool {
+    let dir = root.join("/etc/systemd/system");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with(".wants")
+                    && e.path().join(unit).symlink_metadata().is_ok()
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Where a rules file that may be a symbolic link is written: the path itself, or the link's
+/// target when that is a regular file owned by root (written through, the link kept). Err with
+/// the reason when the target is anything else (missing, not a regular file, not root's): we
+/// do not write through a link into a file someone else controls.
+pub fn resolve_rules_file(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(path).map_err(|e| {
+                format!(
+                    "{} is a symbolic link whose target cannot be resolved ({e})",
+                    path.display()
+                )
+            })?;
+            let tm = std::fs::metadata(&target)
+                .map_err(|e| format!("{} links to {} ({e})", path.display(), target.display()))?;
+            if !tm.is_file() || tm.uid() != 0 {
+                return Err(format!(
+                    "{} links to {}, which is not a regular file owned by root",
+                    path.display(),
+                    target.display()
+                ));
+            }
+            Ok(target)
+        }
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
 /// The result of a merge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merged {
@@ -154,6 +199,24 @@ pub struct Merged {
     pub warnings: Vec<String>,
 }
 
+/// The comment line above our lines in a rules file.
+pub const MARKER: &str = "# ecs-bootstrap: inserted at the top (-I CHAIN 1) after every other rule of the table, so that they come first after a restore";
+
+/// Our lines at the end of the (last) `*filter` table: each DROP inserted at the top, in
+/// reverse so that they end up in the order given, then the jump at the top of FORWARD.
+/// Inserted last, they come before anything the file appends or inserts: a RETURN or ACCEPT
+/// of the file cannot come first.
+fn our_tail(set: &RuleSet) -> Vec<String> {
+    let mut t = vec![MARKER.to_owned()];
+    for i in set.interfaces.iter().rev() {
+        t.push(set.insert_line(i));
+    }
+    if set.jump_line().is_some() {
+        t.push(format!("-I {FORWARD} 1 -j {DOCKER_USER}"));
+    }
+    t
+}
+
 /// The minimal valid file: the built-in chains with ACCEPT policies and our lines.
 pub fn minimal(set: &RuleSet) -> String {
     let mut s = String::from(HEADER);
@@ -162,12 +225,8 @@ pub fn minimal(set: &RuleSet) -> String {
         s.push_str(&d);
         s.push('\n');
     }
-    for i in &set.interfaces {
-        s.push_str(&set.save_line(i));
-        s.push('\n');
-    }
-    if let Some(j) = set.jump_line() {
-        s.push_str(&j);
+    for l in our_tail(set) {
+        s.push_str(&l);
         s.push('\n');
     }
     s.push_str("COMMIT\n");
@@ -181,21 +240,60 @@ fn is_decl(line: &str, chain: &str) -> bool {
         == Some(chain)
 }
 
-fn is_jump(line: &str, set: &RuleSet) -> bool {
-    set.jump_line()
-        .is_some_and(|j| line.split_whitespace().eq(j.split_whitespace()))
+/// Whether `--remove` takes the line out: ours, a temporary copy, the jump, or the uncommented
+/// DROP in DOCKER-USER for an interface we block (an earlier rendering of ours).
+fn removable(set: &RuleSet, line: &str) -> bool {
+    match set.classify(line) {
+        Line::Ours { .. } | Line::Moving { .. } | Line::MovingJump | Line::Jump => true,
+        Line::Plain { chain, iface } => chain == DOCKER_USER && set.wants(&iface),
+        Line::Other => false,
+    }
 }
 
-fn appends_to(line: &str, chain: &str) -> bool {
-    let mut t = line.split_whitespace();
-    t.next() == Some("-A") && t.next() == Some(chain)
+/// The `*filter` tables of a file: (line of `*filter`, line of its COMMIT).
+fn filter_tables(lines: &[String]) -> Result<Vec<(usize, usize)>, String> {
+    let mut out = vec![];
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() == "*filter" {
+            let Some(c) = lines[i..].iter().position(|l| l.trim() == "COMMIT") else {
+                return Err(format!(
+                    "its *filter table (line {}) has no COMMIT line, so iptables-restore cannot load it; fix the file or remove it",
+                    i + 1
+                ));
+            };
+            out.push((i, i + c));
+            i += c;
+        }
+        i += 1;
+    }
+    Ok(out)
 }
 
 /// Merges our lines into an iptables-save file (pure). Errors name the problem in the file.
 pub fn merge(old: &str, set: &RuleSet) -> Result<Merged, String> {
+    merge_mode(old, set, Mode::Assert)
+}
+
+/// Merges our lines into (or, with [`Mode::Remove`], out of) an iptables-save file (pure).
+///
+/// After `iptables-restore` of the result the block holds, whatever the file held: only the
+/// last `*filter` table counts (each one replaces the table), so our lines go at its end as
+/// `-I CHAIN 1` lines, where no `-A`, `-I`, RETURN or ACCEPT of the file can come before them.
+/// Ours (in any spelling, anywhere), the uncommented DROP for an interface we block (the
+/// documented seed rule, an earlier rendering) and the jump are taken out wherever they are;
+/// every other line is kept, in order.
+pub fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged, String> {
     let mut notes = vec![];
     let mut warnings = vec![];
     if old.trim().is_empty() {
+        if mode == Mode::Remove {
+            return Ok(Merged {
+                text: old.to_owned(),
+                notes,
+                warnings,
+            });
+        }
         notes.push("wrote a minimal rules file (the file was missing or empty)".into());
         return Ok(Merged {
             text: minimal(set),
@@ -209,8 +307,16 @@ pub fn merge(old: &str, set: &RuleSet) -> Result<Merged, String> {
     } else {
         old.to_owned()
     };
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let Some(start) = lines.iter().position(|l| l.trim() == "*filter") else {
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let tables = filter_tables(&lines)?;
+    let Some(&(last_start, last_commit)) = tables.last() else {
+        if mode == Mode::Remove {
+            return Ok(Merged {
+                text,
+                notes,
+                warnings,
+            });
+        }
         // No filter table: append one with our lines; other tables stay as they are.
         notes.push("added a *filter table holding our rules".into());
         let mut out = lines.join("\n");
@@ -222,88 +328,140 @@ pub fn merge(old: &str, set: &RuleSet) -> Result<Merged, String> {
             warnings,
         });
     };
-    let Some(commit) = lines[start..]
-        .iter()
-        .position(|l| l.trim() == "COMMIT")
-        .map(|p| p + start)
-    else {
-        return Err(format!(
-            "its *filter table (line {}) has no COMMIT line, so iptables-restore cannot load it; fix the file or remove it",
-            start + 1
-        ));
-    };
-    let chain = set.chain();
-    let mut body: Vec<String> = lines[start + 1..commit].to_vec();
-
-    // The jump stays where it is when it is the first FORWARD rule and the only one.
-    let forward: Vec<&String> = body.iter().filter(|l| appends_to(l, "FORWARD")).collect();
-    let jumps = body.iter().filter(|l| is_jump(l, set)).count();
-    let jump_ok = set.jump_line().is_none()
-        || (jumps == 1 && forward.first().is_some_and(|l| is_jump(l, set)));
-
-    // Drop duplicates of our lines (and every jump when it must move).
-    let mut seen_decl = false;
-    let mut seen_rule = vec![false; set.interfaces.len()];
-    let before = body.len();
-    body.retain(|l| {
-        if set.chain_decl().is_some() && is_decl(l, chain) {
-            return !std::mem::replace(&mut seen_decl, true);
+    let tail = our_tail(set);
+    let mut out: Vec<String> = Vec::with_capacity(lines.len() + tail.len() + 1);
+    let mut dropped: Vec<String> = vec![];
+    let mut added: Vec<String> = vec![];
+    let docker_user = set.chain_decl().is_some();
+    for &(start, commit) in &tables {
+        let body = &lines[start + 1..commit];
+        let is_last = start == last_start;
+        // On removal, DOCKER-USER and the jump go when nothing else in the table uses them.
+        let chain_unused = mode == Mode::Remove && {
+            let others = body
+                .iter()
+                .any(|l| !removable(set, l) && !is_decl(l, DOCKER_USER) && l.contains(DOCKER_USER));
+            let docker = body.iter().any(|l| {
+                l.trim()
+                    .strip_prefix(':')
+                    .and_then(|r| r.split_whitespace().next())
+                    .is_some_and(|c| c.starts_with("DOCKER") && c != DOCKER_USER)
+            });
+            !others && !docker
+        };
+        let mut seen_decl = false;
+        let mut body_out: Vec<String> = vec![];
+        for l in body {
+            if l.trim() == MARKER {
+                dropped.push(l.clone());
+                continue;
+            }
+            if matches!(
+                l.split_whitespace().collect::<Vec<_>>()[..],
+                ["-N" | "--new-chain" | "--new", DOCKER_USER]
+            ) {
+                // Declared by a command instead of a `:` line: a second declaration would make
+                // iptables-restore fail.
+                seen_decl = true;
+                body_out.push(l.clone());
+                continue;
+            }
+            if is_decl(l, DOCKER_USER) {
+                let dup = std::mem::replace(&mut seen_decl, true);
+                if (dup && docker_user) || chain_unused {
+                    dropped.push(l.clone());
+                } else {
+                    body_out.push(l.clone());
+                }
+                continue;
+            }
+            let k = set.classify(l);
+            let drop = match &k {
+                Line::Ours { .. } | Line::Moving { .. } | Line::MovingJump => true,
+                Line::Plain { chain, iface } => {
+                    set.wants(iface) && (mode == Mode::Assert || chain == DOCKER_USER)
+                }
+                Line::Jump => (mode == Mode::Assert && docker_user) || chain_unused,
+                Line::Other => false,
+            };
+            if drop {
+                dropped.push(l.clone());
+            } else {
+                body_out.push(l.clone());
+            }
         }
-        if let Some(i) = set.interfaces.iter().position(|i| set.is_rule_for(l, i)) {
-            return !std::mem::replace(&mut seen_rule[i], true);
+        if is_last && mode == Mode::Assert {
+            if docker_user && !seen_decl {
+                let decl = set.chain_decl().expect("DOCKER-USER placement");
+                let at = body_out
+                    .iter()
+                    .rposition(|l| l.trim_start().starts_with(':'))
+                    .map(|p| p + 1)
+                    .unwrap_or(0);
+                body_out.insert(at, decl.clone());
+                added.push(decl);
+            }
+            body_out.extend(tail.iter().cloned());
         }
-        if !jump_ok && is_jump(l, set) {
-            return false;
-        }
-        true
-    });
-    let dropped = before - body.len() - if jump_ok { 0 } else { jumps };
-    if dropped > 0 {
-        notes.push(format!("removed {dropped} duplicate line(s) of ours"));
+        out.push(lines[start].clone());
+        out.extend(body_out);
+        out.push(lines[commit].clone());
     }
-    let anchor = |body: &Vec<String>| {
-        body.iter()
-            .position(|l| l.trim_start().starts_with("-A "))
-            .unwrap_or(body.len())
-    };
-
-    if let (Some(jump), false) = (set.jump_line(), jump_ok) {
-        let at = body
-            .iter()
-            .position(|l| appends_to(l, "FORWARD"))
-            .unwrap_or_else(|| anchor(&body));
-        body.insert(at, jump.clone());
-        notes.push(if jumps == 0 {
-            format!("added {jump}")
-        } else {
-            format!("made {jump} the first FORWARD rule")
-        });
-    }
-    let missing: Vec<String> = set
-        .interfaces
-        .iter()
-        .zip(&seen_rule)
-        .filter(|(_, seen)| !**seen)
-        .map(|(i, _)| set.save_line(i))
-        .collect();
-    if !missing.is_empty() {
-        let at = body
-            .iter()
-            .position(|l| appends_to(l, chain))
-            .unwrap_or_else(|| anchor(&body));
-        for (n, rule) in missing.iter().enumerate() {
-            body.insert(at + n, rule.clone());
-            notes.push(format!("added {rule}"));
+    // Re-assemble: the lines outside the *filter tables stay where they were.
+    let mut result: Vec<String> = vec![];
+    let mut next = 0;
+    let mut it = out.into_iter();
+    for &(start, commit) in &tables {
+        result.extend(lines[next..start].iter().cloned());
+        // The table's header, body and COMMIT, as rebuilt.
+        for l in it.by_ref() {
+            let end = l.trim() == "COMMIT";
+            result.push(l);
+            if end {
+                break;
+            }
         }
+        next = commit + 1;
     }
-    if let (Some(decl), false) = (set.chain_decl(), seen_decl) {
-        let at = body
-            .iter()
-            .rposition(|l| l.trim_start().starts_with(':'))
-            .map(|p| p + 1)
-            .unwrap_or(0);
-        body.insert(at, decl.clone());
-        notes.push(format!("added {decl}"));
+    result.extend(lines[next..].iter().cloned());
+    let mut new_text = result.join("\n");
+    new_text.push('\n');
+    if mode == Mode::Remove
+        && let Some(rest) = new_text.strip_prefix(HEADER)
+    {
+        // Our header would claim a block the file no longer holds.
+        new_text = rest.to_owned();
+    }
+
+    if new_text != text {
+        // What changed, for the report: lines taken out that do not come back the same, lines
+        // of ours that are new; else our lines only moved to the end.
+        let mut back: Vec<&String> = match mode {
+            Mode::Assert => tail.iter().filter(|l| *l != MARKER).collect(),
+            Mode::Remove => vec![],
+        };
+        let before = notes.len();
+        for d in dropped.iter().filter(|d| d.trim() != MARKER) {
+            let k = set.classify(d);
+            if let Some(p) = back.iter().position(|t| set.classify(t) == k) {
+                back.remove(p);
+                continue;
+            }
+            notes.push(match k {
+                Line::Plain { chain, .. } if chain == FORWARD && mode == Mode::Assert => format!(
+                    "removed {} (the documented FORWARD rule: ours covers it)",
+                    d.trim()
+                ),
+                _ => format!("removed {}", d.trim()),
+            });
+        }
+        added.extend(back.into_iter().cloned());
+        notes.extend(added.iter().map(|a| format!("added {a}")));
+        if notes.len() == before {
+            notes.push(
+                "moved our lines to the end of the last *filter table, as -I lines, so that no rule of the file comes before them after a restore".into(),
+            );
+        }
     }
 
     let rejects_forward = |l: &String| {
@@ -312,20 +470,55 @@ pub fn merge(old: &str, set: &RuleSet) -> Result<Merged, String> {
             || t.starts_with(&["-A", "FORWARD", "-j", "REJECT"])
             || t == ["-A", "FORWARD", "-j", "DROP"]
     };
-    if body.iter().any(rejects_forward) {
+    if mode == Mode::Assert && lines[last_start..last_commit].iter().any(rejects_forward) {
         warnings.push(
             "the file rejects or drops all forwarded traffic: restored at boot, containers reach nothing until dockerd inserts its own rules".into(),
         );
     }
-
-    lines.splice(start + 1..commit, body);
-    let mut out = lines.join("\n");
-    out.push('\n');
     Ok(Merged {
-        text: out,
+        text: new_text,
         notes,
         warnings,
     })
+}
+
+/// What the chains of the filter table hold after `iptables-restore` of `text` (pure, for
+/// tests): the last `*filter` table replayed, `-A` appending and `-I CHAIN [N]` inserting, as
+/// the rule specs. Other commands are ignored.
+pub fn replay_filter(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut chains = std::collections::BTreeMap::new();
+    let Some(&(start, commit)) = filter_tables(&lines)
+        .ok()
+        .and_then(|t| t.last().copied())
+        .as_ref()
+    else {
+        return chains;
+    };
+    for l in &lines[start + 1..commit] {
+        if let Some(c) = l
+            .trim()
+            .strip_prefix(':')
+            .and_then(|r| r.split_whitespace().next())
+        {
+            chains.entry(c.to_owned()).or_insert_with(Vec::new);
+            continue;
+        }
+        let Some((op, chain, rest)) = super::rules::split_rule(l) else {
+            continue;
+        };
+        let rules: &mut Vec<String> = chains.entry(chain).or_default();
+        let spec = rest.join(" ");
+        match op {
+            super::rules::Op::Append => rules.push(spec),
+            super::rules::Op::Insert(n) => {
+                let at = n.saturating_sub(1).min(rules.len());
+                rules.insert(at, spec);
+            }
+        }
+    }
+    chains
 }
 
 const SAMPLE_HEADER_V4: &str = "# sample configuration for iptables service";
@@ -353,6 +546,45 @@ const SAMPLE_LINES: &[&str] = &[
     "-A FORWARD -j REJECT --reject-with icmp6-adm-prohibited",
     "COMMIT",
 ];
+
+/// The sample files iptables-services has shipped, byte for byte (Amazon Linux 2, RHEL 7 and 8,
+/// and the conntrack spelling of later Fedora-based releases such as Amazon Linux 2023).
+pub const KNOWN_SAMPLES: &[&str] = &[
+    "# sample configuration for iptables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp-host-prohibited\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n",
+    "# sample configuration for ip6tables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p ipv6-icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -m state --state NEW -m tcp -p tcp --dport 22 -j ACCEPT\n-A INPUT -d fe80::/64 -p udp -m udp --dport 546 -m state --state NEW -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp6-adm-prohibited\n-A FORWARD -j REJECT --reject-with icmp6-adm-prohibited\nCOMMIT\n",
+    "# sample configuration for iptables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp-host-prohibited\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n",
+    "# sample configuration for ip6tables service\n# you can edit this manually or use system-config-firewall\n# please do not ask us to add additional ports/services to this default configuration\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p ipv6-icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -d fe80::/64 -p udp -m udp --dport 546 -m conntrack --ctstate NEW -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp6-adm-prohibited\n-A FORWARD -j REJECT --reject-with icmp6-adm-prohibited\nCOMMIT\n",
+];
+
+/// The note that replaces the sample's FORWARD REJECT in a sample we merge.
+const REJECT_DISABLED: &str =
+    "# ecs-bootstrap: disabled the sample's forwarding REJECT, which cuts every container off: ";
+
+/// Comments out the sample's `-A FORWARD -j REJECT ...` lines (pure), keeping everything else
+/// (its INPUT rules above all); returns the text and how many lines it disabled.
+pub fn disable_forward_reject(text: &str) -> (String, usize) {
+    let mut n = 0;
+    let mut out: Vec<String> = vec![];
+    for l in text.lines() {
+        if l.trim().starts_with("-A FORWARD -j REJECT") && SAMPLE_LINES.contains(&l.trim()) {
+            out.push(format!("{REJECT_DISABLED}{}", l.trim()));
+            n += 1;
+        } else {
+            out.push(l.to_owned());
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    (s, n)
+}
+
+/// Whether `text` starts with the sample's header comment (ignoring blank lines).
+fn has_sample_header(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l == SAMPLE_HEADER_V4 || l == SAMPLE_HEADER_V6)
+}
 
 /// Whether `text` is the untouched sample file of iptables-services (v4 or v6): its header,
 /// only its sample lines, and the FORWARD REJECT that makes it harmful.
@@ -462,12 +694,39 @@ fn validate_and_write(
 }
 
 /// `--persist merge`: see the module docs.
-pub fn merge_into(ipt: &Ipt, path: &Path, set: &RuleSet) -> anyhow::Result<Persisted> {
+pub fn merge_into(
+    ipt: &Ipt,
+    path: &Path,
+    set: &RuleSet,
+    run_mode: Mode,
+    loader_enabled: bool,
+) -> anyhow::Result<Persisted> {
     let old = read_existing(path)?;
     let mode = mode_of(path);
     let mut backup = None;
     let mut warnings = vec![];
-    let (text, notes) = if is_iptables_services_sample(&old) {
+    // The sample is replaced only when it is byte for byte a known sample, or when nothing
+    // loads it at boot (iptables.service not enabled) and it holds nothing but sample rules.
+    // Any other file that grew from the sample (annotated, edited, loaded at boot) is
+    // somebody's: merged, keeping its INPUT rules, with only the sample's forwarding REJECT
+    // commented out.
+    let derived = run_mode == Mode::Assert && has_sample_header(&old);
+    let pristine = KNOWN_SAMPLES.contains(&old.as_str());
+    let sample = derived && (pristine || (is_iptables_services_sample(&old) && !loader_enabled));
+    let (text, notes) = if derived && !sample && disable_forward_reject(&old).1 > 0 {
+        let (relaxed, n) = disable_forward_reject(&old);
+        let m = merge_mode(&relaxed, set, run_mode)
+            .map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
+        warnings.push(format!(
+            "{} grew from the iptables-services sample (changed, or loaded at boot by an enabled iptables.service): merged, keeping its INPUT rules; its forwarding REJECT ({n} line(s)), which would cut every container off, is commented out",
+            path.display()
+        ));
+        let mut notes = vec![format!(
+            "commented out the sample's -A FORWARD -j REJECT ({n} line(s))"
+        )];
+        notes.extend(m.notes);
+        (m.text, notes)
+    } else if sample {
         let b = PathBuf::from(format!("{}{BACKUP_SUFFIX}", path.display()));
         if !b.exists() {
             fsutil::write_atomic(&b, old.as_bytes(), mode)?;
@@ -483,8 +742,8 @@ pub fn merge_into(ipt: &Ipt, path: &Path, set: &RuleSet) -> anyhow::Result<Persi
             vec!["replaced the iptables-services sample file".to_owned()],
         )
     } else {
-        let m =
-            merge(&old, set).map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
+        let m = merge_mode(&old, set, run_mode)
+            .map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
         warnings.extend(
             m.warnings
                 .iter()
@@ -609,18 +868,55 @@ COMMIT
 ";
 
     fn filter_lines(text: &str) -> Vec<&str> {
-        let s = text.find("*filter").unwrap();
+        let s = text.rfind("*filter").unwrap();
         text[s..].lines().take_while(|l| *l != "COMMIT").collect()
     }
 
-    /// Every line of `old` is in `new`, in the same order.
-    fn keeps_all(old: &str, new: &str) {
+    /// Every line of `old` that is not ours is in `new`, in the same order.
+    fn keeps_all_but_ours(old: &str, new: &str, set: &RuleSet) {
         let mut it = new.lines();
         for l in old.lines() {
             let l = l.trim_end_matches('\r');
+            if !matches!(set.classify(l), Line::Other) {
+                continue;
+            }
             assert!(
                 it.any(|n| n == l),
                 "line {l:?} lost or reordered in:\n{new}"
+            );
+        }
+    }
+
+    /// After a restore of `text`, the block holds: our rules first in their chain, in order,
+    /// and (default placement) the jump first in FORWARD, once.
+    #[track_caller]
+    pub fn holds_after_restore(text: &str, set: &RuleSet) {
+        let chains = replay_filter(text);
+        let own = chains.get(set.chain()).cloned().unwrap_or_default();
+        for (n, i) in set.interfaces.iter().enumerate() {
+            assert_eq!(
+                own.get(n).map(|r| format!("-A {} {r}", set.chain())),
+                Some(set.save_line(i)),
+                "rule {n} of {} after a restore of\n{text}",
+                set.chain()
+            );
+        }
+        let ours = own
+            .iter()
+            .filter(|r| set.is_our_rule(&format!("-A {} {r}", set.chain())))
+            .count();
+        assert_eq!(ours, set.interfaces.len(), "{text}");
+        if set.jump_line().is_some() {
+            let fwd = &chains["FORWARD"];
+            assert_eq!(
+                fwd.first().map(String::as_str),
+                Some("-j DOCKER-USER"),
+                "{text}"
+            );
+            assert_eq!(
+                fwd.iter().filter(|r| *r == "-j DOCKER-USER").count(),
+                1,
+                "{text}"
             );
         }
     }
@@ -640,10 +936,12 @@ COMMIT
                 ":FORWARD ACCEPT [0:0]",
                 ":OUTPUT ACCEPT [0:0]",
                 ":DOCKER-USER - [0:0]",
-                "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP",
-                "-A FORWARD -j DOCKER-USER",
+                MARKER,
+                "-I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP",
+                "-I FORWARD 1 -j DOCKER-USER",
             ]
         );
+        holds_after_restore(&t, &v4());
         // Idempotent.
         assert_eq!(merge(&t, &v4()).unwrap().text, t);
         assert!(merge(&t, &v4()).unwrap().notes.is_empty());
@@ -676,12 +974,10 @@ COMMIT
             "-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp --dport 443 -j ACCEPT\n",
         );
         let m = merge(&edited, &v4()).unwrap();
-        keeps_all(&edited, &m.text);
+        keeps_all_but_ours(&edited, &m.text, &v4());
         assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        holds_after_restore(&m.text, &v4());
         let f = filter_lines(&m.text);
-        let first_forward = f.iter().find(|l| l.starts_with("-A FORWARD")).unwrap();
-        assert_eq!(*first_forward, "-A FORWARD -j DOCKER-USER");
-        assert!(f.contains(&":DOCKER-USER - [0:0]"));
         // The declaration comes after the built-in chains, before the first rule.
         let decl = f.iter().position(|l| *l == ":DOCKER-USER - [0:0]").unwrap();
         assert_eq!(f[decl - 1], ":OUTPUT ACCEPT [0:0]");
@@ -690,23 +986,19 @@ COMMIT
     #[test]
     fn docker_chains_are_kept_and_never_added() {
         let m = merge(DOCKER_SAVE, &v4()).unwrap();
-        keeps_all(DOCKER_SAVE, &m.text);
-        // Only our rule was added: exactly one line more.
-        assert_eq!(m.text.lines().count(), DOCKER_SAVE.lines().count() + 1);
+        keeps_all_but_ours(DOCKER_SAVE, &m.text, &v4());
+        holds_after_restore(&m.text, &v4());
+        // Our lines replace the jump: the marker, the rule and the jump, one more line each.
+        assert_eq!(m.text.lines().count(), DOCKER_SAVE.lines().count() + 2);
         assert_eq!(
             m.notes,
-            ["added -A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP"]
+            [
+                "added -I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP"
+            ]
         );
-        let f = filter_lines(&m.text);
-        let ours = f
-            .iter()
-            .position(|l| *l == "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP")
-            .unwrap();
-        let ret = f
-            .iter()
-            .position(|l| *l == "-A DOCKER-USER -j RETURN")
-            .unwrap();
-        assert!(ours < ret, "our DROP must come before RETURN");
+        // dockerd's RETURN stays, below ours after a restore.
+        let du = &replay_filter(&m.text)["DOCKER-USER"];
+        assert_eq!(du[1], "-j RETURN");
         // The nat table is untouched.
         assert_eq!(
             m.text[..m.text.find("*filter").unwrap()],
@@ -720,15 +1012,58 @@ COMMIT
         assert!(merge(DOCKER_SAVE, &v4()).unwrap().warnings.len() == 1);
     }
 
+    /// Files that held "our rule" and still let the container through after a restore: a
+    /// RETURN or ACCEPT first, `-I` lines, long spellings, two *filter tables, CRLF. After the
+    /// merge, the block holds on the replayed table; each file is also restored into a real
+    /// kernel by tests/firewall.rs.
+    #[test]
+    fn whatever_the_file_held_the_block_holds_after_a_restore() {
+        let ours_old = "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP";
+        let files = [
+            format!("*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n{ours_old}\nCOMMIT\n"),
+            format!("*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n{ours_old}\n-I DOCKER-USER -i docker0 -j ACCEPT\nCOMMIT\n"),
+            "*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n--append FORWARD --jump DOCKER-USER\n--insert DOCKER-USER 1 --jump RETURN\n--append DOCKER-USER --in-interface docker+ --destination 169.254.169.254 --jump DROP\nCOMMIT\n".to_owned(),
+            format!("*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n{ours_old}\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j ACCEPT\nCOMMIT\n"),
+            format!("*filter\r\n:FORWARD ACCEPT [0:0]\r\n:DOCKER-USER - [0:0]\r\n-A FORWARD -i eth1 -j ACCEPT\r\n-A DOCKER-USER -j RETURN\r\n{ours_old}\r\n-A FORWARD -j DOCKER-USER\r\nCOMMIT\r\n"),
+            "*filter\n:FORWARD ACCEPT [0:0]\n-I FORWARD 1 --in-interface docker+ --destination 169.254.169.254/32 --jump DROP\n-I FORWARD -i docker0 -j ACCEPT\nCOMMIT\n".to_owned(),
+        ];
+        for f in &files {
+            let m = merge(f, &v4()).unwrap();
+            holds_after_restore(&m.text, &v4());
+            keeps_all_but_ours(f, &m.text, &v4());
+            assert!(!m.notes.is_empty(), "{f}");
+            let again = merge(&m.text, &v4()).unwrap();
+            assert_eq!(again.text, m.text);
+            assert!(again.notes.is_empty(), "{:?}", again.notes);
+        }
+        // A chain declared with -N gets no second declaration.
+        let n =
+            "*filter\n:FORWARD ACCEPT [0:0]\n-N DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n";
+        let m = merge(n, &v4()).unwrap();
+        assert!(!m.text.contains(":DOCKER-USER"), "{}", m.text);
+        holds_after_restore(&m.text, &v4());
+        // The seed rule (the last file) is recognised and moved, with a note.
+        let m = merge(&files[5], &v4()).unwrap();
+        assert!(!m.text.contains("--jump DROP"), "{}", m.text);
+        assert!(
+            m.notes
+                .iter()
+                .any(|n| n.contains("the documented FORWARD rule")),
+            "{:?}",
+            m.notes
+        );
+    }
+
     #[test]
     fn crlf_and_comments() {
         let old = "# my firewall\r\n*filter\r\n:INPUT ACCEPT [0:0]\r\n# keep ssh open\r\n-A INPUT -p tcp --dport 22 -j ACCEPT\r\n# -A FORWARD -j DOCKER-USER\r\nCOMMIT\r\n";
         let m = merge(old, &v4()).unwrap();
         assert!(!m.text.contains('\r'));
-        keeps_all(old, &m.text);
+        keeps_all_but_ours(old, &m.text, &v4());
         assert!(m.notes.iter().any(|n| n.contains("CRLF")), "{:?}", m.notes);
         // The commented jump does not count as ours.
-        assert!(m.text.contains("\n-A FORWARD -j DOCKER-USER\n"));
+        assert!(m.text.contains("\n-I FORWARD 1 -j DOCKER-USER\n"));
+        holds_after_restore(&m.text, &v4());
         assert_eq!(merge(&m.text, &v4()).unwrap().text, m.text);
     }
 
@@ -743,7 +1078,7 @@ COMMIT
 -A FORWARD -i eth1 -j ACCEPT
 -A FORWARD -j DOCKER-USER
 -A DOCKER-USER -i docker+ -d 169.254.169.254 -j DROP
--A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP
+-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP
 -A FORWARD -j DOCKER-USER
 COMMIT
 ";
@@ -757,11 +1092,13 @@ COMMIT
                 ":FORWARD ACCEPT [0:0]",
                 ":OUTPUT ACCEPT [0:0]",
                 ":DOCKER-USER - [0:0]",
-                "-A FORWARD -j DOCKER-USER",
                 "-A FORWARD -i eth1 -j ACCEPT",
-                "-A DOCKER-USER -i docker+ -d 169.254.169.254 -j DROP",
+                MARKER,
+                "-I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP",
+                "-I FORWARD 1 -j DOCKER-USER",
             ]
         );
+        holds_after_restore(&m.text, &v4());
         assert_eq!(merge(&m.text, &v4()).unwrap().text, m.text);
     }
 
@@ -771,7 +1108,7 @@ COMMIT
         let m = merge(old, &v4()).unwrap();
         assert!(m.text.starts_with(old), "{}", m.text);
         assert!(
-            m.text.ends_with("-A FORWARD -j DOCKER-USER\nCOMMIT\n"),
+            m.text.ends_with("-I FORWARD 1 -j DOCKER-USER\nCOMMIT\n"),
             "{}",
             m.text
         );
@@ -796,12 +1133,35 @@ COMMIT
         assert_eq!(
             filter_lines(&m.text)[4..],
             [
-                "-A FORWARD -d fd00:ec2::254/128 -i docker+ -j DROP",
-                "-A FORWARD -d fd00:ec2::254/128 -i br-+ -j DROP",
                 "-A FORWARD -i eth1 -j ACCEPT",
+                MARKER,
+                "-I FORWARD 1 -d fd00:ec2::254/128 -i br-+ -m comment --comment ecs-bootstrap -j DROP",
+                "-I FORWARD 1 -d fd00:ec2::254/128 -i docker+ -m comment --comment ecs-bootstrap -j DROP",
             ]
         );
+        holds_after_restore(&m.text, &set);
         assert!(!m.text.contains("DOCKER-USER"));
+    }
+
+    /// `--remove` takes out every line of ours, and DOCKER-USER with its jump when nothing
+    /// else in the table uses them; the minimal file becomes the built-in chains only.
+    #[test]
+    fn remove_takes_our_lines_out() {
+        let m = merge_mode(&minimal(&v4()), &v4(), Mode::Remove).unwrap();
+        assert!(!m.text.contains("DOCKER-USER"), "{}", m.text);
+        assert!(!m.text.contains("Written by ecs-bootstrap"), "{}", m.text);
+        assert!(!m.text.contains("ecs-bootstrap -j"), "{}", m.text);
+        assert!(m.text.contains(":INPUT ACCEPT [0:0]\n"));
+        let merged = merge(DOCKER_SAVE, &v4()).unwrap().text;
+        let m = merge_mode(&merged, &v4(), Mode::Remove).unwrap();
+        assert!(!m.text.contains("ecs-bootstrap"), "{}", m.text);
+        // Docker's chains are there: the chain and the (its) jump stay.
+        assert!(m.text.contains(":DOCKER-USER - [0:0]"), "{}", m.text);
+        assert!(m.text.contains("-A DOCKER-USER -j RETURN"), "{}", m.text);
+        assert_eq!(
+            merge_mode(&m.text, &v4(), Mode::Remove).unwrap().text,
+            m.text
+        );
     }
 
     #[test]
@@ -856,5 +1216,26 @@ COMMIT
         assert!(n.contains(":INPUT ACCEPT [0:0]\n"));
         assert!(n.contains(":DOCKER-USER - [0:0]\n"));
         assert_eq!(normalize_save(&n), n);
+    }
+
+    #[test]
+    fn known_samples_are_recognised_and_the_reject_can_be_disabled() {
+        assert!(KNOWN_SAMPLES.contains(&AL2_SAMPLE));
+        assert!(KNOWN_SAMPLES.contains(&AL2_SAMPLE_V6));
+        for k in KNOWN_SAMPLES {
+            assert!(is_iptables_services_sample(k), "{k}");
+            let (t, n) = disable_forward_reject(k);
+            assert_eq!(n, 1);
+            let m = merge(&t, &v4()).unwrap();
+            assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+            keeps_all_but_ours(
+                &k.lines()
+                    .filter(|l| l.starts_with("-A INPUT"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                &m.text,
+                &v4(),
+            );
+        }
     }
 }

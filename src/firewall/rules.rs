@@ -63,6 +63,14 @@ impl Placement {
     }
 }
 
+/// The comment our rules carry (`-m comment --comment ecs-bootstrap`): it makes them ours
+/// beyond doubt, so a change of `--interface` or `--chain`, or `block-imds --remove`, removes
+/// exactly what we added. The comment match works alike on iptables-nft and iptables-legacy.
+pub const COMMENT: &str = "ecs-bootstrap";
+/// The comment of a temporary copy that holds the block while a rule is moved one command at a
+/// time (deleting by rule spec deletes the first match, so the copy must differ).
+pub const MOVING_COMMENT: &str = "ecs-bootstrap-moving";
+
 /// Everything one family needs: chain, interfaces, destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
@@ -71,21 +79,162 @@ pub struct RuleSet {
     pub interfaces: Vec<String>,
 }
 
+/// What a rule line (from `iptables -S` or a rules file) is to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A DROP of the family's IMDS address for `iface` with our comment: ours.
+    Ours { chain: String, iface: String },
+    /// The same DROP with the comment of a copy made while moving: ours, left by a killed run.
+    Moving { chain: String, iface: String },
+    /// The same DROP without a comment: the AWS documentation's seed rule
+    /// (`-I FORWARD 1 -i docker+ -d 169.254.169.254/32 -j DROP`, any spelling), or an earlier
+    /// rendering of ours.
+    Plain { chain: String, iface: String },
+    /// `-j DOCKER-USER` in FORWARD with no match: the jump (Docker's and ours alike).
+    Jump,
+    /// A copy of the jump made while moving it.
+    MovingJump,
+    /// Anything else: another tool's rule.
+    Other,
+}
+
+/// `-A`/`-I` (any spelling) and the chain of a rule line; None for anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Append,
+    /// `-I CHAIN [POS]`
+    Insert(usize),
+}
+
+/// A rule line split into its operation, chain and the simple options we care about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Parsed {
+    dest: Option<String>,
+    iface: Option<String>,
+    target: Option<String>,
+    comment: Option<String>,
+    /// Any other option, a negation or a stray token: never ours.
+    extra: bool,
+}
+
+/// Splits a line as iptables-restore does: on blanks, with double quotes grouping.
+pub fn tokens(line: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// The operation, chain and the rest of a rule line (`-A CHAIN ...`, `--insert CHAIN 2 ...`).
+pub fn split_rule(line: &str) -> Option<(Op, String, Vec<String>)> {
+    let mut t = tokens(line);
+    // `iptables-save -c` puts the counters first: `[5:300] -A CHAIN ...`.
+    if t.first()
+        .is_some_and(|w| w.starts_with('[') && w.ends_with(']'))
+    {
+        t.remove(0);
+    }
+    let mut it = t.into_iter();
+    let op = it.next()?;
+    let chain = it.next()?;
+    let mut rest: Vec<String> = it.collect();
+    let op = match op.as_str() {
+        "-A" | "--append" => Op::Append,
+        "-I" | "--insert" => {
+            let pos = match rest.first().and_then(|p| p.parse::<usize>().ok()) {
+                Some(p) => {
+                    rest.remove(0);
+                    p
+                }
+                None => 1,
+            };
+            Op::Insert(pos)
+        }
+        _ => return None,
+    };
+    Some((op, chain, rest))
+}
+
+fn parse_spec(rest: &[String]) -> Parsed {
+    let mut p = Parsed::default();
+    let mut t = rest.iter();
+    while let Some(flag) = t.next() {
+        let Some(value) = t.next() else {
+            p.extra = true;
+            break;
+        };
+        let slot = match flag.as_str() {
+            "-d" | "--destination" | "--dst" => &mut p.dest,
+            "-i" | "--in-interface" => &mut p.iface,
+            "-j" | "--jump" => &mut p.target,
+            "--comment" => &mut p.comment,
+            "-m" | "--match" if value == "comment" => continue,
+            _ => {
+                p.extra = true;
+                break;
+            }
+        };
+        if slot.replace(value.clone()).is_some() {
+            p.extra = true;
+            break;
+        }
+    }
+    p
+}
+
 impl RuleSet {
     pub fn chain(&self) -> &'static str {
         self.placement.chain()
     }
 
-    /// The rule specification (after `-C/-I/-D CHAIN [N]`) for one interface.
+    /// The rule specification (after `-C/-I/-D CHAIN [N]`) for one interface, with our comment.
     pub fn spec(&self, iface: &str) -> Vec<String> {
-        ["-d", self.family.imds(), "-i", iface, "-j", "DROP"]
+        self.spec_with(iface, Some(COMMENT))
+    }
+
+    /// The rule specification with another comment, or none (the seed rule's spelling).
+    pub fn spec_with(&self, iface: &str, comment: Option<&str>) -> Vec<String> {
+        let mut s: Vec<String> = ["-d", self.family.imds(), "-i", iface]
             .map(str::to_owned)
-            .to_vec()
+            .to_vec();
+        if let Some(c) = comment {
+            s.extend(["-m", "comment", "--comment", c].map(str::to_owned));
+        }
+        s.extend(["-j", "DROP"].map(str::to_owned));
+        s
     }
 
     /// The rule as `iptables-save` and `iptables -S` print it.
     pub fn save_line(&self, iface: &str) -> String {
         format!("-A {} {}", self.chain(), self.spec(iface).join(" "))
+    }
+
+    /// The rule as a rules file holds it: inserted at the top, so that it comes first after a
+    /// restore whatever the file's other lines do.
+    pub fn insert_line(&self, iface: &str) -> String {
+        format!("-I {} 1 {}", self.chain(), self.spec(iface).join(" "))
     }
 
     /// `-A FORWARD -j DOCKER-USER` in the default placement.
@@ -98,43 +247,62 @@ impl RuleSet {
         (self.placement == Placement::DockerUser).then(|| format!(":{DOCKER_USER} - [0:0]"))
     }
 
-    /// Whether `line` (from a rules file or `iptables -S`) is our DROP rule for `iface`, in any
-    /// option order and in short or long option spelling, with or without the host prefix.
-    pub fn is_rule_for(&self, line: &str, iface: &str) -> bool {
-        let want = self.normalize(&self.save_line(iface));
-        want.is_some() && self.normalize(line) == want
+    /// What `line` (`-A`/`-I` in any spelling, from `iptables -S` or a rules file) is to us.
+    pub fn classify(&self, line: &str) -> Line {
+        let Some((_, chain, rest)) = split_rule(line) else {
+            return Line::Other;
+        };
+        let p = parse_spec(&rest);
+        if p.extra {
+            return Line::Other;
+        }
+        if chain == FORWARD
+            && p.target.as_deref() == Some(DOCKER_USER)
+            && p.dest.is_none()
+            && p.iface.is_none()
+        {
+            return match p.comment.as_deref() {
+                None => Line::Jump,
+                Some(MOVING_COMMENT) => Line::MovingJump,
+                Some(_) => Line::Other,
+            };
+        }
+        let dest = p.dest.map(|d| {
+            if d.contains('/') {
+                d
+            } else {
+                format!("{d}{}", self.family.host_prefix())
+            }
+        });
+        let (Some(iface), Some("DROP")) = (p.iface, p.target.as_deref()) else {
+            return Line::Other;
+        };
+        if dest.as_deref() != Some(self.family.imds()) || (chain != FORWARD && chain != DOCKER_USER)
+        {
+            return Line::Other;
+        }
+        match p.comment.as_deref() {
+            Some(COMMENT) => Line::Ours { chain, iface },
+            Some(MOVING_COMMENT) => Line::Moving { chain, iface },
+            None => Line::Plain { chain, iface },
+            Some(_) => Line::Other,
+        }
     }
 
-    /// Whether `line` is our DROP rule for any of our interfaces.
+    /// Whether `line` is our DROP rule for `iface` in our chain, in any option order and in
+    /// short or long option spelling, with or without the host prefix.
+    pub fn is_rule_for(&self, line: &str, iface: &str) -> bool {
+        matches!(self.classify(line), Line::Ours { chain, iface: i } if chain == self.chain() && i == iface)
+    }
+
+    /// Whether `line` is our DROP rule for any of our interfaces, in our chain.
     pub fn is_our_rule(&self, line: &str) -> bool {
         self.interfaces.iter().any(|i| self.is_rule_for(line, i))
     }
 
-    /// `-A CHAIN` followed by simple `-x value` pairs, as a sorted list; None for anything with
-    /// a negation, a match module or a stray token (never ours).
-    fn normalize(&self, line: &str) -> Option<(String, Vec<(String, String)>)> {
-        let mut t = line.split_whitespace();
-        if t.next()? != "-A" {
-            return None;
-        }
-        let chain = t.next()?.to_owned();
-        let mut pairs = vec![];
-        while let Some(flag) = t.next() {
-            let flag = match flag {
-                "--destination" | "--dst" => "-d",
-                "--in-interface" => "-i",
-                "--jump" => "-j",
-                "-d" | "-i" | "-j" => flag,
-                _ => return None,
-            };
-            let mut value = t.next()?.to_owned();
-            if flag == "-d" && !value.contains('/') {
-                value.push_str(self.family.host_prefix());
-            }
-            pairs.push((flag.to_owned(), value));
-        }
-        pairs.sort();
-        Some((chain, pairs))
+    /// Whether `iface` is one of the interfaces we block.
+    pub fn wants(&self, iface: &str) -> bool {
+        self.interfaces.iter().any(|i| i == iface)
     }
 }
 
@@ -184,19 +352,23 @@ mod tests {
         let v4 = set(Family::V4, Placement::DockerUser);
         assert_eq!(
             v4.save_line("docker+"),
-            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP"
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP"
+        );
+        assert_eq!(
+            v4.insert_line("docker+"),
+            "-I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP"
         );
         assert_eq!(v4.jump_line().unwrap(), "-A FORWARD -j DOCKER-USER");
         assert_eq!(v4.chain_decl().unwrap(), ":DOCKER-USER - [0:0]");
         let v6 = set(Family::V6, Placement::Forward);
         assert_eq!(
             v6.save_line("br-+"),
-            "-A FORWARD -d fd00:ec2::254/128 -i br-+ -j DROP"
+            "-A FORWARD -d fd00:ec2::254/128 -i br-+ -m comment --comment ecs-bootstrap -j DROP"
         );
         assert_eq!(v6.jump_line(), None);
         assert_eq!(v6.chain_decl(), None);
         assert_eq!(
-            v6.spec("docker+"),
+            v6.spec_with("docker+", None),
             ["-d", "fd00:ec2::254/128", "-i", "docker+", "-j", "DROP"]
         );
     }
@@ -205,29 +377,92 @@ mod tests {
     fn recognizes_our_rule_in_any_spelling() {
         let v4 = set(Family::V4, Placement::DockerUser);
         for l in [
-            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP",
-            "-A DOCKER-USER -i docker+ -d 169.254.169.254 -j DROP",
-            "-A DOCKER-USER --in-interface docker+ --destination 169.254.169.254/32 --jump DROP",
-            "  -A   DOCKER-USER -d 169.254.169.254/32 -i br-+ -j DROP  ",
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP",
+            "-A DOCKER-USER -i docker+ -m comment --comment \"ecs-bootstrap\" -d 169.254.169.254 -j DROP",
+            "--append DOCKER-USER --in-interface docker+ --destination 169.254.169.254/32 --match comment --comment ecs-bootstrap --jump DROP",
+            "-I DOCKER-USER 1 -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -j DROP",
+            "  -A   DOCKER-USER -d 169.254.169.254/32 -i br-+ -m comment --comment ecs-bootstrap -j DROP  ",
         ] {
             assert!(v4.is_our_rule(l), "{l}");
         }
         for l in [
-            "-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP",
-            "-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -j DROP",
-            "-A DOCKER-USER -d 169.254.169.254/32 ! -i docker+ -j DROP",
-            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -p tcp -j DROP",
-            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j REJECT",
-            "-I DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP",
-            "# -A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP",
+            "-A FORWARD -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP",
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP",
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -m comment --comment ecs-bootstrap -j DROP",
+            "-A DOCKER-USER -d 169.254.169.254/32 ! -i docker+ -m comment --comment ecs-bootstrap -j DROP",
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -p tcp -m comment --comment ecs-bootstrap -j DROP",
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j REJECT",
+            "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment other -j DROP",
+            "# -A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP",
             "-A DOCKER-USER -j RETURN",
             "",
         ] {
             assert!(!v4.is_our_rule(l), "{l}");
         }
         let v6 = set(Family::V6, Placement::DockerUser);
-        assert!(v6.is_our_rule("-A DOCKER-USER -i docker+ -d fd00:ec2::254 -j DROP"));
-        assert!(!v6.is_our_rule("-A DOCKER-USER -i docker+ -d 169.254.169.254/32 -j DROP"));
+        assert!(v6.is_our_rule(
+            "-A DOCKER-USER -i docker+ -d fd00:ec2::254 -m comment --comment ecs-bootstrap -j DROP"
+        ));
+        assert!(!v6.is_our_rule(
+            "-A DOCKER-USER -i docker+ -d 169.254.169.254/32 -m comment --comment ecs-bootstrap -j DROP"
+        ));
+    }
+
+    #[test]
+    fn classifies_seed_jump_and_others() {
+        let v4 = set(Family::V4, Placement::DockerUser);
+        let plain = |c: &str, i: &str| Line::Plain {
+            chain: c.into(),
+            iface: i.into(),
+        };
+        // The documented seed rule, in the spellings of the documentation and of iptables -S.
+        assert_eq!(
+            v4.classify("--insert FORWARD 1 --in-interface docker+ --destination 169.254.169.254/32 --jump DROP"),
+            plain("FORWARD", "docker+")
+        );
+        assert_eq!(
+            v4.classify("-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP"),
+            plain("FORWARD", "docker+")
+        );
+        assert_eq!(v4.classify("-A FORWARD -j DOCKER-USER"), Line::Jump);
+        assert_eq!(v4.classify("-I FORWARD -j DOCKER-USER"), Line::Jump);
+        assert_eq!(
+            v4.classify("[12:720] -A FORWARD -j DOCKER-USER"),
+            Line::Jump
+        );
+        assert_eq!(
+            v4.classify("-A FORWARD -m comment --comment ecs-bootstrap-moving -j DOCKER-USER"),
+            Line::MovingJump
+        );
+        assert_eq!(
+            v4.classify("-A FORWARD -i eth0 -j DOCKER-USER"),
+            Line::Other
+        );
+        assert_eq!(
+            v4.classify("-A DOCKER-USER -i docker0 -m comment --comment \"admin rule\" -j ACCEPT"),
+            Line::Other
+        );
+        assert_eq!(
+            v4.classify("-A INPUT -d 169.254.169.254/32 -i docker+ -j DROP"),
+            Line::Other
+        );
+        assert_eq!(
+            tokens("-A X -m comment --comment \"a b\" -j ACCEPT"),
+            [
+                "-A",
+                "X",
+                "-m",
+                "comment",
+                "--comment",
+                "a b",
+                "-j",
+                "ACCEPT"
+            ]
+        );
+        assert_eq!(
+            split_rule("-I FORWARD 3 -j DOCKER-USER").unwrap().0,
+            Op::Insert(3)
+        );
     }
 
     #[test]

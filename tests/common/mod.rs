@@ -303,12 +303,22 @@ impl Sandbox {
 
     /// Uploads an object as admin; returns its version id.
     pub fn put(&self, key: &str, data: &[u8]) -> String {
+        self.put_with(key, data, &[])["version_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Uploads an object as admin with `sandbox.py put` flags (`--kms`); returns its answer
+    /// (`version_id`, `etag`, `kms_key_arn`).
+    pub fn put_with(&self, key: &str, data: &[u8], flags: &[&str]) -> Value {
         let f = self.root.path().join(format!(".upload-{key}"));
         std::fs::write(&f, data).unwrap();
         let out = Command::new(python())
             .arg(repo().join("tests/sandbox/sandbox.py"))
             .args(["put", &self.name, key])
             .arg(&f)
+            .args(flags)
             .output()
             .expect("sandbox.py put");
         std::fs::remove_file(&f).ok();
@@ -317,8 +327,7 @@ impl Sandbox {
             "put failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["version_id"].as_str().unwrap_or_default().to_owned()
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// Replaces the IMDS emulator's control knobs (see tests/sandbox/README.md).

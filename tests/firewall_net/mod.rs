@@ -335,8 +335,19 @@ pub fn count(lines: &[String], want: &str) -> usize {
     lines.iter().filter(|l| *l == want).count()
 }
 
-pub const RULE4: &str = "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP";
-pub const RULE6: &str = "-A DOCKER-USER -d fd00:ec2::254/128 -i docker+ -j DROP";
+pub const RULE4: &str =
+    "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP";
+pub const RULE6: &str =
+    "-A DOCKER-USER -d fd00:ec2::254/128 -i docker+ -m comment --comment ecs-bootstrap -j DROP";
+/// The rule as the rules file holds it.
+pub const FILE_RULE4: &str =
+    "-I DOCKER-USER 1 -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP";
+pub const FILE_JUMP: &str = "-I FORWARD 1 -j DOCKER-USER";
+/// The rule `--chain FORWARD` puts in FORWARD.
+pub const FWD_RULE4: &str =
+    "-A FORWARD -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP";
+/// The AWS documentation's rule, as `iptables -S` prints it.
+pub const SEED4: &str = "-A FORWARD -d 169.254.169.254/32 -i docker+ -j DROP";
 pub const JUMP: &str = "-A FORWARD -j DOCKER-USER";
 
 /// Replays the FORWARD layout dockerd writes when it starts, in the host namespace: its chains,
@@ -442,4 +453,42 @@ pub enum DockerLayout {
     V20To27,
     /// dockerd 28.x: `-j DOCKER-FORWARD` holding `-i docker0 -j ACCEPT`.
     V28,
+}
+
+/// Packets our DROP rules (those with the `ecs-bootstrap` comment) have dropped, from
+/// `iptables -S -v` in `ns`: the proof that a blocked probe met our rule and not something else.
+pub fn drop_count(ns: &Ns, bin: &str) -> u64 {
+    ns.exec_ok(bin, &["-w", "10", "-t", "filter", "-S", "-v"])
+        .lines()
+        .filter(|l| l.contains("--comment ecs-bootstrap ") && l.ends_with("-j DROP"))
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let c = t.iter().position(|w| *w == "-c")?;
+            t.get(c + 1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The container is blocked from IPv4 IMDS and our rule dropped the probe (its counter rose),
+/// while it still reaches another address through the same bridge (the control).
+#[track_caller]
+pub fn assert_blocked_by_us(t: &Topo, bin: &str, why: &str) {
+    let before = drop_count(&t.host, bin);
+    assert_blocked(&t.ctr, IMDS4, why);
+    let after = drop_count(&t.host, bin);
+    assert!(
+        after > before,
+        "our DROP rule's counter did not rise ({before} -> {after}): {why}"
+    );
+    assert_reaches(&t.ctr, OTHER4, &format!("control: {why}"));
+}
+
+/// The `-A CHAIN` lines of a listing.
+pub fn chain_of<'a>(rules: &'a [String], chain: &str) -> Vec<&'a str> {
+    let p = format!("-A {chain} ");
+    rules
+        .iter()
+        .filter(|l| l.starts_with(&p))
+        .map(String::as_str)
+        .collect()
 }

@@ -43,6 +43,15 @@ Actions:
                                     present and differs from ACCOUNT gets
                                     403 AccessDenied (moto not contacted);
                                     any other request is passed.
+    {"skew_seconds": N}             S3 whose clock is N seconds off ours: a
+                                    request whose x-amz-date is more than 15
+                                    minutes away from now+N gets 403
+                                    RequestTimeTooSkewed with a Date header of
+                                    now+N (as S3 answers; moto not contacted);
+                                    any other request is passed.
+
+CONNECT (the proxy used as an HTTPS forward proxy, HTTPS_PROXY): logged with
+the target host:port as "path", answered 403; nothing is forwarded.
 
 Log: one JSON line per request: {"ts", "method", "path", "action", "status",
 "upstream_status", "body_bytes"}.
@@ -50,6 +59,8 @@ Log: one JSON line per request: {"ts", "method", "path", "action", "status",
 
 import argparse
 import base64
+import calendar
+import email.utils
 import hashlib
 import http.client
 import json
@@ -208,6 +219,21 @@ class Handler(BaseHTTPRequestHandler):
                 action = {"status": 403, "code": "AccessDenied", "message": "Access Denied"}
             else:
                 action = "pass"
+        if isinstance(action, dict) and "skew_seconds" in action:
+            server_now = time.time() + float(action["skew_seconds"])
+            sent = self.headers.get("x-amz-date") or ""
+            try:
+                t = calendar.timegm(time.strptime(sent, "%Y%m%dT%H%M%SZ"))
+            except ValueError:
+                t = None
+            rec["x_amz_date"] = sent
+            if t is None or abs(t - server_now) > 900:
+                date = email.utils.formatdate(server_now, usegmt=True)
+                action = {"status": 403, "code": "RequestTimeTooSkewed",
+                          "message": "The difference between the request time and the current time is too large.",
+                          "headers": {"Date": date}}
+            else:
+                action = "pass"
         if action == "reset":
             self._reset()
             return
@@ -313,6 +339,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._handle()
+
+    def do_CONNECT(self):
+        # As a forward proxy for HTTPS: the client names the host it resolved (the S3
+        # endpoint: FIPS, dual-stack, partition, access point). Logged and refused: nothing
+        # leaves the sandbox.
+        self.server.state.log({"ts": time.time(), "method": "CONNECT", "path": self.path,
+                               "action": "refused", "status": 403,
+                               "upstream_status": None, "body_bytes": 0})
+        self.close_connection = True
+        self.send_response_only(403, "Forbidden")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     do_PUT = do_HEAD = do_POST = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 

@@ -21,6 +21,9 @@ starts from zero:
     imdsv1            bool, default false: serve GETs that carry no token.
     profile           bool, default true: false = no instance profile, every
                       /latest/meta-data/iam/... path is 404.
+    profile_from      epoch seconds, default null: before then, no instance
+                      profile (as `profile: false`); from then on, the
+                      profile (one associated just after launch).
     delay_ms          int, default 0: sleep before every response.
     fail_first        int, default 0: the first N requests (any method) are
                       answered 503.
@@ -38,6 +41,10 @@ starts from zero:
                       metadata service that predates IMDSv2 (or a proxy that
                       knows only IMDSv1) does; combine with imdsv1 for an
                       IMDSv1-only service.
+    put_hop_limit     int, default null: the IP TTL (hop limit) of the
+                      answer to a token PUT, as the instance metadata option
+                      HttpPutResponseHopLimit sets it (1: a container behind
+                      the host's forwarding never gets the answer).
     credentials       dict, default null: merged over the served
                       iam/security-credentials/<role> JSON (e.g. to serve bad
                       or expired credentials).
@@ -50,7 +57,11 @@ a GET without a token is 401 unless imdsv1 is on.
 
 Log: one JSON line per request, flushed at once:
     {"ts", "method", "path", "status", "token": bool, "ttl": int|str|null}
-status is null when the connection was dropped (unavailable_until).
+status is null when the connection was dropped (unavailable_until). A line is
+written before the answer is sent, so it is in the log once the client has its
+answer. A token
+PUT answered 200 also logs "issued": the token (so tests can look for it in
+the binary's output).
 """
 
 import argparse
@@ -138,6 +149,15 @@ class Handler(BaseHTTPRequestHandler):
     def _reply(self, status, body=b"", ctype="text/plain", extra=None):
         if isinstance(body, str):
             body = body.encode()
+        # The request's log line is written before the answer leaves: a client that has its
+        # answer (and a test that reads the log once the binary exited) finds the line there.
+        rec, self._rec = getattr(self, "_rec", None), None
+        if rec is not None:
+            rec["status"] = status
+            issued, self.issued = getattr(self, "issued", None), None
+            if issued:
+                rec["issued"] = issued
+            self.st.log(rec)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -185,11 +205,14 @@ class Handler(BaseHTTPRequestHandler):
         delay = int(ctl.get("delay_ms") or 0)
         if delay > 0:
             time.sleep(delay / 1000.0)
+        self._rec = rec
         if nreq <= int(ctl.get("fail_first") or 0):
-            rec["status"] = self._reply(503, "Service Unavailable\n")
+            self._reply(503, "Service Unavailable\n")
         else:
-            rec["status"] = self._route(ctl)
-        st.log(rec)
+            self._route(ctl)
+        if self._rec is not None:  # answered without _reply: log what is known
+            self._rec = None
+            st.log(rec)
 
     def _route(self, ctl):
         st = self.st
@@ -213,6 +236,15 @@ class Handler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 st.tokens = {t: e for t, e in st.tokens.items() if e > now}
                 st.tokens[token] = now + ttl
+            self.issued = token
+            hops = ctl.get("put_hop_limit")
+            if hops is not None:
+                v6 = self.connection.family == socket.AF_INET6
+                self.connection.setsockopt(
+                    socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
+                    socket.IPV6_UNICAST_HOPS if v6 else socket.IP_TTL,
+                    int(hops),
+                )
             return self._reply(200, token, extra={TTL_HEADER: str(ttl)})
 
         if self.command not in ("GET", "HEAD"):
@@ -242,6 +274,8 @@ class Handler(BaseHTTPRequestHandler):
         """Return the body for a metadata path, or None for 404."""
         c = self.st.config
         profile = ctl.get("profile", True)
+        if ctl.get("profile_from") is not None and time.time() < float(ctl["profile_from"]):
+            profile = False
         tags = ctl.get("tags")
         md = "/latest/meta-data/"
         p = path.rstrip("/")

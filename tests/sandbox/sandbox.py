@@ -590,13 +590,21 @@ def _setup():
     return 0
 
 
-def _put(state_dir, key, path):
+def _put(state_dir, key, path, kms=False):
     boto3, kw = _clients()
     st = json.loads((Path(state_dir) / "state.json").read_text())
-    s3 = boto3.client("s3", aws_access_key_id=st["admin"]["access_key_id"],
-                      aws_secret_access_key=st["admin"]["secret_access_key"], **kw)
-    r = s3.put_object(Bucket=st["bucket"], Key=key, Body=Path(path).read_bytes())
-    print(json.dumps({"version_id": r.get("VersionId"), "etag": r.get("ETag")}))
+    creds = dict(aws_access_key_id=st["admin"]["access_key_id"],
+                 aws_secret_access_key=st["admin"]["secret_access_key"], **kw)
+    s3 = boto3.client("s3", **creds)
+    extra, key_arn = {}, None
+    if kms:
+        # SSE-KMS with a new customer managed key in moto's KMS.
+        key_arn = boto3.client("kms", **creds).create_key(
+            Description="ecs-bootstrap sandbox")["KeyMetadata"]["Arn"]
+        extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_arn}
+    r = s3.put_object(Bucket=st["bucket"], Key=key, Body=Path(path).read_bytes(), **extra)
+    print(json.dumps({"version_id": r.get("VersionId"), "etag": r.get("ETag"),
+                      "kms_key_arn": key_arn}))
     return 0
 
 
@@ -619,6 +627,8 @@ def main(argv=None):
     p.add_argument("name")
     p.add_argument("key")
     p.add_argument("file")
+    p.add_argument("--kms", action="store_true",
+                   help="encrypt with SSE-KMS under a new KMS key (its ARN is printed)")
     p = sub.add_parser("exec", help="run a command in a sandbox namespace")
     p.add_argument("name")
     p.add_argument("where", choices=ROLES)
@@ -630,6 +640,7 @@ def main(argv=None):
     p.add_argument("state_dir")
     p.add_argument("key")
     p.add_argument("file")
+    p.add_argument("--kms", action="store_true")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "up":
@@ -648,7 +659,7 @@ def main(argv=None):
                 raise Fail(f"no such file: {a.file}")
             cmd = ["ip", "netns", "exec", st["namespaces"]["svc"], st["python"],
                    str(Path(__file__).resolve()), "_put", st["state_dir"], a.key,
-                   str(Path(a.file).resolve())]
+                   str(Path(a.file).resolve())] + (["--kms"] if a.kms else [])
             return subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=120).returncode
         elif a.cmd == "exec":
             check_name(a.name)
@@ -664,7 +675,7 @@ def main(argv=None):
         elif a.cmd == "_setup":
             return _setup()
         elif a.cmd == "_put":
-            return _put(a.state_dir, a.key, a.file)
+            return _put(a.state_dir, a.key, a.file, a.kms)
     except Fail as e:
         log(f"error: {e}")
         return e.code
