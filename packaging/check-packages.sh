@@ -5,7 +5,9 @@
 #         `ecs-bootstrap --version`, checks the units are enabled, that a changed
 #         /etc/ecs-bootstrap/env survives a reinstall, and removes and purges it again.
 #   .rpm: file list, modes and config flags (rpm -qp), requirements, scripts
-#         (rpm -qp --scripts) and the payload compressor (gzip).
+#         (rpm -qp --scripts) and the payload compressor (gzip); then `rpm -i --root` into a
+#         scratch root with its scriptlets running: installed files equal to the .deb's, the
+#         units enabled by the preset, and `rpm -e` disabling them again.
 # Needs root (it installs the .deb), apt-get, and the `rpm` Debian package (installed when
 # missing). Set SKIP_BUILD=1 to check packages already in ${CARGO_TARGET_DIR:-target}/packages.
 set -euo pipefail
@@ -152,6 +154,60 @@ expect_contains ".rpm scripts" "$scripts" "postinstall scriptlet" "preuninstall 
     "systemctl --no-reload disable --now ecs-bootstrap-firewall.service ecs-bootstrap-config.service"
 rpm_version=$(rpm -qp --qf '%{VERSION}' "$rpm_file")
 check ".rpm version $version" ".rpm version $rpm_version, want $version" test "$rpm_version" = "$version"
+
+# ---------------------------------------------------------------- install the .rpm
+# rpm -i --root into a scratch root, scriptlets run (chrooted there, as rpm does): the root
+# holds what they call (sh, mkdir, systemctl and their libraries, copied from this machine)
+# and nothing else. --nodeps: the scratch root has no rpm database of iptables or systemd.
+# Then the installed files (paths and modes, as on disk) against the .deb's list, the units
+# enabled by the preset, and rpm -e, whose %preun disables them again.
+echo "== rpm -i --root $rpm_file"
+scratch=$tmp/rpmroot
+mkdir -p "$scratch"
+copy_with_libs() {
+    local f lib
+    for f in "$@"; do
+        mkdir -p "$scratch$(dirname "$f")"
+        cp -L "$f" "$scratch$f"
+        while read -r lib; do
+            [[ -e $scratch$lib ]] && continue
+            mkdir -p "$scratch$(dirname "$lib")"
+            cp -L "$lib" "$scratch$lib"
+        done < <(ldd "$f" | grep -oE '/[^ ]+\.so[^ ]*' || true)
+    done
+}
+copy_with_libs /bin/sh /bin/mkdir /bin/systemctl /bin/rm
+mkdir -p "$scratch/etc/systemd/system" "$scratch/usr/lib/systemd/system" "$scratch/var/lib/rpm" "$scratch/dev"
+mknod -m 666 "$scratch/dev/null" c 1 3
+rpm_root=(rpm --root "$scratch" --dbpath /var/lib/rpm)
+"${rpm_root[@]}" --initdb
+if "${rpm_root[@]}" -i --nodeps "$rpm_file" >"$tmp/rpm-i.log" 2>&1; then
+    ok "rpm -i --root: installed, scriptlets ran$(grep -q . "$tmp/rpm-i.log" && printf ' (output: %s)' "$(tr '\n' ' ' <"$tmp/rpm-i.log")")"
+else
+    fail "rpm -i --root failed: $(cat "$tmp/rpm-i.log")"
+fi
+rpm_disk=$(cd "$scratch" && "${rpm_root[@]}" -ql ecs-bootstrap | while read -r f; do
+    [[ -f $scratch$f && ! -L $scratch$f ]] && echo "$f $(stat -c %A "$scratch$f")"
+done | grep -v '^/usr/lib/systemd/system-preset/50-ecs-bootstrap.preset ' | sort)
+if [[ $rpm_disk == "$deb_files" ]]; then
+    ok ".rpm installed files and modes equal the .deb's ($(grep -c . <<<"$rpm_disk") files, the preset aside)"
+else
+    fail ".rpm installed files differ from the .deb's (deb, then rpm):"
+    diff <(echo "$deb_files") <(echo "$rpm_disk") >&2 || true
+fi
+for link in multi-user.target.wants/ecs-bootstrap-firewall.service docker.service.wants/ecs-bootstrap-firewall.service \
+    multi-user.target.wants/ecs-bootstrap-config.service ecs.service.wants/ecs-bootstrap-config.service; do
+    check "rpm %post (preset) enabled: $link" "rpm %post did not enable: $link missing" \
+        test -L "$scratch/etc/systemd/system/$link"
+done
+check "rpm %post created /etc/ecs" "rpm %post did not create /etc/ecs" test -d "$scratch/etc/ecs"
+if "${rpm_root[@]}" -e ecs-bootstrap >"$tmp/rpm-e.log" 2>&1; then
+    left=$(find "$scratch/etc/systemd/system" -name 'ecs-bootstrap-*' 2>/dev/null || true)
+    check "rpm -e --root: %preun disabled the units" "links left after rpm -e: $left" test -z "$left"
+    check "rpm -e --root: binary removed" "binary left after rpm -e" test ! -e "$scratch/usr/bin/ecs-bootstrap"
+else
+    fail "rpm -e --root failed: $(cat "$tmp/rpm-e.log")"
+fi
 
 # ---------------------------------------------------------------- install the .deb
 echo "== install $deb"

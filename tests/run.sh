@@ -48,3 +48,12 @@ bash examples/check.sh
 
 log "packages: build the .deb and .rpm, check them, install the .deb"
 bash packaging/check-packages.sh
+
+# Real boots: a Debian 12 guest under qemu with the .deb baked in (tests/vm/run.sh; about
+# 20-30 minutes under TCG, the guest image is cached under target/vm/).
+if [[ ${ECS_BOOTSTRAP_SKIP_VM:-} == 1 ]]; then
+    log "VM suite: SKIPPED because ECS_BOOTSTRAP_SKIP_VM=1 (CI never sets it)"
+else
+    log "VM suite: real boots of a Debian 12 guest (tests/vm/run.sh)"
+    bash tests/vm/run.sh
+fi
