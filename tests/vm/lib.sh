@@ -85,16 +85,19 @@ vm_init() {
     VM_KEY=$vm_base/id_ed25519
 }
 
-# vm_deb: the .deb packaging/build.sh left (built when there is none).
+# vm_deb: the .deb of the sources at hand, built by packaging/build.sh.
 vm_deb() {
+    # Always built from the sources at hand (cargo's build is a no-op when nothing changed): a
+    # .deb left in target/packages by an earlier build would test an older product.
+    vm_log "packaging/build.sh (the .deb of these sources)"
+    bash "$repo/packaging/build.sh" >&2
     local debs
     shopt -s nullglob
     debs=("$repo"/target/packages/*.deb)
     shopt -u nullglob
     if ((${#debs[@]} != 1)); then
-        vm_log "no single .deb in target/packages: packaging/build.sh"
-        bash "$repo/packaging/build.sh" >&2
-        debs=("$repo"/target/packages/*.deb)
+        vm_log "packaging/build.sh left ${#debs[@]} .deb files in target/packages, not one"
+        return 1
     fi
     echo "${debs[0]}"
 }
