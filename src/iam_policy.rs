@@ -138,18 +138,11 @@ impl PolicyInput {
                 "partition {partition:?} is not one of aws, aws-cn, aws-us-gov"
             )));
         }
-        let bucket_account = match &args.expected_bucket_owner {
-            None => None,
-            Some(o) => {
-                let o = o.trim();
-                if o.len() != 12 || !o.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(UsageError(format!(
-                        "--expected-bucket-owner {o:?}: give the 12-digit AWS account ID that owns the bucket"
-                    )));
-                }
-                Some(o.to_owned())
-            }
-        };
+        let bucket_account = args
+            .expected_bucket_owner
+            .as_deref()
+            .map(crate::config::source::bucket_owner)
+            .transpose()?;
         Ok(PolicyInput {
             source,
             kms_key,

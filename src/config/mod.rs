@@ -89,18 +89,11 @@ impl Options {
                 Some(h)
             }
         };
-        let expected_owner = match &args.expected_bucket_owner {
-            None => None,
-            Some(o) => {
-                let o = o.trim();
-                if o.len() != 12 || !o.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(UsageError(format!(
-                        "--expected-bucket-owner {o:?}: give the 12-digit AWS account ID that owns the bucket"
-                    )));
-                }
-                Some(o.to_owned())
-            }
-        };
+        let expected_owner = args
+            .expected_bucket_owner
+            .as_deref()
+            .map(source::bucket_owner)
+            .transpose()?;
         if args.max_size == 0 || args.max_size > MAX_SIZE_LIMIT {
             return Err(UsageError(format!(
                 "--max-size {}: give a size in bytes from 1 to {MAX_SIZE_LIMIT}",

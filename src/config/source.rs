@@ -29,6 +29,18 @@ pub const PARTITIONS: [(&str, &str); 3] = [
     ("aws-us-gov", "amazonaws.com"),
 ];
 
+/// `--expected-bucket-owner`: the 12-digit account ID that owns the bucket (both the fetch and
+/// `iam-policy` take it).
+pub fn bucket_owner(o: &str) -> Result<String, UsageError> {
+    let o = o.trim();
+    if o.len() != 12 || !o.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(UsageError(format!(
+            "--expected-bucket-owner {o:?}: give the 12-digit AWS account ID that owns the bucket"
+        )));
+    }
+    Ok(o.to_owned())
+}
+
 /// The partition a region belongs to.
 pub fn partition_of_region(region: &str) -> &'static str {
     if region.starts_with("cn-") {
