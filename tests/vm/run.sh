@@ -263,8 +263,8 @@ check "boot 2: no ordering cycle at boot 1's shutdown (journal -b -1) nor on the
 pre=$(vm_ssh 'cat /run/vmtest/predocker.v4')
 check "boot 2: before dockerd started, the kernel held our DROP rules and FORWARD's first rule jumps to DOCKER-USER" \
     "$(grep -E '^(\[[0-9:]+\] )?-A (FORWARD|DOCKER-USER)' <<<"$pre")" \
-    bash -c 'grep -qE -- "-A DOCKER-USER -d 169.254.169.254/32 -i docker\+ -j DROP" <<<"$1" &&
-        grep -qE -- "-A DOCKER-USER -d 169.254.169.254/32 -i br-\+ -j DROP" <<<"$1" &&
+    bash -c 'grep -qE -- "-A DOCKER-USER -d 169.254.169.254/32 -i docker\+ (-m comment --comment ecs-bootstrap )?-j DROP" <<<"$1" &&
+        grep -qE -- "-A DOCKER-USER -d 169.254.169.254/32 -i br-\+ (-m comment --comment ecs-bootstrap )?-j DROP" <<<"$1" &&
         [[ $(grep -E -- "-A FORWARD" <<<"$1" | head -n1) == *"-j DOCKER-USER" ]]' _ "$pre"
 block_checks "boot 2" iptables
 
@@ -289,7 +289,7 @@ check "boot 3: on iptables-legacy the firewall unit succeeds under its sandbox" 
     bash -c 'grep -q xtables-legacy <<<"$1" && grep -qw "ExecMainStatus=0" <<<"$1" && grep -qw "Result=success" <<<"$1" && ! grep -q insmod <<<"$1"' _ "$out"
 pre=$(vm_ssh 'cat /run/vmtest/predocker.v4; echo; iptables-legacy-save | grep -c "169.254.169.254"' || true)
 check "boot 3: before dockerd started, the legacy tables held our DROP rules" \
-    "$(grep -E -- '-A DOCKER-USER' <<<"$pre")" grep -qE -- '-A DOCKER-USER -d 169.254.169.254/32 -i docker\+ -j DROP' <<<"$pre"
+    "$(grep -E -- '-A DOCKER-USER' <<<"$pre")" grep -qE -- '-A DOCKER-USER -d 169.254.169.254/32 -i docker\+ (-m comment --comment ecs-bootstrap )?-j DROP' <<<"$pre"
 block_checks "boot 3 (legacy)" iptables-legacy
 cycles=$(vm_ssh "journalctl -b -1 -o short-monotonic | grep -i 'ordering cycle'" || true)
 check "boot 3: no ordering cycle at boot 2's shutdown" "$cycles" test -z "$cycles"
