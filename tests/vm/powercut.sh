@@ -167,6 +167,7 @@ for ((c = 1; c <= cuts; c++)); do
         problems+=("ecs.config is gen $cfg_gen, neither the last finished ($last) nor the one in flight ($inflight)")
     fi
     rule_gens=$({ grep -oE -- '-i vmt[0-9]+\+ ' <<<"$rules" || true; } | grep -oE '[0-9]+' | sort -n | tr '\n' ' ' || true)
+    rule_gens=${rule_gens% }
     if [[ -z $rules ]]; then
         problems+=("rules.v4 is empty")
     elif [[ $(tail -n 1 <<<"${rules%$'\n'}") != COMMIT ]]; then
@@ -174,11 +175,11 @@ for ((c = 1; c <= cuts; c++)); do
     elif [[ $(skeleton "$rules") != "$ref_skel" ]]; then
         problems+=("rules.v4's lines other than our rules differ from the reference")
     elif (($(wc -w <<<"$rule_gens") != 1)); then
-        problems+=("rules.v4 holds the rules of gens '${rule_gens% }', not exactly one")
+        problems+=("rules.v4 holds the rules of gens '$rule_gens', not exactly one")
     elif ((rule_gens != last && rule_gens != inflight)); then
-        problems+=("rules.v4 holds gen ${rule_gens% }, neither the last finished ($last) nor the one in flight ($inflight)")
+        problems+=("rules.v4 holds gen $rule_gens, neither the last finished ($last) nor the one in flight ($inflight)")
     elif [[ -z ${written[$rule_gens]:-} ]]; then
-        problems+=("rules.v4 holds gen ${rule_gens% }, never written")
+        problems+=("rules.v4 holds gen $rule_gens, never written")
     fi
     summary="cut $c: gens $start_gen..$last finished in this boot, cut during $inflight; ecs.config is gen ${cfg_gen:-?} (${#cfg} bytes), rules.v4 ${#rules} bytes with rules of $(wc -w <<<"$rule_gens") gens; e2fsck: $(grep -aE 'clean|recover|journal|files' <<<"$fsck_out" | tail -n 1)"
     if ((${#problems[@]} == 0)); then
