@@ -9,13 +9,6 @@ use std::time::{Duration, Instant};
 
 const RETRY_LINE: &str = "instance metadata did not answer; retrying";
 
-fn now_epoch() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[track_caller]
 fn assert_names_the_causes(r: &Run) {
     r.assert_contains("cannot reach instance metadata")

@@ -428,11 +428,7 @@ fn s3_rejects_the_role_credentials() {
 #[test]
 fn imds_down() {
     let sb = setup();
-    let never = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
+    let never = now_epoch() + 3600;
     sb.imds_control(json!({"unavailable_until": never}));
     let start = Instant::now();
     let r = run_moto(&sb, 5, &[]);
@@ -463,11 +459,7 @@ fn imds_down() {
 #[test]
 fn imds_slow_at_boot() {
     let sb = setup();
-    let soon = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        + 3.0;
+    let soon = now_epoch_f64() + 3.0;
     sb.imds_control(json!({"unavailable_until": soon}));
     let start = Instant::now();
     let r = run_moto(&sb, 30, &[]);
@@ -1667,11 +1659,7 @@ fn s3_token_refresh_required_gets_new_credentials() {
 #[test]
 fn imds_instance_profile_associated_late() {
     let sb = setup();
-    let from = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        + 4.0;
+    let from = now_epoch_f64() + 4.0;
     sb.imds_control(json!({"profile_from": from}));
     let start = Instant::now();
     let r = run_moto(&sb, 60, &[]);

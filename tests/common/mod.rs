@@ -394,6 +394,19 @@ pub fn settled(read: impl Fn() -> Vec<Value>) -> Vec<Value> {
     last
 }
 
+/// Seconds since the epoch, for the emulators' time-based controls (`unavailable_until`,
+/// `profile_from`).
+pub fn now_epoch() -> u64 {
+    now_epoch_f64() as u64
+}
+
+pub fn now_epoch_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 pub fn write_json(path: &Path, v: &Value) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(v).unwrap()).unwrap();
