@@ -1063,7 +1063,7 @@ COMMIT
     /// Files that held "our rule" and still let the container through after a restore: a
     /// RETURN or ACCEPT first, `-I` lines, long spellings, two *filter tables, CRLF. After the
     /// merge, the block holds on the replayed table; each file is also restored into a real
-    /// kernel by tests/firewall.rs.
+    /// kernel by tests/integration/firewall.rs.
     #[test]
     fn whatever_the_file_held_the_block_holds_after_a_restore() {
         let ours_old = "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP";

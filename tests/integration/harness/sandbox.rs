@@ -3,7 +3,6 @@
 //! it, moto (S3/IAM/STS with authentication on), our IMDSv2 emulator and a fault proxy.
 //!
 //! Sandbox tests need root and namespaces. They fail (never skip) when they cannot run.
-#![allow(dead_code)]
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};

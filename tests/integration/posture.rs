@@ -1,8 +1,7 @@
 //! The IMDS posture of a `run`, one line per ECS network mode, and `--block-awsvpc-imds`,
 //! with the real binary in the sandbox (moto, the IMDS emulator, real iptables).
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use serde_json::Value;
 
 fn posture(v: &Value, mode: &str) -> Value {

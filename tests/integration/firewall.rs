@@ -2,12 +2,10 @@
 //! tests create: effects are proven with TCP connections from a "container" namespace on the
 //! docker0 bridge to listeners on 169.254.169.254, fd00:ec2::254 and 198.51.100.10.
 
-mod firewall_net;
-
+use crate::harness::netns::*;
 use ecs_bootstrap::firewall::iptables::{Ipt, IptError, Presence};
 use ecs_bootstrap::firewall::rules::Family;
 use ecs_bootstrap::sys::SystemRunner;
-use firewall_net::*;
 use std::path::Path;
 use std::time::Duration;
 

@@ -14,8 +14,7 @@
 //!
 //! Plus one run of the real binary against moto with the cases of the issue.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use ecs_bootstrap::config::parse::{Severity, valid_key};
 use ecs_bootstrap::config::readers;
 use ecs_bootstrap::config::validate;

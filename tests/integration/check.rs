@@ -2,8 +2,7 @@
 //! against the IMDSv2 emulator, with the emulator's faults (slow at boot, 503s, invalidated
 //! tokens, IMDSv1 open, no instance profile) and a real DROP on the host's OUTPUT chain.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
 //! The walking skeleton end to end: `run` in the sandbox does all three jobs.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 
 #[test]
 fn run_writes_config_blocks_containers_and_keeps_host_on_imds() {

@@ -5,8 +5,7 @@
 //! The tests of this file run one at a time: a `prove` sweeps the namespaces of dead runs, and
 //! the SIGKILL test needs to see its leftover before the next `prove` removes it.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -4,8 +4,6 @@
 //! the test creates (`ebs-fw-<pid>-<n>-*`) and is deleted by Drop guards; iptables only ever
 //! runs inside them.
 
-#![allow(dead_code)]
-
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -140,7 +138,8 @@ impl Drop for Ns {
 pub struct Topo {
     pub host: Ns,
     pub ctr: Ns,
-    pub svc: Ns,
+    /// Held so that the services namespace lives as long as the topology.
+    _svc: Ns,
     _listeners: Vec<TcpListener>,
 }
 
@@ -227,7 +226,7 @@ impl Topo {
         Topo {
             host,
             ctr,
-            svc,
+            _svc: svc,
             _listeners: listeners,
         }
     }

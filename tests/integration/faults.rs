@@ -9,10 +9,9 @@
 //!   host still reaching IMDS.
 //!
 //! The table in docs/reliability.md lists every case; keep both in step.
-//! Run: `cargo test --test faults` as root.
+//! Run: `cargo test --test integration faults::` as root.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use serde_json::json;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -3,9 +3,7 @@
 //! temporary folder: start it, restart it, and prove the container stays blocked from IMDS;
 //! and that the documented FORWARD placement is bypassed by the same dockerd.
 
-mod firewall_net;
-
-use firewall_net::*;
+use crate::harness::netns::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};

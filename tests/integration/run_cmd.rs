@@ -2,8 +2,7 @@
 //! not stop the others, the boot report (text, JSON, `--report` file), log formats, the overall
 //! deadline, and `--source-from-tag`.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -2,8 +2,7 @@
 //! on (through the fault proxy for faults moto cannot produce). Every failure case asserts the
 //! exit code, the message, that the previous file is byte-identical and that no temp file is left.
 
-mod common;
-use common::*;
+use crate::harness::sandbox::*;
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
