@@ -59,11 +59,25 @@ impl Op {
 
 /// What became of one of our rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RuleState {
     Present,
     Added,
     Moved,
+    Removed,
+}
+
+/// What becomes of `-j DOCKER-USER` in FORWARD (default placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Jump {
+    /// First in FORWARD, once, already.
+    Present,
+    /// Put first in FORWARD (and any other copy removed).
+    Placed,
+    /// Removed with the empty chain (`--remove`).
     Removed,
 }
 
@@ -74,8 +88,8 @@ pub struct Plan {
     pub chain_created: bool,
     /// Our interfaces and what happens to their rule.
     pub rules: Vec<(String, RuleState)>,
-    /// The jump (default placement): "present" or "placed" (or "removed").
-    pub jump: Option<&'static str>,
+    /// The jump (default placement).
+    pub jump: Option<Jump>,
     pub duplicate_jumps_removed: usize,
     /// Rules of others that sat above one of ours (they stay, below ours).
     pub moved_above: Vec<String>,
@@ -245,9 +259,9 @@ fn plan_assert(table: &[String], set: &RuleSet) -> Plan {
         let first = fwd.first().map(|l| set.classify(l)) == Some(Line::Jump);
         let plain = jumps.iter().filter(|k| **k == Line::Jump).count();
         if first && jumps.len() == 1 {
-            p.jump = Some("present");
+            p.jump = Some(Jump::Present);
         } else {
-            p.jump = Some(if first { "present" } else { "placed" });
+            p.jump = Some(if first { Jump::Present } else { Jump::Placed });
             for k in &jumps {
                 if let Some((ch, spec)) = spec_of(set, k) {
                     p.ops.push(Op::Delete { chain: ch, spec });
@@ -325,7 +339,7 @@ fn plan_remove(table: &[String], set: &RuleSet) -> Plan {
             }
         }
         p.ops.push(Op::DeleteChain(DOCKER_USER));
-        p.jump = Some("removed");
+        p.jump = Some(Jump::Removed);
     }
     p
 }
@@ -384,7 +398,7 @@ mod tests {
         );
         assert!(p.chain_created);
         assert_eq!(p.rules, [("docker+".to_owned(), RuleState::Added)]);
-        assert_eq!(p.jump, Some("placed"));
+        assert_eq!(p.jump, Some(Jump::Placed));
     }
 
     #[test]
@@ -398,7 +412,7 @@ mod tests {
         ]);
         let p = plan(&t, &set(Placement::DockerUser, &["docker+"]), Mode::Assert);
         assert!(p.ops.is_empty(), "{p:?}");
-        assert_eq!(p.jump, Some("present"));
+        assert_eq!(p.jump, Some(Jump::Present));
     }
 
     /// A RETURN (dockerd's tail) or an admin's ACCEPT above our DROP: the block does not hold;
@@ -448,7 +462,7 @@ mod tests {
         );
         assert_eq!(p.removed.len(), 2, "{:?}", p.removed);
         assert_eq!(p.rules, [("docker+".to_owned(), RuleState::Moved)]);
-        assert_eq!(p.jump, Some("placed"));
+        assert_eq!(p.jump, Some(Jump::Placed));
     }
 
     #[test]
