@@ -18,10 +18,11 @@
 //! `-w` lock wait ([`iptables`]), so concurrent runs end with exactly one rule; every check is
 //! made before any change, so a second run changes nothing.
 //!
-//! Modules: [`rules`] (pure rendering and recognition), [`plan`] (pure planning),
-//! [`iptables`] (the runner over the binaries, and why it
-//! is ours rather than the `iptables` crate), [`persist`] (merge into the distribution's rules
-//! file, and what happens to the iptables-services sample file), [`lock`].
+//! Modules: [`rules`] (pure rendering and recognition), [`plan`] (pure planning), [`apply`]
+//! (the changes into the kernel), [`iptables`] (the runner over the binaries, and why it is
+//! ours rather than the `iptables` crate), [`target`] (which rules file, and who loads it at
+//! boot), [`persist`] (the rules file's I/O), [`merge`] (the pure merge), [`details`] (the
+//! report), [`lock`].
 
 mod apply;
 mod details;

@@ -217,7 +217,7 @@ fn validate_and_write(
     // A file that holds nothing but our own rendering (a first boot, the replaced
     // iptables-services sample) is valid by construction: the interface patterns are validated
     // and the tests restore it with both backends. `--test` is for foreign lines, and it is
-    // not cheap: the nft backend's dry run takes about 17 ms, the longest part of the step.
+    // not cheap: the nft backend's dry run is the longest part of the step (docs/benchmarks.md).
     if ours_only {
         return Ok(fsutil::write_atomic(path, text.as_bytes(), mode)?);
     }

@@ -287,4 +287,24 @@ mod tests {
         assert_eq!(br.default_files(), None);
         assert!(matches!(Distro::from_os_release(""), Distro::Other(_)));
     }
+
+    /// Every folder of a default rules file is writable in the firewall unit's sandbox
+    /// (`ReadWritePaths=`); ARCHITECTURE.md lists the other places that name them.
+    #[test]
+    fn the_unit_may_write_every_default_rules_folder() {
+        let unit = include_str!("../../systemd/ecs-bootstrap-firewall.service");
+        let writable: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+            .flat_map(str::split_whitespace)
+            .map(|p| p.trim_start_matches('-'))
+            .collect();
+        for d in ["ID=amzn", "ID=debian"].map(Distro::from_os_release) {
+            let (v4, v6) = d.default_files().unwrap();
+            for f in [v4, v6] {
+                let dir = Path::new(f).parent().unwrap().to_str().unwrap();
+                assert!(writable.contains(&dir), "{dir} not in {writable:?}");
+            }
+        }
+    }
 }
