@@ -9,20 +9,20 @@
 //! make `-j DOCKER-USER` the first rule of FORWARD (so the block holds before dockerd ever ran
 //! too). `--chain FORWARD` reproduces the documented placement, with a warning.
 //!
-//! The block is a property of the kernel's state ([`plan`]): our DROP rules first in
+//! The block is a property of the kernel's state (`plan`): our DROP rules first in
 //! DOCKER-USER, nothing of ours elsewhere, `-j DOCKER-USER` first in FORWARD, once. A rule of
 //! another tool above ours is a break, repaired by moving ours above it; nothing of another
 //! tool is deleted, and nothing is deleted by position.
 //!
-//! Concurrency. All of it runs under an exclusive lock in /run ([`lock`]) plus iptables' own
+//! Concurrency. All of it runs under an exclusive lock in /run (`lock`) plus iptables' own
 //! `-w` lock wait ([`iptables`]), so concurrent runs end with exactly one rule; every check is
 //! made before any change, so a second run changes nothing.
 //!
-//! Modules: [`rules`] (pure rendering and recognition), [`plan`] (pure planning), [`apply`]
+//! Modules: [`rules`] (pure rendering and recognition), `plan` (pure planning), `apply`
 //! (the changes into the kernel), [`iptables`] (the runner over the binaries, and why it is
-//! ours rather than the `iptables` crate), [`target`] (which rules file, and who loads it at
-//! boot), [`persist`] (the rules file's I/O), [`merge`] (the pure merge), [`details`] (the
-//! report), [`lock`].
+//! ours rather than the `iptables` crate), `target` (which rules file, and who loads it at
+//! boot), `persist` (the rules file's I/O), [`merge`] (the pure merge), `details` (the
+//! report), `lock`.
 
 mod apply;
 mod details;
