@@ -69,6 +69,19 @@ impl Backend {
     }
 }
 
+/// A command's exit status; None when a signal ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub Option<i32>);
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "{s}"),
+            None => f.write_str("killed by a signal"),
+        }
+    }
+}
+
 /// Why an iptables command did not do what was asked. Every message names the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum IptError {
@@ -85,7 +98,7 @@ pub enum IptError {
     #[error("`{cmdline}` failed (exit status {status}): {stderr}{hint}")]
     Failed {
         cmdline: String,
-        status: String,
+        status: Status,
         stderr: String,
         hint: &'static str,
     },
@@ -94,7 +107,7 @@ pub enum IptError {
 impl IptError {
     /// Another program held the xtables lock for the whole `-w` wait (exit status 4).
     pub(crate) fn is_lock_timeout(&self) -> bool {
-        matches!(self, IptError::Failed { status, .. } if status == "4")
+        matches!(self, IptError::Failed { status: Status(Some(4)), .. })
     }
 }
 
@@ -169,10 +182,7 @@ impl<'a> Ipt<'a> {
         };
         IptError::Failed {
             cmdline,
-            status: out
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "killed by a signal".into()),
+            status: Status(out.status),
             stderr: first_line(&out.stderr),
             hint,
         }
@@ -205,7 +215,7 @@ impl<'a> Ipt<'a> {
         }
         Backend::from_version(&out.stdout).ok_or_else(|| IptError::Failed {
             cmdline: cl,
-            status: "0".into(),
+            status: Status(Some(0)),
             stderr: format!("unrecognized version line {:?}", out.stdout.trim()),
             hint: "; is --iptables an iptables binary?",
         })
