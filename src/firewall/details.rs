@@ -20,7 +20,7 @@ pub(crate) struct Details {
     pub(crate) chain: Placement,
     pub(crate) interfaces: Vec<String>,
     pub(crate) ipv6: Ipv6,
-    pub(crate) persist_mode: PersistKind,
+    pub(crate) persist_mode: super::PersistMode,
     pub(crate) families: Vec<FamilyDetails>,
     pub(crate) warnings: Vec<String>,
 }
@@ -47,16 +47,6 @@ pub(crate) enum Ipv6Reason {
     AutoHostHasNoIpv6,
     #[serde(rename = "auto: ip6tables missing")]
     AutoIp6tablesMissing,
-}
-
-/// `--persist`, as the report names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum PersistKind {
-    Merge,
-    FullSave,
-    None,
 }
 
 /// One address family: the kernel's rules and the rules file.

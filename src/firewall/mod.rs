@@ -34,11 +34,9 @@ mod plan;
 pub mod rules;
 mod target;
 
-use crate::cli::{ChainChoice, FirewallArgs, Ipv6Mode, PersistMode};
-use crate::error::UsageError;
 use crate::report::StepResult;
 use crate::sys::{CommandRunner, Root};
-use details::{Details, Ipv6, Ipv6Reason, PersistKind, Said};
+use details::{Details, Ipv6, Ipv6Reason, Said};
 use iptables::{Backend, Ipt, IptError};
 use persist::{How, Persistence};
 use plan::Mode;
@@ -54,6 +52,27 @@ pub const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top
 
 /// How long a run waits for another run's lock.
 pub const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether the IPv6 rules are asserted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// When the host has IPv6 and ip6tables.
+    Auto,
+    On,
+    Off,
+}
+
+/// How the rule is persisted across reboots (`persist_mode` in the report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum PersistMode {
+    /// Our rule merged into the distribution's rules file.
+    Merge,
+    /// The whole `iptables-save` output, as the AWS documentation does.
+    FullSave,
+    None,
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -71,49 +90,6 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_args(args: &FirewallArgs, root: &Root) -> Result<Self, UsageError> {
-        let mut interfaces: Vec<String> = vec![];
-        for i in &args.interfaces {
-            rules::validate_interface(i).map_err(UsageError)?;
-            if !interfaces.contains(i) {
-                interfaces.push(i.clone());
-            }
-        }
-        if interfaces.is_empty() {
-            interfaces.push("docker+".into());
-        }
-        if let Some(p) = &args.iptables
-            && p.as_os_str().is_empty()
-        {
-            return Err(UsageError(
-                "--iptables is empty; give the path of an iptables binary, e.g. /usr/sbin/iptables-nft".into(),
-            ));
-        }
-        if args.ipv6 == Ipv6Mode::On
-            && let Some(p) = &args.iptables
-            && iptables::ip6tables_beside(p).is_none()
-        {
-            return Err(UsageError(format!(
-                "--ipv6 on needs ip6tables beside --iptables {}, but its name does not start with `iptables`; use --ipv6 off or a binary named iptables*",
-                p.display()
-            )));
-        }
-        Ok(Options {
-            iptables: args.iptables.clone(),
-            placement: match args.chain {
-                ChainChoice::DockerUser => Placement::DockerUser,
-                ChainChoice::Forward => Placement::Forward,
-            },
-            interfaces,
-            ipv6: args.ipv6,
-            persist: args.persist,
-            persist_file: args.persist_file.clone(),
-            persist_file6: args.persist_file6.clone(),
-            root: root.clone(),
-            remove: args.remove,
-        })
-    }
-
     fn mode(&self) -> Mode {
         if self.remove {
             Mode::Remove
@@ -273,11 +249,7 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
             enabled: v6.bin.is_some(),
             reason: v6.reason,
         },
-        persist_mode: match opts.persist {
-            PersistMode::Merge => PersistKind::Merge,
-            PersistMode::FullSave => PersistKind::FullSave,
-            PersistMode::None => PersistKind::None,
-        },
+        persist_mode: opts.persist,
         families: fam_details,
         warnings: said.warnings,
     };
