@@ -35,7 +35,7 @@ pub mod rules;
 mod target;
 
 use crate::report::StepResult;
-use crate::sys::{CommandRunner, Root};
+use crate::sys::{CommandRunner, Deadline, Root};
 use details::{Details, Ipv6, Ipv6Reason, Said};
 use iptables::{Backend, Ipt, IptError};
 use persist::{How, Persistence};
@@ -205,8 +205,20 @@ fn choose_ipv6(opts: &Options, bin4: &Path) -> Result<Ipv6Choice, IptError> {
 }
 
 /// The firewall step: asserts the block (or, with `--remove`, takes it out) for IPv4 and, per
-/// `--ipv6`, IPv6, and persists it per `--persist`, all under the firewall lock.
-pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepResult> {
+/// `--ipv6`, IPv6, and persists it per `--persist`, all under the firewall lock. Blocking: run
+/// it on a thread of its own (see [`crate::sys::run_blocking`]).
+///
+/// `deadline` bounds the whole step: the lock wait and every iptables command get the time
+/// left (give `runner` the same deadline, as [`crate::sys::SystemRunner::new`] does, so a
+/// command running at the deadline is killed). Once the deadline has passed or was stopped
+/// ([`Deadline::stop`], e.g. on SIGTERM), no command starts and no file is written, so no rule
+/// changes; the step then fails with an error whose chain holds the [`crate::sys::Stopped`]
+/// (`err.downcast_ref::<Stopped>()`).
+pub fn run(
+    opts: &Options,
+    runner: &dyn CommandRunner,
+    deadline: &Deadline,
+) -> anyhow::Result<StepResult> {
     let bin4 = resolve_binary(opts.iptables.as_deref())?;
     let v6 = choose_ipv6(opts, &bin4)?;
     let mut said = Said::default();
@@ -215,10 +227,10 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
         said.warnings.push(FORWARD_WARNING.into());
     }
 
-    let lock = lock::acquire(&opts.root.join(lock::LOCK_FILE), LOCK_PATIENCE)?;
+    let lock = lock::acquire(&opts.root.join(lock::LOCK_FILE), LOCK_PATIENCE, deadline)?;
     let mut families = vec![(Family::V4, bin4.clone())];
     families.extend(v6.bin.clone().map(|b| (Family::V6, b)));
-    let (backend, outcomes) = run_families(opts, runner, &bin4, families);
+    let (backend, outcomes) = run_families(opts, runner, deadline, &bin4, families);
     let backend = backend?;
     let mut summary = vec![format!(
         "iptables {} ({} backend)",
@@ -276,18 +288,19 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
 fn run_families(
     opts: &Options,
     runner: &dyn CommandRunner,
+    deadline: &Deadline,
     bin4: &Path,
     families: Vec<(Family, PathBuf)>,
 ) -> (anyhow::Result<Backend>, Vec<anyhow::Result<FamilyOutcome>>) {
     let distro = (opts.persist != PersistMode::None).then(|| Distro::detect(&opts.root));
     let panicked = || anyhow::anyhow!("a firewall thread panicked");
     std::thread::scope(|scope| {
-        let backend = scope.spawn(|| Ipt::new(bin4.to_owned(), runner).backend());
+        let backend = scope.spawn(|| Ipt::new(bin4.to_owned(), runner, deadline).backend());
         let handles: Vec<_> = families
             .into_iter()
             .map(|(family, bin)| {
                 let distro = distro.as_ref();
-                scope.spawn(move || run_family(opts, distro, runner, family, bin))
+                scope.spawn(move || run_family(opts, distro, runner, deadline, family, bin))
             })
             .collect();
         let outcomes = handles
@@ -336,10 +349,11 @@ fn run_family(
     opts: &Options,
     distro: Option<&Distro>,
     runner: &dyn CommandRunner,
+    deadline: &Deadline,
     family: Family,
     bin: PathBuf,
 ) -> anyhow::Result<FamilyOutcome> {
-    let ipt = Ipt::new(bin.clone(), runner);
+    let ipt = Ipt::new(bin.clone(), runner, deadline);
     let set = opts.rule_set(family);
     let (applied, persisted) = if opts.persist == PersistMode::Merge {
         // A merged file depends only on the file and our rules, not on the kernel's tables, so

@@ -367,7 +367,7 @@ fn runner_kinds(bin: &str) {
     let bin = bin.to_owned();
     host.within(move || {
         let runner = SystemRunner::default();
-        let ipt = Ipt::new(bin.clone().into(), &runner);
+        let ipt = Ipt::new(bin.clone().into(), &runner, &runner.deadline);
         let spec: Vec<String> = ["-d", "169.254.169.254/32", "-i", "docker+", "-j", "DROP"]
             .map(String::from)
             .to_vec();
@@ -1499,4 +1499,167 @@ fn docker_nftables_replay(bin: &str) {
         );
         assert!(!again.changed(), "{}", again.text());
     }
+}
+
+/// `--deadline 3`, started now in `ns` with `extra` arguments (IPv4 only, nothing persisted):
+/// the child, for the caller to wait on or signal.
+fn spawn_bounded(ns: &Ns, root: &Path, iptables: &str, deadline: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), BIN, "--output", "json"])
+        .args(["--deadline", deadline, "block-imds", "--root"])
+        .arg(root)
+        .args(["--iptables", iptables, "--ipv6", "off", "--persist", "none"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// An `iptables` and an `iptables-restore` in `dir` that run iptables-nft's, after sleeping
+/// `HANG` when a file `<name>.hang` is beside them: a hung iptables whose hang can be turned
+/// off for the control run.
+fn hanging_iptables(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (name, real) in [
+        ("iptables", "/usr/sbin/iptables-nft"),
+        ("iptables-restore", "/usr/sbin/iptables-nft-restore"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\n[ -e \"$0.hang\" ] && sleep {HANG}\nexec {real} \"$@\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir.join("iptables").to_str().unwrap().to_owned()
+}
+
+/// How long a hung iptables sleeps before it would go on and change the rules.
+const HANG: u64 = 6;
+
+/// The lifetime the deadline allows: at least the deadline (the run waited, it did not give
+/// up early), at most a second more.
+#[track_caller]
+fn assert_lived(lived: Duration, deadline: Duration, r: &Run) {
+    assert!(
+        lived >= deadline - Duration::from_millis(100) && lived < deadline + Duration::from_secs(1),
+        "lived {lived:?} with a deadline of {deadline:?}\n{}",
+        r.text()
+    );
+}
+
+/// The firewall step's report says the deadline ended it.
+#[track_caller]
+fn assert_deadline_reported(r: &Run) {
+    assert_ne!(r.code, 0, "{}", r.text());
+    let err = r.step()["error"].as_str().unwrap_or_default();
+    assert!(err.contains("deadline"), "{}", r.text());
+}
+
+/// Sleeps until `since` + `d`.
+fn sleep_until(since: std::time::Instant, d: Duration) {
+    std::thread::sleep(d.saturating_sub(since.elapsed()));
+}
+
+/// `--deadline 3` while another process holds the firewall lock: the process ends within a
+/// second of the deadline (not after the lock's own patience), says so, and changes nothing;
+/// once the lock is free, the same run adds the rule (the control).
+#[test]
+fn deadline_bounds_the_wait_for_a_held_lock() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let lock = root.path().join("run/ecs-bootstrap/firewall.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let held = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(held, "flock did not take {}", lock.display());
+
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), NFT, "3");
+    let r = parse_run(child.wait_with_output().unwrap());
+    assert_lived(start.elapsed(), Duration::from_secs(3), &r);
+    assert_deadline_reported(&r);
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let r = parse_run(
+        spawn_bounded(&host, root.path(), NFT, "30")
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(count(&host.rules(NFT), RULE4), 1, "{}", r.text());
+}
+
+/// `--deadline 3` while `iptables-restore` hangs with the change in hand: the process ends
+/// within a second of the deadline and says so; the hung command was killed, so even after the
+/// time it would have gone on, no rule changed. Without the hang, the same run adds the rule.
+#[test]
+fn deadline_kills_a_hung_iptables_and_no_rule_changes_after() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = hanging_iptables(root.path());
+    std::fs::write(root.path().join("iptables-restore.hang"), "").unwrap();
+
+    let start = std::time::Instant::now();
+    let r = parse_run(
+        spawn_bounded(&host, root.path(), &ipt, "3")
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_lived(start.elapsed(), Duration::from_secs(3), &r);
+    assert_deadline_reported(&r);
+    sleep_until(start, Duration::from_secs(HANG + 1));
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+
+    std::fs::remove_file(root.path().join("iptables-restore.hang")).unwrap();
+    let r = parse_run(
+        spawn_bounded(&host, root.path(), &ipt, "30")
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(count(&host.rules(NFT), RULE4), 1, "{}", r.text());
+}
+
+/// SIGTERM while `iptables-restore` hangs: the process ends within a second, its report says
+/// it was interrupted, and no rule changed, also after the hung command would have gone on.
+#[test]
+fn sigterm_kills_a_hung_iptables_and_no_rule_changes_after() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = hanging_iptables(root.path());
+    std::fs::write(root.path().join("iptables-restore.hang"), "").unwrap();
+
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), &ipt, "60");
+    // `ip netns exec` execs the binary: the child's pid is ecs-bootstrap's.
+    std::thread::sleep(Duration::from_secs(1));
+    let term = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = parse_run(child.wait_with_output().unwrap());
+    let lived = term.elapsed();
+    assert!(lived < Duration::from_secs(1), "{lived:?}\n{}", r.text());
+    assert_eq!(r.json["interrupted_by"], "SIGTERM", "{}", r.text());
+    sleep_until(start, Duration::from_secs(HANG + 1));
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
 }
