@@ -234,11 +234,7 @@ impl<'a> Ipt<'a> {
     /// The backend in use: from the binary the path resolves to when that tells
     /// (`xtables-nft-multi`, `xtables-legacy-multi`: no process to start), else `iptables -V`.
     pub fn backend(&self) -> Result<Backend, IptError> {
-        if let Some(b) = std::fs::canonicalize(&self.bin)
-            .ok()
-            .as_deref()
-            .and_then(Backend::from_multi_binary)
-        {
+        if let Some(b) = self.backend_by_name() {
             return Ok(b);
         }
         let out = self.raw(&self.bin, &["-V"], None)?;
@@ -252,6 +248,14 @@ impl<'a> Ipt<'a> {
             stderr: format!("unrecognized version line {:?}", out.stdout.trim()),
             hint: "; is --iptables an iptables binary?",
         })
+    }
+
+    /// The backend when the binary the path resolves to says it by its name; no process.
+    pub(crate) fn backend_by_name(&self) -> Option<Backend> {
+        std::fs::canonicalize(&self.bin)
+            .ok()
+            .as_deref()
+            .and_then(Backend::from_multi_binary)
     }
 
     /// `iptables -t filter -S`: every line of the filter table (policies, `-N` chain

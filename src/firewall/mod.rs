@@ -87,6 +87,11 @@ pub struct Options {
     pub root: Root,
     /// `--remove`: take out everything of ours instead of asserting the block.
     pub remove: bool,
+    /// `--drift`: a periodic re-check of a block asserted at boot. Every repair is drift,
+    /// logged as an error naming what was found; the steady-state warnings (logged at boot)
+    /// go to debug; the backend is read only from the binary's name (no `iptables -V`), so a
+    /// check that changes nothing runs one `iptables -S` per family and nothing else.
+    pub drift: bool,
 }
 
 impl Options {
@@ -232,11 +237,10 @@ pub fn run(
     families.extend(v6.bin.clone().map(|b| (Family::V6, b)));
     let (backend, outcomes) = run_families(opts, runner, deadline, &bin4, families);
     let backend = backend?;
-    let mut summary = vec![format!(
-        "iptables {} ({} backend)",
-        bin4.display(),
-        backend.name()
-    )];
+    let mut summary = vec![match &backend {
+        Some(b) => format!("iptables {} ({} backend)", bin4.display(), b.name()),
+        None => format!("iptables {}", bin4.display()),
+    }];
     let mut changed = false;
     let mut fam_details = vec![];
     for outcome in outcomes {
@@ -249,7 +253,11 @@ pub fn run(
 
     summary.extend(said.summary);
     for w in &said.warnings {
-        tracing::warn!("{w}");
+        if opts.drift {
+            tracing::debug!("{w}");
+        } else {
+            tracing::warn!("{w}");
+        }
         summary.push(format!("warning: {w}"));
     }
     let details = Details {
@@ -291,11 +299,21 @@ fn run_families(
     deadline: &Deadline,
     bin4: &Path,
     families: Vec<(Family, PathBuf)>,
-) -> (anyhow::Result<Backend>, Vec<anyhow::Result<FamilyOutcome>>) {
+) -> (
+    anyhow::Result<Option<Backend>>,
+    Vec<anyhow::Result<FamilyOutcome>>,
+) {
     let distro = (opts.persist != PersistMode::None).then(|| Distro::detect(&opts.root));
     let panicked = || anyhow::anyhow!("a firewall thread panicked");
     std::thread::scope(|scope| {
-        let backend = scope.spawn(|| Ipt::new(bin4.to_owned(), runner, deadline).backend());
+        let backend = scope.spawn(|| {
+            let ipt = Ipt::new(bin4.to_owned(), runner, deadline);
+            if opts.drift {
+                Ok(ipt.backend_by_name())
+            } else {
+                ipt.backend().map(Some)
+            }
+        });
         let handles: Vec<_> = families
             .into_iter()
             .map(|(family, bin)| {
@@ -374,6 +392,11 @@ fn run_family(
         (Ok(applied), persisted)
     };
     let (applied, persisted) = (applied?, persisted?);
+    if opts.drift {
+        for d in details::drift(&set, &applied, &persisted) {
+            tracing::error!("{d}");
+        }
+    }
     let mut said = details::said_persisted(family, &persisted);
     let applied_said =
         details::said_applied(&set, opts.mode(), &applied, &bin.display().to_string());

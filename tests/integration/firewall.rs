@@ -1663,3 +1663,99 @@ fn sigterm_kills_a_hung_iptables_and_no_rule_changes_after() {
     sleep_until(start, Duration::from_secs(HANG + 1));
     assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
 }
+
+/// `block-imds --drift` in `ns` under `strace -f`: the run, and the command lines of every
+/// program it started (execve that succeeded), the binary itself left out, in order.
+fn traced_drift(ns: &Ns, root: &Path, extra: &[&str]) -> (Run, Vec<String>) {
+    let trace = root.join("drift.trace");
+    // -z: successful calls only; -s: whole arguments.
+    let mut args = vec!["-f", "-qq", "-z", "-s", "4096", "-e", "trace=execve"];
+    args.extend(["-e", "signal=none", "-o"]);
+    args.push(trace.to_str().unwrap());
+    args.extend([BIN, "--output", "json", "block-imds", "--drift", "--root"]);
+    args.push(root.to_str().unwrap());
+    args.extend(["--iptables", NFT]);
+    args.extend_from_slice(extra);
+    let r = parse_run(ns.exec("strace", &args));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut execs: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("execve(") && l.contains('[') && l.contains(']'))
+        .map(|l| {
+            let argv = &l[l.find('[').unwrap() + 1..l.find(']').unwrap()];
+            argv.split(", ")
+                .map(|a| a.trim_matches('"'))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert!(
+        execs.first().is_some_and(|e| e.starts_with(BIN)),
+        "{execs:#?}"
+    );
+    execs.remove(0);
+    (r, execs)
+}
+
+/// The drift check (the timer's `block-imds --drift`): where the boot run left the block in
+/// place, it starts one `iptables -S` per family and nothing else (no backend probe, no
+/// `iptables-restore --test`, no rules-file rewrite); after someone deleted our rule, the
+/// check puts it back (the container is blocked again) and logs the drift as an error naming
+/// what it found. The count sees the repair's extra process (a control for the counting).
+#[test]
+fn drift_check_costs_one_listing_per_family_and_repairs_with_an_error() {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, f6) = files(root.path());
+    let args = [
+        "--persist-file",
+        &f4,
+        "--persist-file6",
+        &f6,
+        "--ipv6",
+        "on",
+    ];
+    let r = block(&t.host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_blocked(&t.ctr, IMDS4, "after the boot run");
+
+    let (r, mut execs) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(!r.changed(), "{}", r.text());
+    assert!(!r.stderr.contains("drift:"), "{}", r.text());
+    execs.sort();
+    assert_eq!(
+        execs,
+        [
+            "/usr/sbin/ip6tables-nft -w 10 -t filter -S",
+            "/usr/sbin/iptables-nft -w 10 -t filter -S",
+        ],
+        "{}",
+        r.text()
+    );
+
+    let ours: Vec<&str> = RULE4.split_whitespace().skip(2).collect();
+    let mut del = vec!["-w", "10", "-D", "DOCKER-USER"];
+    del.extend(&ours);
+    t.host.exec_ok(NFT, &del);
+    assert_reaches(&t.ctr, IMDS4, "someone deleted the rule");
+
+    let (r, execs) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(r.changed(), "{}", r.text());
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| {
+            l.contains("drift: IPv4: DROP rule for docker+ missing from DOCKER-USER; repaired")
+        })
+        .unwrap_or_else(|| panic!("no drift line in\n{}", r.text()));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(!r.stderr.contains("drift: IPv6"), "{}", r.text());
+    assert!(
+        execs.len() > 2,
+        "the repair's restore is counted: {execs:#?}"
+    );
+    assert_blocked(&t.ctr, IMDS4, "the drift check repaired it");
+    assert_eq!(count(&t.host.rules(NFT), RULE4), 1);
+}
