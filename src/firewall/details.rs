@@ -158,9 +158,9 @@ pub(crate) fn family(
 
 fn persist_details(p: &Persistence) -> PersistDetails {
     match p {
-        Persistence::Off => PersistDetails::Skipped {
+        Persistence::Off(why) => PersistDetails::Skipped {
             file: None,
-            reason: "--persist none".into(),
+            reason: why.to_string(),
         },
         Persistence::NoFile(e) => PersistDetails::Skipped {
             file: None,
@@ -262,7 +262,7 @@ pub(crate) fn said_persisted(family: Family, p: &Persistence) -> Said {
     let fam = family.name();
     let mut s = Said::default();
     match p {
-        Persistence::Off => {}
+        Persistence::Off(_) => {}
         Persistence::NoFile(e) => s.warnings.push(e.to_string()),
         Persistence::Refused { why, .. } => s.warnings.push(format!(
             "{why}: the {fam} rule is not persisted (ecs-bootstrap re-asserts it at every boot); replace the link with a regular file, or pass --persist-file"
@@ -334,8 +334,11 @@ pub(crate) fn drift(set: &RuleSet, a: &Applied, persisted: &Persistence) -> Vec<
             p.duplicate_jumps_removed
         ));
     }
+    // A merged file that had to change lacked our lines (its notes say how); a full save
+    // follows the kernel's repair, already reported.
     if let Persistence::Done { persisted, .. } = persisted
         && persisted.outcome == WriteOutcome::Written
+        && !persisted.notes.is_empty()
     {
         out.push(format!(
             "drift: {fam}: the rules file {} did not hold the block ({}); rewrote it",

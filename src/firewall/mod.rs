@@ -38,7 +38,7 @@ use crate::report::StepResult;
 use crate::sys::{CommandRunner, Deadline, Root};
 use details::{Details, Ipv6, Ipv6Reason, Said};
 use iptables::{Backend, Ipt, IptError};
-use persist::{How, Persistence};
+use persist::{How, Off, Persistence};
 use plan::Mode;
 use rules::{Family, Placement, RuleSet};
 use std::path::{Path, PathBuf};
@@ -388,7 +388,12 @@ fn run_family(
         })
     } else {
         let applied = apply::apply(&ipt, &set, opts.mode())?;
-        let persisted = persist_family(opts, distro, &ipt, &set);
+        let persisted = if opts.drift && opts.persist == PersistMode::FullSave && !applied.changed()
+        {
+            Ok(Persistence::Off(Off::DriftUnchanged))
+        } else {
+            persist_family(opts, distro, &ipt, &set)
+        };
         (Ok(applied), persisted)
     };
     let (applied, persisted) = (applied?, persisted?);
@@ -419,12 +424,12 @@ fn persist_family(
     set: &RuleSet,
 ) -> anyhow::Result<Persistence> {
     let how = match opts.persist {
-        PersistMode::None => return Ok(Persistence::Off),
+        PersistMode::None => return Ok(Persistence::Off(Off::PersistNone)),
         PersistMode::Merge => How::Merge,
         PersistMode::FullSave => How::FullSave,
     };
     let Some(distro) = distro else {
-        return Ok(Persistence::Off);
+        return Ok(Persistence::Off(Off::PersistNone));
     };
     let explicit = match set.family {
         Family::V4 => opts.persist_file.as_deref(),

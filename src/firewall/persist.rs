@@ -38,8 +38,8 @@ pub(crate) enum How {
 /// What became of one family's rules file.
 #[derive(Debug)]
 pub(crate) enum Persistence {
-    /// `--persist none`.
-    Off,
+    /// Nothing to persist.
+    Off(Off),
     /// No rules file is known for this distribution.
     NoFile(NoRulesFile),
     /// The rules file is a link we do not write through.
@@ -57,6 +57,26 @@ impl Persistence {
     /// Whether a file was written.
     pub(crate) fn written(&self) -> bool {
         matches!(self, Persistence::Done { persisted, .. } if persisted.outcome == WriteOutcome::Written)
+    }
+}
+
+/// Why nothing is persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Off {
+    /// `--persist none`.
+    PersistNone,
+    /// `--persist full-save` in a drift check that changed no rule: the tables hold Docker's
+    /// run-time rules, which change with every container, so saving them every minute would
+    /// rewrite the file (and report drift) for nothing.
+    DriftUnchanged,
+}
+
+impl std::fmt::Display for Off {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Off::PersistNone => "--persist none",
+            Off::DriftUnchanged => "full-save: the drift check changed no rule",
+        })
     }
 }
 

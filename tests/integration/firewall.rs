@@ -1702,6 +1702,7 @@ fn traced_drift(ns: &Ns, root: &Path, extra: &[&str]) -> (Run, Vec<String>) {
 /// `iptables-restore --test`, no rules-file rewrite); after someone deleted our rule, the
 /// check puts it back (the container is blocked again) and logs the drift as an error naming
 /// what it found. The count sees the repair's extra process (a control for the counting).
+/// With `--persist full-save`, a check that repairs nothing does not save either.
 #[test]
 fn drift_check_costs_one_listing_per_family_and_repairs_with_an_error() {
     let t = Topo::new();
@@ -1733,6 +1734,15 @@ fn drift_check_costs_one_listing_per_family_and_repairs_with_an_error() {
         "{}",
         r.text()
     );
+
+    // With --persist full-save too: the tables (Docker's run-time rules with them) are not
+    // saved every minute when nothing was repaired.
+    let mut full = args.to_vec();
+    full.extend(["--persist", "full-save"]);
+    let (r, execs) = traced_drift(&t.host, root.path(), &full);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(!r.changed(), "{}", r.text());
+    assert_eq!(execs.len(), 2, "{execs:#?}");
 
     let ours: Vec<&str> = RULE4.split_whitespace().skip(2).collect();
     let mut del = vec!["-w", "10", "-D", "DOCKER-USER"];
