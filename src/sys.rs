@@ -1,6 +1,7 @@
-//! The seams through which the agent touches the system: commands it runs and the file system
-//! root under which default paths live. Production code gets the real implementations from
-//! `main`; tests pass a root in a temporary folder or a scripted command runner.
+//! The seams through which the agent touches the system: commands it runs, the file system
+//! root under which default paths live, and the deadline that bounds blocking work. Production
+//! code gets the real implementations from `app`; tests pass a root in a temporary folder or a
+//! scripted command runner.
 
 use std::ffi::OsString;
 use std::io;
@@ -65,7 +66,7 @@ impl Deadline {
     }
 
     /// Stops the work bound by this deadline (and its clones): [`Deadline::check`] fails from
-    /// now on, and a child command running now is killed within [`POLL`].
+    /// now on, and a child command running now is killed within a poll (20 ms).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
     }
@@ -92,11 +93,11 @@ impl Deadline {
 
 /// How often a waiting runner or lock looks at its [`Deadline`]: the most a stop or the
 /// deadline can take to end a child command or a lock wait.
-pub const POLL: Duration = Duration::from_millis(20);
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// Runs blocking work (`f`, given the deadline) on tokio's blocking pool, bound by `deadline`.
 /// When the returned future is dropped before `f` returned (the caller's deadline fired, or a
-/// signal ended the run), the deadline is stopped and the drop waits (at most [`STOP_WAIT`])
+/// signal ended the run), the deadline is stopped and the drop waits (at most 2 s)
 /// until `f` has returned, so that once the caller goes on (and reports), the work changes
 /// nothing more.
 pub async fn run_blocking<T: Send + 'static>(
@@ -124,7 +125,7 @@ pub async fn run_blocking<T: Send + 'static>(
 }
 
 /// The longest a dropped [`run_blocking`] waits for its work to return after stopping it.
-pub const STOP_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(2);
 
 struct StopOnDrop {
     deadline: Deadline,
@@ -293,10 +294,6 @@ impl Root {
     pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
         let p = path.as_ref();
         self.0.join(p.strip_prefix("/").unwrap_or(p))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
     }
 }
 
