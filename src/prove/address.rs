@@ -6,6 +6,7 @@ use super::netns::ip;
 use crate::sys::CommandRunner;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How many addresses prove tries for its probe before it gives up (not proven, exit 8).
 const MAX_CANDIDATES: usize = 16;
@@ -123,8 +124,8 @@ pub(crate) fn all_v4(out: &str) -> Vec<Ipv4Addr> {
 /// the kernel ask for it by ARP; a reset or a handshake, or a link-layer address in the
 /// neighbour table afterwards, means a live host (a container that drops the connection still
 /// answers ARP). When the table cannot be read, the address counts as taken.
-async fn answers(runner: &dyn CommandRunner, bridge: &str, a: Ipv4Addr) -> bool {
-    let c = tokio::time::timeout(ARP_WAIT, tokio::net::TcpStream::connect((a, 9))).await;
+async fn answers(runner: &dyn CommandRunner, bridge: &str, a: Ipv4Addr, wait: Duration) -> bool {
+    let c = tokio::time::timeout(wait, tokio::net::TcpStream::connect((a, 9))).await;
     if let Ok(r) = c
         && r.as_ref().map_or_else(
             |e| e.kind() == std::io::ErrorKind::ConnectionRefused,
@@ -141,12 +142,14 @@ async fn answers(runner: &dyn CommandRunner, bridge: &str, a: Ipv4Addr) -> bool 
 }
 
 /// A free IPv4 address on the bridge's subnet for the probe: not the bridge's, not in the
-/// host's neighbour table for the bridge, not answering ARP. Err: why none was found.
+/// host's neighbour table for the bridge, not answering ARP. Each candidate's wait is cut to
+/// the time left until `deadline`, and the search ends there. Err: why none was found.
 pub(crate) async fn free_v4(
     runner: &dyn CommandRunner,
     bridge: &str,
     (gw, prefix): (Ipv4Addr, u8),
     salt: u32,
+    deadline: Instant,
 ) -> Result<Ipv4Addr, String> {
     let mut taken =
         all_v4(&ip(runner, &["-o", "-4", "addr", "show", "dev", bridge]).unwrap_or_default());
@@ -157,8 +160,14 @@ pub(crate) async fn free_v4(
         IpAddr::V6(_) => None,
     }));
     let candidates = probe_candidates_v4(gw, prefix, salt, &taken, MAX_CANDIDATES);
-    for &c in &candidates {
-        if !answers(runner, bridge, c).await {
+    for (i, &c) in candidates.iter().enumerate() {
+        let Some(wait) = super::within(ARP_WAIT, deadline) else {
+            return Err(format!(
+                "the deadline passed while looking for a free address for a probe on {bridge} ({i} of {} candidates tried); raise --deadline",
+                candidates.len()
+            ));
+        };
+        if !answers(runner, bridge, c, wait).await {
             return Ok(c);
         }
     }

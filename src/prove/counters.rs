@@ -5,6 +5,7 @@ use crate::firewall::rules::{Family, Line, Placement, RuleSet};
 use crate::sys::CommandRunner;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use tokio::time::Instant;
 
 /// Whether an iptables interface pattern (`docker+`, `docker0`) matches an interface name.
 pub(crate) fn pattern_matches(pattern: &str, name: &str) -> bool {
@@ -38,14 +39,18 @@ pub(crate) fn our_counters(listing: &str, family: Family) -> Vec<(String, u64)> 
         .collect()
 }
 
-/// The packets our DROP rules for patterns matching `bridge` have dropped (iptables -S -v).
+/// The packets our DROP rules for patterns matching `bridge` have dropped (iptables -S -v,
+/// waiting for the xtables lock no longer than until `deadline`).
 pub(crate) fn read(
     runner: &dyn CommandRunner,
     bin: &Path,
     family: Family,
     bridge: &str,
+    deadline: Instant,
 ) -> Result<u64, String> {
-    let args: Vec<OsString> = ["-w", "10", "-t", "filter", "-S", "-v"]
+    let wait = super::lock_wait(deadline)
+        .ok_or("the deadline passed before our rule's counter was read")?;
+    let args: Vec<OsString> = ["-w", &wait, "-t", "filter", "-S", "-v"]
         .iter()
         .map(OsString::from)
         .collect();

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The comment of the counting rule (no target) that measures the PUT response hop limit.
 const TTL_COMMENT: &str = "ecs-bootstrap-ttl";
@@ -35,15 +36,23 @@ const TTL_RULE: [&str; 16] = [
 
 /// A token PUT while a counting rule (no target, so it changes nothing) on INPUT counts IMDS's
 /// packets that arrive with TTL 1. A hop limit of 1 (the answer dies at the first forward) also
-/// keeps containers on the bridges from IMDSv2 tokens. Err: why it was not measured.
-pub(crate) fn measure(runner: &dyn CommandRunner, bin: &Path) -> Result<HopLimit, String> {
+/// keeps containers on the bridges from IMDSv2 tokens. Every wait ends by `deadline`; the
+/// counting rule, once inserted, is deleted whatever happened. Err: why it was not measured.
+pub(crate) fn measure(
+    runner: &dyn CommandRunner,
+    bin: &Path,
+    deadline: Instant,
+) -> Result<HopLimit, String> {
     let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_default();
     let endpoint = endpoint.trim().trim_end_matches('/');
     if !endpoint.is_empty() && endpoint != "http://169.254.169.254" {
         return Err(format!("IMDS is at {endpoint}, not 169.254.169.254"));
     }
     let ipt = |chain_op: &[&str]| -> Result<String, String> {
-        let mut a: Vec<OsString> = ["-w", "10", "-t", "filter"].map(OsString::from).to_vec();
+        // The deletion gets a second even past the deadline: a counting rule left behind
+        // changes nothing, but it is not ours to leave.
+        let wait = super::lock_wait(deadline).unwrap_or_else(|| "1".into());
+        let mut a: Vec<OsString> = ["-w", &wait, "-t", "filter"].map(OsString::from).to_vec();
         a.extend(chain_op.iter().map(OsString::from));
         let out = runner
             .run(bin, &a, None)
@@ -54,8 +63,11 @@ pub(crate) fn measure(runner: &dyn CommandRunner, bin: &Path) -> Result<HopLimit
             Err(format!("{}: {}", bin.display(), out.stderr.trim()))
         }
     };
+    if super::within(CONNECT_TIMEOUT, deadline).is_none() {
+        return Err("the deadline passed".into());
+    }
     ipt(&[&["-I", "INPUT", "1"][..], &TTL_RULE].concat())?;
-    let put = token_put();
+    let put = token_put(deadline);
     let listing = ipt(&["-S", "INPUT", "-v"]);
     let _ = ipt(&[&["-D", "INPUT"][..], &TTL_RULE].concat());
     match put {
@@ -70,11 +82,17 @@ pub(crate) fn measure(runner: &dyn CommandRunner, bin: &Path) -> Result<HopLimit
     })
 }
 
-/// A token PUT of our own; true when IMDS answered 200.
-fn token_put() -> std::io::Result<bool> {
+/// A token PUT of our own, by `deadline`; true when IMDS answered 200.
+fn token_put(deadline: Instant) -> std::io::Result<bool> {
     use std::io::{Read as _, Write as _};
-    let mut s = TcpStream::connect_timeout(&SocketAddr::new(IMDS_V4.into(), 80), CONNECT_TIMEOUT)?;
-    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    let left = |limit| {
+        super::within(limit, deadline)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "the deadline passed"))
+    };
+    let imds = SocketAddr::new(IMDS_V4.into(), 80);
+    let mut s = TcpStream::connect_timeout(&imds, left(CONNECT_TIMEOUT)?)?;
+    s.set_read_timeout(Some(left(READ_TIMEOUT)?))?;
+    s.set_write_timeout(Some(left(READ_TIMEOUT)?))?;
     s.write_all(
         b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
     )?;

@@ -38,6 +38,8 @@ use crate::sys::CommandRunner;
 use anyhow::Context as _;
 use probe::Probe;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
 use verdict::{BridgeConclusion, BridgeProbes, Details, FromBridge, FromHost, HopLimit, Seen};
 
 #[derive(Debug, Clone)]
@@ -61,10 +63,38 @@ impl Options {
     }
 }
 
+/// Every wait of prove takes the time left until `deadline`: the free-address search, the
+/// probes' connections, the iptables lock waits, the token PUT. The process must end by the
+/// deadline, not only the report. A run the deadline stops is "not proven" (8): whatever it
+/// saw, it proved nothing, and it is no leak (6).
 pub async fn run(
     opts: &Options,
     imds: &Imds,
     runner: &dyn CommandRunner,
+    deadline: Instant,
+) -> anyhow::Result<StepResult> {
+    match tokio::time::timeout_at(deadline, prove(opts, imds, runner, deadline)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let none = Details {
+                bridges: vec![],
+                seen: None,
+            };
+            Err(failure(
+                "the deadline passed before the block was proven; raise --deadline".into(),
+                vec![],
+                &none,
+                Some(Exit::NotProven),
+            ))
+        }
+    }
+}
+
+async fn prove(
+    opts: &Options,
+    imds: &Imds,
+    runner: &dyn CommandRunner,
+    deadline: Instant,
 ) -> anyhow::Result<StepResult> {
     netns::sweep_stale(runner);
     let bridges = bridges_to_probe(opts).map_err(|message| {
@@ -76,7 +106,7 @@ pub async fn run(
     })?;
     let mut probed = Vec::with_capacity(bridges.len());
     for (idx, bridge) in bridges.iter().enumerate() {
-        probed.push(probe_bridge(opts, runner, bridge, idx).await?);
+        probed.push(probe_bridge(opts, runner, bridge, idx, deadline).await?);
     }
     let mut summary: Vec<String> = probed
         .iter()
@@ -90,7 +120,7 @@ pub async fn run(
     });
     let hop_limit = match &host {
         Ok(_) => counters::family_bin(opts.iptables.as_deref(), Family::V4)
-            .and_then(|bin| hop_limit::measure(runner, &bin)),
+            .and_then(|bin| hop_limit::measure(runner, &bin, deadline)),
         Err(_) => Err("IMDS does not answer the host".into()),
     };
     summary.push(match &hop_limit {
@@ -177,6 +207,18 @@ fn conclude(
     }
 }
 
+/// `limit`, or the time left until `deadline` when that is shorter; none when none is left.
+pub(crate) fn within(limit: Duration, deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then(|| left.min(limit))
+}
+
+/// iptables' `-w` (whole seconds of waiting for the xtables lock): 10, or the seconds left
+/// until `deadline` rounded up; none when no time is left.
+pub(crate) fn lock_wait(deadline: Instant) -> Option<String> {
+    within(Duration::from_secs(10), deadline).map(|d| d.as_secs_f64().ceil().max(1.0).to_string())
+}
+
 fn to_value(details: &Details) -> serde_json::Value {
     serde_json::to_value(details).expect("prove's details serialize")
 }
@@ -238,6 +280,7 @@ async fn probe_bridge(
     runner: &dyn CommandRunner,
     bridge: &str,
     idx: usize,
+    deadline: Instant,
 ) -> anyhow::Result<BridgeProbes> {
     let done = |ipv4, ipv6| {
         Ok(BridgeProbes {
@@ -252,7 +295,7 @@ async fn probe_bridge(
         return done(Probe::not_proven(None, why), None);
     };
     let pid = std::process::id();
-    let addr4 = match address::free_v4(runner, bridge, (gw4, prefix4), pid).await {
+    let addr4 = match address::free_v4(runner, bridge, (gw4, prefix4), pid, deadline).await {
         Ok(a) => a,
         Err(why) => return done(Probe::not_proven(None, why), None),
     };
@@ -286,6 +329,7 @@ async fn probe_bridge(
         gw,
         from,
         iptables: opts.iptables.as_deref(),
+        deadline,
     };
     // Both families at once: a blocked probe waits for the whole connect timeout.
     let (p4, p6) = tokio::join!(
@@ -302,4 +346,34 @@ async fn probe_bridge(
     );
     drop(guard);
     done(p4, p6.or(v6_missing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_take_the_time_left() {
+        let now = Instant::now();
+        assert_eq!(
+            within(Duration::from_secs(1), now - Duration::from_secs(1)),
+            None
+        );
+        let w = within(Duration::from_secs(10), now + Duration::from_secs(2)).unwrap();
+        assert!(
+            w <= Duration::from_secs(2) && w > Duration::from_millis(1500),
+            "{w:?}"
+        );
+        let w = within(Duration::from_millis(300), now + Duration::from_secs(60)).unwrap();
+        assert_eq!(w, Duration::from_millis(300));
+        assert_eq!(
+            lock_wait(now + Duration::from_secs(60)).as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            lock_wait(now + Duration::from_millis(2500)).as_deref(),
+            Some("3")
+        );
+        assert_eq!(lock_wait(now - Duration::from_secs(1)), None);
+    }
 }

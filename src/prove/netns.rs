@@ -61,6 +61,7 @@ pub(crate) struct Place<A> {
 /// link-layer address that is gone.
 pub(crate) struct ProbeNs {
     pub(crate) name: String,
+    host_if: String,
     bridge: String,
     addrs: Vec<String>,
 }
@@ -74,6 +75,10 @@ impl Drop for ProbeNs {
         let r = SystemRunner {
             timeout: CLEANUP_LIMIT,
         };
+        // The veth first: it goes at once, while the namespace lives on as long as the probe
+        // thread is still inside it, and with the link gone no packet can renew a neighbour
+        // entry after it is deleted below.
+        let _ = ip(&r, &["link", "del", &self.host_if]);
         let _ = ip(&r, &["netns", "del", &self.name]);
         for a in &self.addrs {
             let _ = ip(&r, &["neigh", "del", a, "dev", &self.bridge]);
@@ -95,6 +100,7 @@ pub(crate) fn attach(
     ip(runner, &["netns", "add", ns])?;
     let mut guard = ProbeNs {
         name: ns.to_owned(),
+        host_if: names.host_if.clone(),
         bridge: bridge.to_owned(),
         addrs: vec![v4.addr.to_string()],
     };

@@ -10,6 +10,7 @@ use serde::{Serialize, Serializer};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
+use tokio::time::Instant;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 pub(crate) const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -84,8 +85,13 @@ impl Probe {
 ///
 /// The thread is our own and ends with the probe: a thread of tokio's blocking pool would go
 /// back to the pool still inside the probe namespace, and a later blocking task on it (or a
-/// child process it starts) would run in the wrong network namespace.
-async fn connect_from(ns: &str, addrs: Vec<SocketAddr>) -> anyhow::Result<Vec<bool>> {
+/// child process it starts) would run in the wrong network namespace. Each connection waits at
+/// most until `deadline`; none is tried after it.
+async fn connect_from(
+    ns: &str,
+    addrs: Vec<SocketAddr>,
+    deadline: Instant,
+) -> anyhow::Result<Vec<bool>> {
     let path = format!("/run/netns/{ns}");
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -97,7 +103,10 @@ async fn connect_from(ns: &str, addrs: Vec<SocketAddr>) -> anyhow::Result<Vec<bo
                     .with_context(|| format!("entering the network namespace {path}"))?;
                 Ok(addrs
                     .iter()
-                    .map(|a| TcpStream::connect_timeout(a, CONNECT_TIMEOUT).is_ok())
+                    .map(|a| {
+                        super::within(CONNECT_TIMEOUT, deadline)
+                            .is_some_and(|t| TcpStream::connect_timeout(a, t).is_ok())
+                    })
                     .collect())
             };
             let _ = tx.send(probe());
@@ -115,6 +124,7 @@ pub(crate) struct Spec<'a> {
     pub(crate) gw: IpAddr,
     pub(crate) from: IpAddr,
     pub(crate) iptables: Option<&'a Path>,
+    pub(crate) deadline: Instant,
 }
 
 /// Probes one family from the namespace: the control listener on the bridge's address, then
@@ -142,9 +152,9 @@ pub(crate) async fn probe_family(runner: &dyn crate::sys::CommandRunner, p: Spec
             );
         }
     };
-    let before = counters::read(runner, &bin, p.family, p.bridge);
-    let seen = connect_from(p.ns, vec![control, SocketAddr::new(imds, 80)]).await;
-    let after = counters::read(runner, &bin, p.family, p.bridge);
+    let before = counters::read(runner, &bin, p.family, p.bridge, p.deadline);
+    let seen = connect_from(p.ns, vec![control, SocketAddr::new(imds, 80)], p.deadline).await;
+    let after = counters::read(runner, &bin, p.family, p.bridge, p.deadline);
     drop(listener);
     let (control_ok, imds_answered) = match seen.as_deref() {
         Ok([c, i]) => (*c, *i),
