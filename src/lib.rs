@@ -1,9 +1,7 @@
 //! ecs-bootstrap: boot agent for Amazon ECS container instances. See ARCHITECTURE.md.
 
 pub mod app;
-pub mod cli;
 pub mod config;
-pub mod envfile;
 pub mod error;
 pub mod firewall;
 pub mod fsutil;
@@ -13,5 +11,4 @@ pub mod logging;
 pub mod posture;
 pub mod prove;
 pub mod report;
-pub mod settings;
 pub mod sys;

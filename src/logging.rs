@@ -16,7 +16,6 @@
 //! capped at DEBUG even with `-vv`; and every line passes [`redact`] on its way out, which
 //! blanks the values of the headers and fields that carry credentials, whoever logged them.
 
-use crate::cli::{GlobalArgs, LogFormat};
 use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing::{Level, Metadata};
@@ -24,18 +23,20 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
-pub fn init(args: &GlobalArgs) {
-    let level = match (args.quiet, args.verbose) {
-        (true, _) => LevelFilter::WARN,
-        (false, 0) => LevelFilter::INFO,
-        (false, 1) => LevelFilter::DEBUG,
-        (false, _) => LevelFilter::TRACE,
-    };
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber: our own lines at `level`, on stderr, in `format`.
+pub fn init(level: LevelFilter, format: LogFormat) {
     // Our own crate at the chosen level; the SDK's chatter only when asked for with -vv, and
     // never its TRACE lines (wire data: headers with tokens, bodies with keys).
     // (A fixed `Targets` filter rather than `EnvFilter`: no regex engine in the binary.)
-    let others = if args.verbose >= 2 {
-        level.min(LevelFilter::DEBUG)
+    let others = if level == LevelFilter::TRACE {
+        LevelFilter::DEBUG
     } else {
         LevelFilter::WARN
     };
@@ -44,12 +45,12 @@ pub fn init(args: &GlobalArgs) {
         .with_target("ecs_bootstrap", level);
     let under_systemd =
         std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
-    let journal = args.log_format == LogFormat::Text && stderr_is_journal();
+    let journal = format == LogFormat::Text && stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_max_level(level.max(others))
         .with_writer(Stderr { journal })
         .with_target(false);
-    match args.log_format {
+    match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -29,8 +29,6 @@ pub mod persist;
 pub mod plan;
 pub mod rules;
 
-use crate::cli::{ChainChoice, FirewallArgs, Ipv6Mode, PersistMode};
-use crate::error::UsageError;
 use crate::fsutil::WriteOutcome;
 use crate::report::StepResult;
 use crate::sys::{CommandRunner, Root};
@@ -50,6 +48,25 @@ pub const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top
 /// How long a run waits for another run's lock.
 pub const LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Whether the IPv6 rules are asserted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// When the host has IPv6 and ip6tables.
+    Auto,
+    On,
+    Off,
+}
+
+/// How the rule is persisted across reboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// Our rule merged into the distribution's rules file.
+    Merge,
+    /// The whole `iptables-save` output, as the AWS documentation does.
+    FullSave,
+    None,
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `--iptables`; None: `iptables` from PATH or the sbin folders.
@@ -66,49 +83,6 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_args(args: &FirewallArgs, root: &Root) -> Result<Self, UsageError> {
-        let mut interfaces: Vec<String> = vec![];
-        for i in &args.interfaces {
-            rules::validate_interface(i).map_err(UsageError)?;
-            if !interfaces.contains(i) {
-                interfaces.push(i.clone());
-            }
-        }
-        if interfaces.is_empty() {
-            interfaces.push("docker+".into());
-        }
-        if let Some(p) = &args.iptables
-            && p.as_os_str().is_empty()
-        {
-            return Err(UsageError(
-                "--iptables is empty; give the path of an iptables binary, e.g. /usr/sbin/iptables-nft".into(),
-            ));
-        }
-        if args.ipv6 == Ipv6Mode::On
-            && let Some(p) = &args.iptables
-            && iptables::ip6tables_beside(p).is_none()
-        {
-            return Err(UsageError(format!(
-                "--ipv6 on needs ip6tables beside --iptables {}, but its name does not start with `iptables`; use --ipv6 off or a binary named iptables*",
-                p.display()
-            )));
-        }
-        Ok(Options {
-            iptables: args.iptables.clone(),
-            placement: match args.chain {
-                ChainChoice::DockerUser => Placement::DockerUser,
-                ChainChoice::Forward => Placement::Forward,
-            },
-            interfaces,
-            ipv6: args.ipv6,
-            persist: args.persist,
-            persist_file: args.persist_file.clone(),
-            persist_file6: args.persist_file6.clone(),
-            root: root.clone(),
-            remove: args.remove,
-        })
-    }
-
     fn mode(&self) -> Mode {
         if self.remove {
             Mode::Remove

@@ -29,7 +29,6 @@ mod verdict;
 
 pub(crate) use counters::pattern_matches;
 
-use crate::cli::{Ipv6Mode, ProveArgs};
 use crate::error::Exit;
 use crate::firewall::rules::Family;
 use crate::imds::Imds;
@@ -42,32 +41,30 @@ use std::time::Duration;
 use tokio::time::Instant;
 use verdict::{BridgeConclusion, BridgeProbes, Details, FromBridge, FromHost, HopLimit, Seen};
 
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// `--bridge`: probe only this one.
-    pub bridge: Option<String>,
-    /// The blocked interface patterns: every bridge matching one is probed.
-    pub interfaces: Vec<String>,
-    pub iptables: Option<PathBuf>,
-    pub ipv6: Ipv6Mode,
+/// Whether the IPv6 path is probed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ipv6Mode {
+    /// When the bridge has a global IPv6 address.
+    Auto,
+    On,
+    Off,
 }
 
-impl Options {
-    pub fn from_args(a: &ProveArgs) -> Self {
-        Options {
-            bridge: a.bridge.clone(),
-            interfaces: a.interfaces.clone(),
-            iptables: a.iptables.clone(),
-            ipv6: a.ipv6,
-        }
-    }
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// `--bridge`: probe only this one.
+    pub(crate) bridge: Option<String>,
+    /// The blocked interface patterns: every bridge matching one is probed.
+    pub(crate) interfaces: Vec<String>,
+    pub(crate) iptables: Option<PathBuf>,
+    pub(crate) ipv6: Ipv6Mode,
 }
 
 /// Every wait of prove takes the time left until `deadline`: the free-address search, the
 /// probes' connections, the iptables lock waits, the token PUT. The process must end by the
 /// deadline, not only the report. A run the deadline stops is "not proven" (8): whatever it
 /// saw, it proved nothing, and it is no leak (6).
-pub async fn run(
+pub(crate) async fn run(
     opts: &Options,
     imds: &Imds,
     runner: &dyn CommandRunner,
