@@ -25,13 +25,13 @@ use tracing_subscriber::prelude::*;
 
 /// The shape of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 /// Installs the global subscriber: our own lines at `level`, on stderr, in `format`.
-pub fn init(level: LevelFilter, format: LogFormat) {
+pub(crate) fn init(level: LevelFilter, format: LogFormat) {
     // Our own crate at the chosen level; the SDK's chatter only when asked for with -vv, and
     // never its TRACE lines (wire data: headers with tokens, bodies with keys).
     // (A fixed `Targets` filter rather than `EnvFilter`: no regex engine in the binary.)
@@ -100,7 +100,7 @@ fn credential_char(b: u8) -> bool {
 /// formatting between a header's name and its value varies: `: `, `": HeaderValue { _private:
 /// H0("`, `=`).
 /// `x-aws-ec2-metadata-token-ttl-seconds` is not a secret and stays.
-pub fn redact(line: &str) -> String {
+fn redact(line: &str) -> String {
     let lower = line.to_ascii_lowercase();
     let bytes = line.as_bytes();
     let mut cut: Vec<(usize, usize)> = Vec::new();
