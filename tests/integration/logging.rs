@@ -162,7 +162,7 @@ fn under_systemd_each_line_on_stderr_carries_its_priority() {
 /// in a new mount namespace, and a new PID namespace whose end ends journald too. The run is
 /// connected to a journal stream as systemd connects a service (systemd-cat, with
 /// `JOURNAL_STREAM` set to that stream, as systemd sets it); the control run has no
-/// `JOURNAL_STREAM`, the case before priorities were written.
+/// `JOURNAL_STREAM`: without the prefix, journald stores every line at info.
 const JOURNAL_SCRIPT: &str = r#"
 set -euo pipefail
 for d in /run/systemd /run/log /var/log/journal; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
@@ -248,7 +248,7 @@ fn journalctl_shows_errors_at_err_and_warnings_at_warning() {
         "journald strips the prefix:\n{text}"
     );
 
-    // Control: without JOURNAL_STREAM everything lands at info, as it did before.
+    // Control: without JOURNAL_STREAM (no prefix) everything lands at info.
     let c_warning = section(&text, "ebs-logtest-control", "warning");
     let c_info = section(&text, "ebs-logtest-control", "info");
     assert!(

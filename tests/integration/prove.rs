@@ -470,7 +470,7 @@ fn prove_without_docker0_says_so() {
     assert!(!has_ns(&probe_ns(pid)), "{}", netns_list());
 }
 
-/// The case: no rule at all and forwarding off in the host namespace. The container
+/// No rule at all and forwarding off in the host namespace. The container
 /// cannot reach IMDS, but nothing of ours blocks it: "not proven" (8), never "blocked" (0).
 /// (The control, forwarding on and no rule, is the first test: reachable, 6.)
 #[test]
@@ -704,8 +704,8 @@ fn containers_reached_from_host(sb: &Sandbox, c: &Containers, bridge: &str) {
 /// The probe takes a free address, never a container's: on a /28 with containers on .2-.14
 /// but .7 it takes .7, and leaves no neighbour entry for it; every container still gets the
 /// host's traffic, each neighbour entry its own MAC. With .7 taken too, no address is free:
-/// not proven (8), nobody's address taken. (Formerly the probe took an address near the top
-/// whoever held it, and the host's entry for it pointed at the deleted probe's MAC.)
+/// not proven (8), nobody's address taken. (A probe on a container's address would leave the
+/// host's entry for it pointing at the deleted probe's MAC.)
 #[test]
 fn prove_takes_a_free_probe_address_and_leaves_containers_reachable() {
     let _s = serial();
