@@ -4,6 +4,10 @@
 //! Read two ways: from the prefixes on stderr, and back from a real systemd-journald (in a
 //! mount and PID namespace of the test's own) with `journalctl -p`, each with a control.
 //!
+//! And the console (what `aws ec2 get-console-output` shows): a unit's stdout and stderr
+//! connected to journald as systemd connects them for the unit file's `StandardOutput=` and
+//! `StandardError=`, journald's console a pseudo-terminal the test reads.
+//!
 //! One run logs at each priority without any peer: a stale temporary file beside the
 //! destination (info: removed), `LOG_SENSITIVE_BODIES` (warning), and an IMDS on a loopback
 //! port nobody listens on, so the config step fails (error).
@@ -256,4 +260,119 @@ fn journalctl_shows_errors_at_err_and_warnings_at_warning() {
         "the control run logged:\n{text}"
     );
     assert!(c_warning.is_empty(), "control: nothing at warning:\n{text}");
+}
+
+/// A unit's stdout and stderr as systemd connects them: a stream to journald each, with the
+/// header systemd sends (identifier, unit, priority, level prefix, forward to syslog, kmsg,
+/// console), `JOURNAL_STREAM` naming stderr's; journald's console (`TTYPath=`) a pty whose
+/// other side the script reads. Arguments: the forward-to-console flags for stdout and stderr,
+/// then the command.
+const CONSOLE_SCRIPT: &str = r#"
+import os, pty, select, socket, subprocess, sys, time
+for d in ["/run/systemd", "/run/log", "/var/log/journal", "/etc/systemd/journald.conf.d"]:
+    os.makedirs(d, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", d], check=True)
+os.makedirs("/run/systemd/journal")
+master, slave = pty.openpty()
+with open("/etc/systemd/journald.conf.d/console.conf", "w") as f:
+    f.write("[Journal]\nTTYPath=%s\n" % os.ttyname(slave))
+env = dict(os.environ, SYSTEMD_LOG_TARGET="console")
+journald = subprocess.Popen(["/lib/systemd/systemd-journald"], env=env, stderr=subprocess.DEVNULL)
+for _ in range(100):
+    if os.path.exists("/run/systemd/journal/stdout"):
+        break
+    time.sleep(0.05)
+else:
+    sys.exit("journald did not start")
+def stream(console):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect("/run/systemd/journal/stdout")
+    s.sendall(("ecs-bootstrap-config\n\n6\n1\n0\n0\n%s\n" % console).encode())
+    return s
+out, err = stream(sys.argv[1]), stream(sys.argv[2])
+st = os.fstat(err.fileno())
+child_env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+subprocess.run(sys.argv[3:], stdout=out.fileno(), stderr=err.fileno(), env=child_env, stdin=subprocess.DEVNULL)
+out.close()
+err.close()
+time.sleep(0.5)
+data = b""
+while select.select([master], [], [], 0.3)[0]:
+    data += os.read(master, 65536)
+sys.stdout.write(data.decode(errors="replace"))
+journald.kill()
+"#;
+
+/// `KEY=`'s value in a unit file's lines, once.
+fn unit_setting(unit: &str, key: &str) -> String {
+    let values: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect();
+    assert_eq!(values.len(), 1, "{key}= in the unit: {values:?}");
+    values[0].to_owned()
+}
+
+/// The config unit's outcome and, on failure, the reason reach the console; the log lines do
+/// not (they stay in the journal). The flags come from the unit file as the packages ship it.
+/// The control: the same run with both streams forwarded puts the log lines there too, so
+/// their absence is the unit's setting, not the console dropping them.
+#[test]
+fn the_console_shows_the_report_and_not_the_log_lines() {
+    require_root();
+    let unit =
+        std::fs::read_to_string(repo().join("systemd/ecs-bootstrap-config.service")).unwrap();
+    let flag = |key: &str| match unit_setting(&unit, key).as_str() {
+        "journal+console" => "1",
+        "journal" => "0",
+        other => panic!("{key}={other}: not a journal stream"),
+    };
+    let console = |stdout: &str, stderr: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = scenario(dir.path());
+        let out = Command::new("timeout")
+            .args([
+                "60",
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+            ])
+            .args([python(), "-c", CONSOLE_SCRIPT, stdout, stderr])
+            .args(&argv)
+            .env("LOG_SENSITIVE_BODIES", "1")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .expect("run the console script");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = console(flag("StandardOutput"), flag("StandardError"));
+    let line = |needle: &str| {
+        text.lines()
+            .any(|l| l.contains("ecs-bootstrap-config[") && l.contains(needle))
+    };
+    assert!(line("config    FAILED"), "the step's outcome:\n{text}");
+    assert!(line("error: nothing was written"), "the reason:\n{text}");
+    assert!(
+        line("failed in") && line("(exit 7)"),
+        "the run's outcome:\n{text}"
+    );
+    for log in [WARNING, INFO] {
+        assert!(!line(log), "a log line on the console ({log}):\n{text}");
+    }
+
+    let both = console("1", "1");
+    assert!(
+        both.contains(WARNING) && both.contains(INFO),
+        "control: log lines forwarded reach this console:\n{both}"
+    );
 }
