@@ -8,9 +8,10 @@
 #   boot 1 (first boot): both units ran and succeeded, their order against dockerd, cloud-init
 #     and ecs.service, no ordering cycle, ecs.config 0600 with the cluster from user data,
 #     containers on docker0 and on a user-defined bridge blocked from IMDS while they reach
-#     moto through the same bridge (our rule's counter moved), the host reaches IMDS; then
-#     `systemctl restart docker` with a restart-policy container probing IMDS, without and
-#     with live-restore.
+#     moto through the same bridge (our rule's counter moved), the host reaches IMDS; each
+#     unit's outcome on the console (the serial log); a provoked config failure at priority err
+#     in the journal and, with its reason, on the console; then `systemctl restart docker` with
+#     a restart-policy container probing IMDS, without and with live-restore.
 #   boot 2 (reboot): the same checks, nothing changed (ecs.config, rules files), the block in
 #     the kernel before dockerd starts, no ordering cycle at the first boot's shutdown.
 #   boot 3: the iptables-legacy alternative, netfilter modules not loaded at boot: the
