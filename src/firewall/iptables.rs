@@ -107,7 +107,13 @@ pub enum IptError {
 impl IptError {
     /// Another program held the xtables lock for the whole `-w` wait (exit status 4).
     pub(crate) fn is_lock_timeout(&self) -> bool {
-        matches!(self, IptError::Failed { status: Status(Some(4)), .. })
+        matches!(
+            self,
+            IptError::Failed {
+                status: Status(Some(4)),
+                ..
+            }
+        )
     }
 }
 
