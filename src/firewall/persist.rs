@@ -260,8 +260,9 @@ fn validate_and_write(
 /// changes, and the error's source is the [`crate::sys::Stopped`].
 fn write(ipt: &Ipt, path: &Path, text: &str, mode: u32) -> anyhow::Result<WriteOutcome> {
     if let Err(why) = ipt.deadline.check() {
-        return Err(anyhow::Error::new(why)
-            .context(format!("{why}: {} was left as it was", path.display())));
+        return Err(
+            anyhow::Error::new(why).context(format!("{} was left as it was", path.display()))
+        );
     }
     Ok(fsutil::write_atomic(path, text.as_bytes(), mode)?)
 }
