@@ -11,6 +11,7 @@ pub mod local;
 pub mod parse;
 pub mod readers;
 pub mod retry;
+mod sdk;
 pub mod source;
 
 use crate::cli::ConfigArgs;
@@ -124,8 +125,29 @@ impl Options {
     }
 }
 
-/// Runs the step; `deadline` is the overall deadline (retries never sleep past it).
-pub async fn run(
+/// The step's set-up that needs no network, to call as soon as the plan says the step will
+/// run: the S3 client's root certificates start loading on a thread of their own (see
+/// [`fetch::preload_tls_roots`]), and temporary files that a killed run left beside the
+/// destination are removed (the step may fail before it writes, and such a file may hold the
+/// secrets of the file it was writing).
+pub fn prepare(opts: &Options) {
+    fetch::preload_tls_roots();
+    fsutil::sweep_stale_temps(&opts.dest);
+}
+
+/// Runs the step; `deadline` is the overall deadline (retries never sleep past it). Builds the
+/// S3 client's configuration itself, from the environment and `imds` (region, credentials).
+pub async fn run(opts: &Options, imds: &Imds, deadline: Instant) -> anyhow::Result<StepResult> {
+    // Boxed: the nested futures of the region lookup and the fetch would otherwise exceed the
+    // compiler's layout depth limit in the caller's `select!`.
+    Box::pin(async {
+        let sdk = sdk::build(&sdk::from_env(|n| std::env::var(n).ok()), imds).await?;
+        fetch_and_write(opts, &sdk, imds, deadline).await
+    })
+    .await
+}
+
+async fn fetch_and_write(
     opts: &Options,
     sdk: &aws_config::SdkConfig,
     imds: &Imds,
