@@ -397,7 +397,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         (Some(imds), true) => {
             timed(Step::Check, deadline, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                imds::check::run(imds).await
+                crate::check::run(&crate::check::Options { probe_imdsv1: true }, imds).await
             })
             .await
         }

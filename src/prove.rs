@@ -848,9 +848,9 @@ pub async fn run(
             .find(|v| vs.contains(v))
     };
 
-    let host = imds.get("/latest/meta-data/instance-id").await;
+    let host = imds.instance_id().await;
     summary.push(match &host {
-        Ok(id) => format!("from the host: IMDS answers (instance {})", id.trim()),
+        Ok(id) => format!("from the host: IMDS answers (instance {id})"),
         Err(e) => format!("from the host: IMDS does not answer: {e}"),
     });
     let hop_limit = match (&host, family_bin(opts, Family::V4)) {

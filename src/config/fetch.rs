@@ -2,8 +2,9 @@
 //! off so that every attempt is logged once), per-attempt time limits, the size cap, the region
 //! hint, the expected bucket owner. The decisions are in [`super::retry`].
 
-use super::retry::{Backoff, Decision, Failure, Stop, decide};
+use super::retry::{Decision, Failure, decide};
 use super::source::S3Url;
+use crate::backoff::{Backoff, Stop};
 use crate::imds::Imds;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::{Credentials, ProvideCredentials, Region};
@@ -177,7 +178,7 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     let url = req.url.to_string();
     let deadline = req.deadline.checked_sub(MARGIN).unwrap_or(req.deadline);
-    let backoff = Backoff::default();
+    let backoff = Backoff::S3;
     // An access point ARN names its region; S3 must be asked there.
     let mut region = match req.url.access_point() {
         Some(ap) => ap.region,
@@ -495,25 +496,27 @@ async fn credentials(
         )),
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => {
-            let detail = DisplayErrorContext(&e).to_string();
-            let fatal = match &e {
-                CredentialsError::CredentialsNotLoaded(_) => {
-                    detail.contains("404") || detail.contains("disabled")
-                }
-                CredentialsError::InvalidConfiguration(_) => true,
-                _ => false,
-            };
-            let failure = if fatal {
-                Failure::CredentialsFatal
-            } else {
-                Failure::CredentialsTransient
-            };
-            let detail = if detail.contains("404") {
-                "the instance has no instance profile (iam/security-credentials/ is 404)".to_owned()
-            } else {
-                format!("credentials from instance metadata: {detail}")
-            };
-            Err(AttemptError::new(failure, detail))
+            // The provider says why the role has no credentials by the error's type; anything
+            // else (metadata slow, 5xx, token refused) may pass.
+            let missing = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<crate::imds::NoCredentials>());
+            Err(match (missing, &e) {
+                (Some(why), _) => AttemptError::new(Failure::CredentialsFatal, why.to_string()),
+                (None, CredentialsError::InvalidConfiguration(_)) => AttemptError::new(
+                    Failure::CredentialsFatal,
+                    format!(
+                        "credentials from instance metadata: {}",
+                        DisplayErrorContext(&e)
+                    ),
+                ),
+                (None, _) => AttemptError::new(
+                    Failure::CredentialsTransient,
+                    format!(
+                        "credentials from instance metadata: {}",
+                        DisplayErrorContext(&e)
+                    ),
+                ),
+            })
         }
     }
 }

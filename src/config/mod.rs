@@ -17,7 +17,7 @@ pub mod source;
 use crate::cli::ConfigArgs;
 use crate::error::UsageError;
 use crate::fsutil::{self, WriteOutcome};
-use crate::imds::{Imds, MetadataError};
+use crate::imds::Imds;
 use crate::report::StepResult;
 use anyhow::Context as _;
 use parse::{Config, Finding, SetArg, Severity};
@@ -445,31 +445,25 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The source URL from instance tag `tag`, with clear errors when tags are off or absent.
 async fn url_from_tag(imds: &Imds, tag: &str) -> anyhow::Result<S3Url> {
-    let raw = match imds
-        .get(&format!("/latest/meta-data/tags/instance/{tag}"))
-        .await
-    {
-        Ok(r) => r,
-        Err(MetadataError::NotFound { .. }) => {
-            return Err(match imds.get("/latest/meta-data/tags/instance").await {
-                Err(MetadataError::NotFound { .. }) => anyhow::anyhow!(
+    let reading = || format!("reading the source URL from instance tag {tag:?}");
+    let raw = match imds.instance_tag(tag).await.with_context(reading)? {
+        Some(r) => r,
+        None => {
+            return Err(match imds.instance_tag_keys().await {
+                Ok(None) => anyhow::anyhow!(
                     "--source-from-tag {tag}: instance metadata tags are off (meta-data/tags/instance is 404); \
                      enable them with `aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled` \
                      (InstanceMetadataTags=enabled in the launch template's MetadataOptions), or give --source"
                 ),
-                Ok(list) => anyhow::anyhow!(
+                Ok(Some(keys)) => anyhow::anyhow!(
                     "--source-from-tag {tag}: the instance has no tag {tag:?} (its tags: {}); tag the instance \
                      (in the launch template's TagSpecifications) or give --source",
-                    list.lines().collect::<Vec<_>>().join(", ")
+                    keys.join(", ")
                 ),
                 Err(e) => anyhow::anyhow!(
                     "--source-from-tag {tag}: the instance has no tag {tag:?} ({e})"
                 ),
             });
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("reading the source URL from instance tag {tag:?}")));
         }
     };
     raw.trim()
