@@ -329,7 +329,7 @@ async fn one_attempt(
         && n > req.max_size
     {
         return Err(AttemptError::new(
-            Failure::TooLarge,
+            Failure::TooLarge { announced: Some(n) },
             format!("Content-Length {n}"),
         ));
     }
@@ -358,7 +358,7 @@ async fn one_attempt(
             Some(Ok(chunk)) => {
                 if (bytes.len() + chunk.len()) as u64 > req.max_size {
                     return Err(AttemptError::new(
-                        Failure::TooLarge,
+                        Failure::TooLarge { announced: None },
                         format!("more than {} bytes in the body", req.max_size),
                     ));
                 }
@@ -659,20 +659,16 @@ async fn fatal(
                 profile: instance_profile(imds, deadline).await,
             }
         }
-        Failure::TooLarge => match err
-            .detail
-            .strip_prefix("Content-Length ")
-            .and_then(|n| n.parse().ok())
-        {
-            Some(size) => FetchError::TooLarge {
-                url,
-                size,
-                max: req.max_size,
-            },
-            None => FetchError::TooLargeStreamed {
-                url,
-                max: req.max_size,
-            },
+        Failure::TooLarge {
+            announced: Some(size),
+        } => FetchError::TooLarge {
+            url,
+            size: *size,
+            max: req.max_size,
+        },
+        Failure::TooLarge { announced: None } => FetchError::TooLargeStreamed {
+            url,
+            max: req.max_size,
         },
         Failure::CredentialsFatal => FetchError::NoCredentials {
             url,

@@ -6,7 +6,7 @@
 //! blank lines and comments, and what is written is only plain `KEY=VALUE` lines that both read
 //! alike; values that the two would read differently are flagged.
 //!
-//! No message built here contains a value: values may be secrets (see [`super::keys`]).
+//! No message built here contains a value: any value may be a secret (see [`super::keys`]).
 
 use super::keys;
 use std::collections::{BTreeMap, BTreeSet};

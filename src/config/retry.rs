@@ -23,8 +23,9 @@ pub enum Failure {
     CredentialsTransient,
     /// The instance role's credentials cannot be had at all (no instance profile).
     CredentialsFatal,
-    /// The object is larger than `--max-size`.
-    TooLarge,
+    /// The object is larger than `--max-size`: by its Content-Length (`announced`), or by what
+    /// came of a body without one.
+    TooLarge { announced: Option<u64> },
     /// Anything else: a bug or a misconfiguration that another attempt will not fix.
     Other,
 }
@@ -41,7 +42,7 @@ impl fmt::Display for Failure {
             Failure::Truncated => f.write_str("answer cut off"),
             Failure::CredentialsTransient => f.write_str("instance role credentials not available"),
             Failure::CredentialsFatal => f.write_str("no instance role credentials"),
-            Failure::TooLarge => f.write_str("object too large"),
+            Failure::TooLarge { .. } => f.write_str("object too large"),
             Failure::Other => f.write_str("request failed"),
         }
     }
@@ -115,7 +116,7 @@ pub fn decide(f: &Failure, region: &str, redirected: bool) -> Decision {
         | Failure::Connection
         | Failure::Truncated
         | Failure::CredentialsTransient => Decision::Retry,
-        Failure::CredentialsFatal | Failure::TooLarge | Failure::Other => Decision::Fail,
+        Failure::CredentialsFatal | Failure::TooLarge { .. } | Failure::Other => Decision::Fail,
     }
 }
 
@@ -152,7 +153,7 @@ mod tests {
             (Failure::Truncated, Decision::Retry),
             (Failure::CredentialsTransient, Decision::Retry),
             (Failure::CredentialsFatal, Decision::Fail),
-            (Failure::TooLarge, Decision::Fail),
+            (Failure::TooLarge { announced: None }, Decision::Fail),
             (Failure::Other, Decision::Fail),
         ] {
             assert_eq!(decide(&f, "us-east-1", false), d, "{f:?}");
