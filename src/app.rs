@@ -208,7 +208,7 @@ struct Plan {
     command: &'static str,
     config: Option<config::Options>,
     firewall: Option<firewall::Options>,
-    check: bool,
+    check: Option<crate::check::Options>,
     prove: Option<prove::Options>,
 }
 
@@ -230,7 +230,9 @@ impl Plan {
                 firewall: (!r.skip_firewall)
                     .then(|| firewall::Options::from_args(&r.firewall, root))
                     .transpose()?,
-                check: !r.skip_check,
+                check: (!r.skip_check).then_some(crate::check::Options {
+                    probe_imdsv1: r.check.probe_imdsv1,
+                }),
                 prove: r.prove.then(|| prove::Options {
                     bridge: None,
                     interfaces: r.firewall.interfaces.clone(),
@@ -242,31 +244,33 @@ impl Plan {
                 command: "fetch-config",
                 config: Some(config::Options::from_args(&with_awsvpc(c), root)?),
                 firewall: None,
-                check: false,
+                check: None,
                 prove: None,
             },
             Command::BlockImds(f) => Plan {
                 command: "block-imds",
                 config: None,
                 firewall: Some(firewall::Options::from_args(f, root)?),
-                check: false,
+                check: None,
                 prove: None,
             },
             Command::Prove(p) => Plan {
                 command: "prove",
                 config: None,
                 firewall: None,
-                check: false,
+                check: None,
                 prove: Some(prove::Options::from_args(p)),
             },
             Command::IamPolicy(_) => {
                 unreachable!("iam-policy only prints, and is handled before planning")
             }
-            Command::CheckImds(_) => Plan {
+            Command::CheckImds(c) => Plan {
                 command: "check-imds",
                 config: None,
                 firewall: None,
-                check: true,
+                check: Some(crate::check::Options {
+                    probe_imdsv1: c.probe_imdsv1,
+                }),
                 prove: None,
             },
         })
@@ -301,7 +305,8 @@ fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::postu
             .ok()
             .map(|t| (t, c.dest.display().to_string()))
     });
-    let imdsv1_open = step(Step::Check).and_then(|r| r.details["imdsv1_open"].as_bool());
+    let imdsv1 =
+        step(Step::Check).and_then(|r| serde_json::from_value(r.details["imdsv1"].clone()).ok());
     let put_hop_limit = step(Step::Prove)
         .and_then(|r| r.details["put_hop_limit"].as_str())
         .map(str::to_owned);
@@ -314,7 +319,7 @@ fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::postu
             .unwrap_or_default(),
         prove,
         ecs_config,
-        imdsv1_open,
+        imdsv1,
         put_hop_limit,
     })
 }
@@ -359,7 +364,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
     if let Some(opts) = &plan.config {
         config::prepare(opts);
     }
-    let imds = (plan.config.is_some() || plan.check || plan.prove.is_some())
+    let imds = (plan.config.is_some() || plan.check.is_some() || plan.prove.is_some())
         .then(|| Imds::new(imds::endpoint_from_env(), deadline));
 
     let firewall = async {
@@ -393,11 +398,11 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
     // The firewall first: its first poll starts its thread, before the config step's first
     // poll does its synchronous set-up (the S3 client's TLS roots).
     let (firewall, config) = tokio::join!(firewall, config);
-    let check = match (&imds, plan.check) {
-        (Some(imds), true) => {
+    let check = match (&imds, &plan.check) {
+        (Some(imds), Some(opts)) => {
             timed(Step::Check, deadline, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                crate::check::run(&crate::check::Options { probe_imdsv1: true }, imds).await
+                crate::check::run(opts, imds).await
             })
             .await
         }

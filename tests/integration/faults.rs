@@ -491,12 +491,13 @@ fn imds_503_then_success() {
 }
 
 /// HttpTokens=optional (IMDSv1 still open, as on real EC2 where IMDSv2 cannot be turned off):
-/// everything goes through IMDSv2, with one token for the whole run, and the check warns.
+/// everything goes through IMDSv2, with one token for the whole run, and the check, asked to
+/// probe, warns.
 #[test]
 fn imds_v1_open() {
     let sb = setup_with(&["--imdsv1"]);
     let before = sb.imds_requests().len();
-    let r = run_moto(&sb, 30, &[]);
+    let r = run_moto(&sb, 30, &["--probe-imdsv1"]);
     r.assert_code(0)
         .assert_contains("IMDSv1 is still open")
         .assert_contains("--http-tokens required");

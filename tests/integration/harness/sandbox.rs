@@ -348,6 +348,15 @@ impl Sandbox {
         settled(|| read_jsonl(&self.s("imds_log")))
     }
 
+    /// The IMDS requests made without a token (IMDSv1), after the first `since` of the log.
+    pub fn tokenless_requests(&self, since: usize) -> Vec<Value> {
+        self.imds_requests()
+            .into_iter()
+            .skip(since)
+            .filter(|q| q["method"] == "GET" && q["token"] == false)
+            .collect()
+    }
+
     pub fn token_puts(&self) -> usize {
         self.imds_requests()
             .iter()
