@@ -2,8 +2,10 @@
 //! (`--sha256`, syntax, known keys), apply `--set`, and write it atomically to the destination
 //! (mode 0600). On any failure the previous file stays as it was.
 //!
-//! Modules: [`source`] the `s3://` URL, [`keys`] the known keys, [`parse`] the
-//! pure parser/validator/normaliser/diff, [`retry`] the pure retry policy, [`fetch`] GetObject.
+//! Modules: [`source`] the `s3://` URL, [`keys`] the known keys, [`parse`] the pure
+//! parser/validator/normaliser/diff, [`readers`] ecs.config's two readers, [`local`] keys that
+//! something else wrote and the sidecar, [`retry`] the pure retry policy, `sdk` the S3 client's
+//! configuration, [`fetch`] GetObject, [`status`] the written file read back.
 
 pub mod fetch;
 pub mod keys;
@@ -13,6 +15,7 @@ pub mod readers;
 pub mod retry;
 mod sdk;
 pub mod source;
+pub mod status;
 
 use crate::cli::ConfigArgs;
 use crate::error::UsageError;

@@ -12,7 +12,7 @@ mod v1;
 
 pub(crate) use credentials::NoCredentials;
 pub use credentials::RoleCredentials;
-pub(crate) use v1::Imdsv1;
+pub use v1::Imdsv1;
 
 use serde::Deserialize;
 use std::sync::Arc;

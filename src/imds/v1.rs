@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Imdsv1 {
+pub enum Imdsv1 {
     /// No tokenless request was made (the default).
     NotProbed,
     /// A GET without a token got the instance ID (HttpTokens=optional).

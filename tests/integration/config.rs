@@ -80,6 +80,15 @@ fn fetch_writes_validates_owner_sha_version_and_reports_diff() {
         d["added"],
         json!(["ECS_CLUSTER", "ECS_ENABLE_TASK_IAM_ROLE", "ECS_LOGLEVEL"])
     );
+    // The sidecar records the object's version and ETag (for `status`), as S3 gave them.
+    let side: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.with_file_name("ecs.config.ecs-bootstrap")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(side["version_id"], sb.s("version_id").as_str(), "{side}");
+    assert_eq!(side["version_id"], d["version_id"]);
+    assert!(side["etag"].as_str().is_some_and(|e| e.len() > 2), "{side}");
+    assert_eq!(side["etag"], d["etag"]);
 
     // Same content again: unchanged, not rewritten.
     let again = fetch(&sb, None, &["--output", "json"]);
