@@ -7,14 +7,14 @@
 //! something else wrote and the sidecar, [`retry`] the pure retry policy, `sdk` the S3 client's
 //! configuration, [`fetch`] GetObject, [`status`] the written file read back.
 
-pub mod fetch;
-pub mod keys;
-pub mod local;
+pub(crate) mod fetch;
+pub(crate) mod keys;
+pub(crate) mod local;
 pub mod parse;
 pub mod readers;
-pub mod retry;
+pub(crate) mod retry;
 mod sdk;
-pub mod source;
+pub(crate) mod source;
 pub mod status;
 
 use crate::cli::ConfigArgs;
@@ -31,14 +31,14 @@ use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
 /// Where ecs-init and the ECS agent read their settings.
-pub const DEFAULT_DEST: &str = "/etc/ecs/ecs.config";
+pub(crate) const DEFAULT_DEST: &str = "/etc/ecs/ecs.config";
 
 /// The largest `--max-size` accepted: ecs.config is a few hundred bytes in practice.
-pub const MAX_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Where the source URL comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
+pub(crate) enum SourceSpec {
     Url(S3Url),
     /// The instance tag with this key holds the URL (instance metadata tags).
     Tag(String),
@@ -46,7 +46,7 @@ pub enum SourceSpec {
 
 /// The validated options of the step. `Debug` shows no `--set` value.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub source: SourceSpec,
     pub dest: PathBuf,
     /// Lower-case hex.
@@ -59,7 +59,10 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_args(args: &ConfigArgs, root: &crate::sys::Root) -> Result<Self, UsageError> {
+    pub(crate) fn from_args(
+        args: &ConfigArgs,
+        root: &crate::sys::Root,
+    ) -> Result<Self, UsageError> {
         let source = match (&args.source, &args.source_from_tag) {
             (Some(url), _) => SourceSpec::Url(url.parse()?),
             (None, Some(tag)) => {
@@ -133,14 +136,18 @@ impl Options {
 /// [`fetch::preload_tls_roots`]), and temporary files that a killed run left beside the
 /// destination are removed (the step may fail before it writes, and such a file may hold the
 /// secrets of the file it was writing).
-pub fn prepare(opts: &Options) {
+pub(crate) fn prepare(opts: &Options) {
     fetch::preload_tls_roots();
     fsutil::sweep_stale_temps(&opts.dest);
 }
 
 /// Runs the step; `deadline` is the overall deadline (retries never sleep past it). Builds the
 /// S3 client's configuration itself, from the environment and `imds` (region, credentials).
-pub async fn run(opts: &Options, imds: &Imds, deadline: Instant) -> anyhow::Result<StepResult> {
+pub(crate) async fn run(
+    opts: &Options,
+    imds: &Imds,
+    deadline: Instant,
+) -> anyhow::Result<StepResult> {
     // Boxed: the nested futures of the region lookup and the fetch would otherwise exceed the
     // compiler's layout depth limit in the caller's `select!`.
     Box::pin(async {
