@@ -156,7 +156,7 @@ fn clock_offset_ms(server: std::time::SystemTime) -> i64 {
 /// the S3 client builds its HTTPS connector after the region and credentials come from IMDS.
 /// The SDK reads them once per process (a cached `LazyLock` inside aws-smithy-http-client;
 /// a second reader waits for the first) and building its default connector is what fills the
-/// cache: on Debian that is 147 files, several milliseconds that would otherwise sit on the
+/// cache: on Debian that is over a hundred files, time that would otherwise sit on the
 /// config step's critical path. Best effort: if the thread cannot start, the S3 client loads
 /// them itself.
 pub fn preload_tls_roots() {

@@ -578,8 +578,7 @@ mod cr_tests {
 
     #[test]
     fn a_cr_left_in_a_value_is_an_error_naming_the_line() {
-        // The fuzzer's finding: a line ending in CR CR LF. Both readers drop the CR at the end
-        // of the value (ecs-init trims it, systemd ends the line there), and so do we.
+        // A line ending in CR CR LF: both readers drop the CR at the end of the value (ecs-init trims it, systemd ends the line there), and so do we.
         let p = parse(b"ECS_CLUSTER=a\r\nR=&\r\r\n");
         assert!(!p.has_errors(), "{:?}", p.findings);
         assert_eq!(Config::from_entries(&p.entries).get("R"), Some("&"));

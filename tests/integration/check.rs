@@ -4,7 +4,7 @@
 
 use crate::harness::sandbox::*;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RETRY_LINE: &str = "instance metadata did not answer; retrying";
 
@@ -155,9 +155,7 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
     let sb = Sandbox::up();
     // IMDS closes every connection without an answer.
     sb.imds_control(json!({"unavailable_until": now_epoch() + 3600}));
-    let t = Instant::now();
-    let r = sb.run(&["check-imds", "--deadline", "4"]);
-    let took = t.elapsed();
+    let (r, took) = timed(|| sb.run(&["check-imds", "--deadline", "4"]));
     r.assert_code(7);
     assert_names_the_causes(&r);
     assert!(
@@ -178,20 +176,20 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
     sb.cut_host_from_imds();
     assert!(!sb.reaches_imds(Ns::Host, false));
     let pf = sb.persist_file();
-    let t = Instant::now();
-    let r = sb.run(&[
-        "run",
-        "--skip-config",
-        "--persist-file",
-        pf.to_str().unwrap(),
-        "--ipv6",
-        "off",
-        "--deadline",
-        "5",
-        "--output",
-        "json",
-    ]);
-    let took = t.elapsed();
+    let (r, took) = timed(|| {
+        sb.run(&[
+            "run",
+            "--skip-config",
+            "--persist-file",
+            pf.to_str().unwrap(),
+            "--ipv6",
+            "off",
+            "--deadline",
+            "5",
+            "--output",
+            "json",
+        ])
+    });
     r.assert_code(7);
     assert_names_the_causes(&r);
     let v = r.json();
