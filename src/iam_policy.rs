@@ -8,7 +8,6 @@
 //! source pins a `versionId`, and `kms:Decrypt` on the key given with `--kms-key`, only through
 //! S3. The trust policy lets EC2 assume the role. Pure: no network, no AWS call.
 
-use crate::cli::{IamPolicyArgs, PolicyFormat};
 use crate::config::source::S3Url;
 use crate::error::UsageError;
 use serde_json::{Value, json};
@@ -96,6 +95,26 @@ impl std::str::FromStr for KmsKeyArn {
     }
 }
 
+/// What `iam-policy` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The policy documents.
+    Json,
+    /// A CloudFormation template snippet.
+    Cloudformation,
+}
+
+/// The inputs of the policies as given, before validation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `s3://BUCKET/KEY[?versionId=V]`.
+    pub source: String,
+    pub kms_key: Option<String>,
+    pub expected_bucket_owner: Option<String>,
+    pub partition: Option<String>,
+    pub format: Format,
+}
+
 /// The inputs of the policies, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyInput {
@@ -108,7 +127,7 @@ pub struct PolicyInput {
 }
 
 impl PolicyInput {
-    pub fn from_args(args: &IamPolicyArgs) -> Result<Self, UsageError> {
+    pub fn from_request(args: &Request) -> Result<Self, UsageError> {
         let source: S3Url = args.source.parse()?;
         let kms_key: Option<KmsKeyArn> = args.kms_key.as_deref().map(str::parse).transpose()?;
         // The partition: given, or the one the access point or the key names; they must agree.
@@ -313,11 +332,11 @@ pub fn cloudformation_document(input: &PolicyInput) -> Value {
 }
 
 /// The text `iam-policy` prints (pretty JSON, no trailing newline).
-pub fn render(args: &IamPolicyArgs) -> Result<String, UsageError> {
-    let input = PolicyInput::from_args(args)?;
-    let doc = match args.format {
-        PolicyFormat::Json => json_document(&input),
-        PolicyFormat::Cloudformation => cloudformation_document(&input),
+pub fn render(request: &Request) -> Result<String, UsageError> {
+    let input = PolicyInput::from_request(request)?;
+    let doc = match request.format {
+        Format::Json => json_document(&input),
+        Format::Cloudformation => cloudformation_document(&input),
     };
     serde_json::to_string_pretty(&doc)
         .map_err(|e| UsageError(format!("cannot render the policy as JSON: {e}")))
@@ -327,8 +346,8 @@ pub fn render(args: &IamPolicyArgs) -> Result<String, UsageError> {
 mod tests {
     use super::*;
 
-    fn args(source: &str, kms: Option<&str>, format: PolicyFormat) -> IamPolicyArgs {
-        IamPolicyArgs {
+    fn args(source: &str, kms: Option<&str>, format: Format) -> Request {
+        Request {
             source: source.into(),
             kms_key: kms.map(Into::into),
             expected_bucket_owner: None,
@@ -349,12 +368,7 @@ mod tests {
 
     #[test]
     fn plain_source_reads_one_object_only() {
-        let out = render(&args(
-            "s3://my-bucket/ecs/prod.config",
-            None,
-            PolicyFormat::Json,
-        ))
-        .unwrap();
+        let out = render(&args("s3://my-bucket/ecs/prod.config", None, Format::Json)).unwrap();
         let doc: Value = serde_json::from_str(&out).unwrap();
         let role = &doc["InstanceRolePolicy"];
         let read = statement(role, "ReadEcsConfig").unwrap();
@@ -372,7 +386,7 @@ mod tests {
         let out = render(&args(
             "s3://my-bucket/ecs.config?versionId=3HL4kqtJlcpXroDTDmJ",
             Some(KEY),
-            PolicyFormat::Json,
+            Format::Json,
         ))
         .unwrap();
         let doc: Value = serde_json::from_str(&out).unwrap();
@@ -394,17 +408,16 @@ mod tests {
 
     #[test]
     fn wildcards_in_the_key_are_literal() {
-        let input =
-            PolicyInput::from_args(&args("s3://b-1/a*b$c", None, PolicyFormat::Json)).unwrap();
+        let input = PolicyInput::from_request(&args("s3://b-1/a*b$c", None, Format::Json)).unwrap();
         assert_eq!(input.object_arn(), "arn:aws:s3:::b-1/a${*}b${$}c");
     }
 
     #[test]
     fn partition_follows_the_key() {
-        let input = PolicyInput::from_args(&args(
+        let input = PolicyInput::from_request(&args(
             "s3://bucket/k",
             Some("arn:aws-cn:kms:cn-north-1:123456789012:key/abc"),
-            PolicyFormat::Json,
+            Format::Json,
         ))
         .unwrap();
         assert_eq!(input.object_arn(), "arn:aws-cn:s3:::bucket/k");
@@ -425,10 +438,10 @@ mod tests {
         let mut a = args(
             "s3://arn:aws-us-gov:s3:us-gov-west-1:123456789012:accesspoint/my-ap/ecs/prod*.config",
             None,
-            PolicyFormat::Json,
+            Format::Json,
         );
         a.expected_bucket_owner = Some("210987654321".into());
-        let input = PolicyInput::from_args(&a).unwrap();
+        let input = PolicyInput::from_request(&a).unwrap();
         assert_eq!(input.partition(), "aws-us-gov");
         assert_eq!(
             input.object_arn(),
@@ -442,14 +455,14 @@ mod tests {
         );
         // --partition must agree with what the source and the key say.
         a.partition = Some("aws".into());
-        let e = PolicyInput::from_args(&a).unwrap_err().to_string();
+        let e = PolicyInput::from_request(&a).unwrap_err().to_string();
         assert!(e.contains("one partition"), "{e}");
-        let mut b = args("s3://bucket/k", None, PolicyFormat::Json);
+        let mut b = args("s3://bucket/k", None, Format::Json);
         b.partition = Some("aws-us-gov".into());
-        let input = PolicyInput::from_args(&b).unwrap();
+        let input = PolicyInput::from_request(&b).unwrap();
         assert_eq!(input.object_arn(), "arn:aws-us-gov:s3:::bucket/k");
         b.expected_bucket_owner = Some("12".into());
-        assert!(PolicyInput::from_args(&b).is_err());
+        assert!(PolicyInput::from_request(&b).is_err());
     }
 
     #[test]
@@ -465,12 +478,7 @@ mod tests {
 
     #[test]
     fn cloudformation_has_role_and_profile() {
-        let out = render(&args(
-            "s3://bucket/k",
-            Some(KEY),
-            PolicyFormat::Cloudformation,
-        ))
-        .unwrap();
+        let out = render(&args("s3://bucket/k", Some(KEY), Format::Cloudformation)).unwrap();
         let doc: Value = serde_json::from_str(&out).unwrap();
         let res = &doc["Resources"];
         assert_eq!(res["EcsInstanceRole"]["Type"], "AWS::IAM::Role");
@@ -521,7 +529,7 @@ mod tests {
                 "key ID",
             ),
         ] {
-            let e = render(&args(source, key, PolicyFormat::Json))
+            let e = render(&args(source, key, Format::Json))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{source} {key:?}: {e}");

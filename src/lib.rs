@@ -3,9 +3,7 @@
 pub mod app;
 mod backoff;
 mod check;
-pub mod cli;
 pub mod config;
-pub mod envfile;
 pub mod error;
 pub mod firewall;
 pub mod fsutil;
@@ -15,5 +13,4 @@ pub mod logging;
 pub mod posture;
 pub mod prove;
 pub mod report;
-pub mod settings;
 pub mod sys;

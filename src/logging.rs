@@ -8,24 +8,25 @@
 //! capped at DEBUG even with `-vv`; and every line passes [`redact`] on its way out, which
 //! blanks the values of the headers and fields that carry credentials, whoever logged them.
 
-use crate::cli::{GlobalArgs, LogFormat};
 use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-pub fn init(args: &GlobalArgs) {
-    let level = match (args.quiet, args.verbose) {
-        (true, _) => LevelFilter::WARN,
-        (false, 0) => LevelFilter::INFO,
-        (false, 1) => LevelFilter::DEBUG,
-        (false, _) => LevelFilter::TRACE,
-    };
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber: our own lines at `level`, on stderr, in `format`.
+pub fn init(level: LevelFilter, format: LogFormat) {
     // Our own crate at the chosen level; the SDK's chatter only when asked for with -vv, and
     // never its TRACE lines (wire data: headers with tokens, bodies with keys).
     // (A fixed `Targets` filter rather than `EnvFilter`: no regex engine in the binary.)
-    let others = if args.verbose >= 2 {
-        level.min(LevelFilter::DEBUG)
+    let others = if level == LevelFilter::TRACE {
+        LevelFilter::DEBUG
     } else {
         LevelFilter::WARN
     };
@@ -38,7 +39,7 @@ pub fn init(args: &GlobalArgs) {
         .with_max_level(level.max(others))
         .with_writer(|| Redacting(std::io::stderr()))
         .with_target(false);
-    match args.log_format {
+    match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

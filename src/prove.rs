@@ -15,7 +15,6 @@
 //! return path, when the run is interrupted (the guard is dropped with the future), and, after
 //! a SIGKILL, by the next `prove`, which sweeps namespaces of dead runs.
 
-use crate::cli::{Ipv6Mode, ProveArgs};
 use crate::error::Exit;
 use crate::firewall::rules::{Family, Line, Placement, RuleSet};
 use crate::imds::Imds;
@@ -34,6 +33,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
+/// Whether the IPv6 path is probed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// When the bridge has a global IPv6 address.
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `--bridge`: probe only this one.
@@ -42,17 +50,6 @@ pub struct Options {
     pub interfaces: Vec<String>,
     pub iptables: Option<PathBuf>,
     pub ipv6: Ipv6Mode,
-}
-
-impl Options {
-    pub fn from_args(a: &ProveArgs) -> Self {
-        Options {
-            bridge: a.bridge.clone(),
-            interfaces: a.interfaces.clone(),
-            iptables: a.iptables.clone(),
-            ipv6: a.ipv6,
-        }
-    }
 }
 
 /// The bridge's first IPv4 and first global IPv6 address, each with its prefix length.

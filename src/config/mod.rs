@@ -17,8 +17,6 @@ mod sdk;
 pub(crate) mod source;
 pub mod status;
 
-use crate::cli::ConfigArgs;
-use crate::error::UsageError;
 use crate::fsutil::{self, WriteOutcome};
 use crate::imds::Imds;
 use crate::report::StepResult;
@@ -56,79 +54,6 @@ pub(crate) struct Options {
     pub strict: bool,
     pub allow_empty: bool,
     pub sets: Vec<SetArg>,
-}
-
-impl Options {
-    pub(crate) fn from_args(
-        args: &ConfigArgs,
-        root: &crate::sys::Root,
-    ) -> Result<Self, UsageError> {
-        let source = match (&args.source, &args.source_from_tag) {
-            (Some(url), _) => SourceSpec::Url(url.parse()?),
-            (None, Some(tag)) => {
-                if tag.is_empty() || tag.contains('/') {
-                    return Err(UsageError(format!(
-                        "--source-from-tag {tag:?}: give the tag key, which cannot be empty or hold `/` \
-                         (instance metadata cannot serve such tags)"
-                    )));
-                }
-                SourceSpec::Tag(tag.clone())
-            }
-            (None, None) => {
-                return Err(UsageError(
-                    "no source for ecs.config: give --source s3://BUCKET/KEY (or ECS_BOOTSTRAP_SOURCE, \
-                     or set it in /etc/ecs-bootstrap/env), or --source-from-tag KEY"
-                        .into(),
-                ));
-            }
-        };
-        let sha256 = match &args.sha256 {
-            None => None,
-            Some(h) => {
-                let h = h.trim().to_ascii_lowercase();
-                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(UsageError(
-                        "--sha256 must be 64 hexadecimal digits: the SHA-256 of the object, as printed by \
-                         `sha256sum ecs.config`"
-                            .into(),
-                    ));
-                }
-                Some(h)
-            }
-        };
-        let expected_owner = args
-            .expected_bucket_owner
-            .as_deref()
-            .map(source::bucket_owner)
-            .transpose()?;
-        if args.max_size == 0 || args.max_size > MAX_SIZE_LIMIT {
-            return Err(UsageError(format!(
-                "--max-size {}: give a size in bytes from 1 to {MAX_SIZE_LIMIT}",
-                args.max_size
-            )));
-        }
-        let sets = args
-            .set
-            .iter()
-            .map(|s| parse::parse_set(s).map_err(UsageError))
-            .collect::<Result<Vec<_>, _>>()?;
-        if args.strict {
-            let mut probe = Config::default();
-            if let Some(f) = parse::apply_sets(&mut probe, &sets).first() {
-                return Err(UsageError(format!("{f} (--strict)")));
-            }
-        }
-        Ok(Options {
-            source,
-            dest: args.dest.clone().unwrap_or_else(|| root.join(DEFAULT_DEST)),
-            sha256,
-            expected_owner,
-            max_size: args.max_size,
-            strict: args.strict,
-            allow_empty: args.allow_empty,
-            sets,
-        })
-    }
 }
 
 /// The step's set-up that needs no network, to call as soon as the plan says the step will
@@ -558,73 +483,6 @@ async fn url_from_tag(imds: &Imds, tag: &str) -> anyhow::Result<S3Url> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::Root;
-
-    fn args(extra: &[&str]) -> ConfigArgs {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct T {
-            #[command(flatten)]
-            c: ConfigArgs,
-        }
-        let mut v = vec!["t"];
-        v.extend_from_slice(extra);
-        T::try_parse_from(v).unwrap().c
-    }
-
-    fn opts(extra: &[&str]) -> Result<Options, UsageError> {
-        Options::from_args(&args(extra), &Root::new("/r"))
-    }
-
-    #[test]
-    fn options_validate() {
-        let o = opts(&[
-            "--source",
-            "s3://bkt/k",
-            "--sha256",
-            &"AB".repeat(32),
-            "--expected-bucket-owner",
-            "123456789012",
-            "--set",
-            "ECS_CLUSTER=prod",
-        ])
-        .unwrap();
-        assert_eq!(o.sha256.as_deref(), Some("ab".repeat(32).as_str()));
-        assert_eq!(o.dest, PathBuf::from("/r/etc/ecs/ecs.config"));
-        assert_eq!(o.max_size, 65536);
-        assert_eq!(o.sets.len(), 1);
-        for (a, why) in [
-            (vec!["--sha256", "abc"], "64 hexadecimal"),
-            (vec!["--expected-bucket-owner", "12345"], "12-digit"),
-            (vec!["--max-size", "0"], "--max-size"),
-            (vec!["--set", "noequals"], "KEY=VALUE"),
-            (vec!["--set", "bad key=x"], "invalid key"),
-            (
-                vec!["--set", "ECS_CLUSTR=x", "--strict"],
-                "did you mean ECS_CLUSTER",
-            ),
-            (vec!["--source-from-tag", "a/b"], "tag key"),
-        ] {
-            let mut full = vec!["--source", "s3://bkt/k"];
-            if a[0] == "--source-from-tag" {
-                full.clear();
-            }
-            full.extend(a.iter().copied());
-            let e = opts(&full).unwrap_err().to_string();
-            assert!(e.contains(why), "{a:?}: {e}");
-        }
-        // Unknown --set key is only a warning without --strict.
-        assert!(opts(&["--source", "s3://bkt/k", "--set", "ECS_CLUSTR=x"]).is_ok());
-        // A secret --set value never shows in Debug.
-        let o = opts(&[
-            "--source",
-            "s3://bkt/k",
-            "--set",
-            "ECS_ENGINE_AUTH_DATA=hunter2",
-        ])
-        .unwrap();
-        assert!(!format!("{o:?}").contains("hunter2"));
-    }
 
     #[test]
     fn validate_applies_sets_and_strict() {

@@ -236,6 +236,22 @@ block_checks "boot 1 after restart" iptables
 vm_ssh 'printf "{\"live-restore\": true}\n" >/etc/docker/daemon.json && systemctl restart docker'
 restart_probe "boot 1, restart with live-restore"
 
+# reboot_and_wait NAME: reboots the guest and waits (bounded) until a new boot is up.
+reboot_and_wait() {
+    local boot_id b t
+    boot_id=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id')
+    vm_ssh 'systemctl reboot' || true
+    t=$SECONDS
+    while ((SECONDS - t < 600)); do
+        sleep 5
+        b=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id' 2>/dev/null || true)
+        [[ -n $b && $b != "$boot_id" ]] && break
+    done
+    VM_BOOT_T0=$t
+    vm_wait_up 900 || fail "$1: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
+    echo "$1: up in $((SECONDS - t)) s"
+}
+
 hashes() {
     vm_ssh 'sha256sum /etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 2>&1; stat -c "%n %a %Y" /etc/ecs/ecs.config /etc/iptables/rules.v4 2>&1'
 }
@@ -243,17 +259,7 @@ h1=$(hashes)
 
 # ------------------------------------------------------------------ boot 2
 vm_log "boot 2 (reboot)"
-boot_id=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id')
-vm_ssh 'systemctl reboot' || true
-t=$SECONDS
-while ((SECONDS - t < 600)); do
-    sleep 5
-    b=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id' 2>/dev/null || true)
-    [[ -n $b && $b != "$boot_id" ]] && break
-done
-VM_BOOT_T0=$t
-vm_wait_up 900 || fail "boot 2: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
-echo "boot 2: up in $((SECONDS - t)) s"
+reboot_and_wait "boot 2"
 boot_checks "boot 2"
 h2=$(hashes)
 check "boot 2: the reboot changed nothing (ecs.config, rules files: content, mode, mtime)" "$h2" test "$h1" = "$h2"
@@ -273,17 +279,7 @@ vm_log "boot 3 (iptables-legacy alternative; no netfilter module loaded at boot)
 vm_ssh 'update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null &&
     update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null &&
     rm -f /etc/docker/daemon.json && ! grep -rqsE "ip_tables|iptable_" /etc/modules /etc/modules-load.d /usr/lib/modules-load.d'
-boot_id=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id')
-vm_ssh 'systemctl reboot' || true
-t=$SECONDS
-while ((SECONDS - t < 600)); do
-    sleep 5
-    b=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id' 2>/dev/null || true)
-    [[ -n $b && $b != "$boot_id" ]] && break
-done
-VM_BOOT_T0=$t
-vm_wait_up 900 || fail "boot 3: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
-echo "boot 3: up in $((SECONDS - t)) s"
+reboot_and_wait "boot 3"
 out=$(vm_ssh 'readlink -f /etc/alternatives/iptables; systemctl show -p Result -p ExecMainStatus ecs-bootstrap-firewall.service | tr "\n" " "; echo; journalctl -b -o cat -u ecs-bootstrap-firewall.service | tail -n 8')
 check "boot 3: on iptables-legacy the firewall unit succeeds under its sandbox" "$out" \
     bash -c 'grep -q xtables-legacy <<<"$1" && grep -qw "ExecMainStatus=0" <<<"$1" && grep -qw "Result=success" <<<"$1" && ! grep -q insmod <<<"$1"' _ "$out"
@@ -293,6 +289,24 @@ check "boot 3: before dockerd started, the legacy tables held our DROP rules" \
 block_checks "boot 3 (legacy)" iptables-legacy
 cycles=$(vm_ssh "journalctl -b -1 -o short-monotonic | grep -i 'ordering cycle'" || true)
 check "boot 3: no ordering cycle at boot 2's shutdown" "$cycles" test -z "$cycles"
+
+# The first-boot guard (ecs.service.d/20-ecs-bootstrap-first-boot.conf) under the real systemd:
+# an ecs.config that ecs-bootstrap never wrote (no sidecar) and that sets no ECS_CLUSTER keeps
+# the agent from starting; the operator's override lets it start (the control); the instance's
+# own files put back, it starts as before.
+guard=$(vm_ssh 'systemctl stop ecs.service
+    mv /etc/ecs/ecs.config.ecs-bootstrap /run/vmtest/sidecar.keep && cp -p /etc/ecs/ecs.config /run/vmtest/ecs.config.keep
+    printf "ECS_LOGLEVEL=info\n" >/etc/ecs/ecs.config
+    systemctl start ecs.service; echo "no-cluster: rc=$? $(systemctl is-active ecs.service)"
+    echo "guard lines: $(journalctl -b -o cat -u ecs.service | grep -c "ecs-bootstrap: not starting the ECS agent")"
+    touch /etc/ecs-bootstrap/allow-agent-defaults && systemctl reset-failed ecs.service
+    systemctl start ecs.service; echo "allowed: rc=$? $(systemctl is-active ecs.service)"
+    systemctl stop ecs.service; rm -f /etc/ecs-bootstrap/allow-agent-defaults
+    mv /run/vmtest/sidecar.keep /etc/ecs/ecs.config.ecs-bootstrap && cp -p /run/vmtest/ecs.config.keep /etc/ecs/ecs.config
+    systemctl reset-failed ecs.service; systemctl start ecs.service; echo "restored: rc=$? $(systemctl is-active ecs.service)"' || true)
+check "boot 3: the first-boot guard keeps the agent from starting on an ecs.config we never wrote without ECS_CLUSTER; the override and the restored files let it start" "$guard" \
+    bash -c 'grep -qx "no-cluster: rc=1 failed" <<<"$1" && grep -qE "^guard lines: [1-9]" <<<"$1" &&
+        grep -qx "allowed: rc=0 active" <<<"$1" && grep -qx "restored: rc=0 active" <<<"$1"' _ "$guard"
 
 vm_log "power off"
 vm_ssh 'systemctl poweroff' || true

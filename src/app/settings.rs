@@ -28,14 +28,14 @@
 //! Messages name the setting, its line and the reason, never the value: a value may be a
 //! secret (`ECS_BOOTSTRAP_SET=ECS_ENGINE_AUTH_DATA=...`).
 
-use crate::envfile::{self, EnvFile};
+use super::envfile::{self, EnvFile};
 use crate::error::UsageError;
 use crate::sys::Root;
 use clap::{Arg, ArgAction, ArgMatches};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-pub use crate::cli::SETTINGS_FILE;
+pub use super::cli::SETTINGS_FILE;
 
 const SET: &str = "ECS_BOOTSTRAP_SET";
 /// Read before the file (the file lives under the root), so the file cannot set it.
@@ -500,11 +500,6 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 }
 
 impl Prepared {
-    /// Whether any value came from the environment or the settings file.
-    pub fn any_applied(&self) -> bool {
-        !self.applied.is_empty()
-    }
-
     /// For an error about flags: where each flag it names got its value, when that was a
     /// setting rather than the command line ("--sha256 is ECS_BOOTSTRAP_SHA256 on line 4 of
     /// /etc/ecs-bootstrap/env").
@@ -629,8 +624,8 @@ pub fn judge(
 
 #[cfg(test)]
 mod tests {
+    use super::super::cli::Cli;
     use super::*;
-    use crate::cli::Cli;
     use clap::CommandFactory as _;
 
     fn file(text: &str) -> SettingsFile {
@@ -717,8 +712,8 @@ mod tests {
         let (m, n) = run(&f, &[], &["x", "block-imds"], &[]).unwrap();
         let (_, sub) = m.subcommand().unwrap();
         assert_eq!(
-            sub.get_one::<crate::cli::ChainChoice>("chain"),
-            Some(&crate::cli::ChainChoice::DockerUser)
+            sub.get_one::<super::super::cli::ChainChoice>("chain"),
+            Some(&super::super::cli::ChainChoice::DockerUser)
         );
         assert!(
             n.iter().filter(|n| n.level == Level::Error).count() == 2,

@@ -2,7 +2,7 @@
 //!
 //! Every flag is also read from an environment variable `ECS_BOOTSTRAP_<FLAG>` and from the
 //! settings file `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
-//! then file, then the built-in default. [`crate::settings`] resolves the environment and the
+//! then file, then the built-in default. [`super::settings`] resolves the environment and the
 //! file and gives the result to clap as defaults, so clap's own precedence puts flags first.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -1,13 +1,19 @@
 //! Orchestration: read the settings, parse the command line, run the steps within the deadline,
 //! print the report and pick the exit code. `main` only calls [`main_entry`].
 
-use crate::cli::{self, Cli, Command, GlobalArgs, OutputFormat};
-use crate::error::{Exit, Step, UsageError};
+mod cli;
+mod envfile;
+mod plan;
+mod settings;
+
+use crate::error::{Exit, Step};
 use crate::imds::Imds;
 use crate::report::{Report, StepReport, StepResult};
 use crate::sys::{Root, SystemRunner};
-use crate::{config, firewall, fsutil, imds, logging, prove, settings};
+use crate::{config, firewall, fsutil, imds, logging, prove};
 use clap::{CommandFactory as _, FromArgMatches as _};
+use cli::{Cli, Command, GlobalArgs, LogFormat, OutputFormat};
+use plan::Plan;
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,7 +50,7 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
             };
         }
     };
-    logging::init(&cli.global);
+    init_logging(&cli.global);
     let unused = unused_args(&cli.command);
     let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
     let use_ = settings::Use {
@@ -71,7 +77,7 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
         }
     }
     if let Command::IamPolicy(a) = &cli.command {
-        return match crate::iam_policy::render(a) {
+        return match crate::iam_policy::render(&plan::policy_request(a)) {
             Ok(text) => {
                 println!("{text}");
                 Exit::Success.code()
@@ -131,6 +137,22 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
         }
     });
     emit(&report, &cli.global)
+}
+
+/// The log level from `-q` and `-v`, and the line format.
+fn init_logging(g: &GlobalArgs) {
+    use tracing::level_filters::LevelFilter;
+    let level = match (g.quiet, g.verbose) {
+        (true, _) => LevelFilter::WARN,
+        (false, 0) => LevelFilter::INFO,
+        (false, 1) => LevelFilter::DEBUG,
+        (false, _) => LevelFilter::TRACE,
+    };
+    let format = match g.log_format {
+        LogFormat::Text => logging::LogFormat::Text,
+        LogFormat::Json => logging::LogFormat::Json,
+    };
+    logging::init(level, format);
 }
 
 /// `--root` from the raw arguments or the environment, needed before the settings file is read.
@@ -201,89 +223,6 @@ fn unused_args(command: &Command) -> Vec<String> {
         }
     }
     out
-}
-
-/// The validated work of one invocation.
-struct Plan {
-    command: &'static str,
-    config: Option<config::Options>,
-    firewall: Option<firewall::Options>,
-    check: Option<crate::check::Options>,
-    prove: Option<prove::Options>,
-}
-
-impl Plan {
-    fn from_cli(cli: &Cli, root: &Root) -> Result<Self, UsageError> {
-        if let Command::Run(r) = &cli.command
-            && r.firewall.remove
-        {
-            return Err(UsageError(
-                "--remove undoes the block and belongs to `ecs-bootstrap block-imds --remove`, not to run".into(),
-            ));
-        }
-        Ok(match &cli.command {
-            Command::Run(r) => Plan {
-                command: "run",
-                config: (!r.skip_config)
-                    .then(|| config::Options::from_args(&with_awsvpc(&r.config), root))
-                    .transpose()?,
-                firewall: (!r.skip_firewall)
-                    .then(|| firewall::Options::from_args(&r.firewall, root))
-                    .transpose()?,
-                check: (!r.skip_check).then_some(crate::check::Options {
-                    probe_imdsv1: r.check.probe_imdsv1,
-                }),
-                prove: r.prove.then(|| prove::Options {
-                    bridge: None,
-                    interfaces: r.firewall.interfaces.clone(),
-                    iptables: r.firewall.iptables.clone(),
-                    ipv6: r.firewall.ipv6,
-                }),
-            },
-            Command::FetchConfig(c) => Plan {
-                command: "fetch-config",
-                config: Some(config::Options::from_args(&with_awsvpc(c), root)?),
-                firewall: None,
-                check: None,
-                prove: None,
-            },
-            Command::BlockImds(f) => Plan {
-                command: "block-imds",
-                config: None,
-                firewall: Some(firewall::Options::from_args(f, root)?),
-                check: None,
-                prove: None,
-            },
-            Command::Prove(p) => Plan {
-                command: "prove",
-                config: None,
-                firewall: None,
-                check: None,
-                prove: Some(prove::Options::from_args(p)),
-            },
-            Command::IamPolicy(_) => {
-                unreachable!("iam-policy only prints, and is handled before planning")
-            }
-            Command::CheckImds(c) => Plan {
-                command: "check-imds",
-                config: None,
-                firewall: None,
-                check: Some(crate::check::Options {
-                    probe_imdsv1: c.probe_imdsv1,
-                }),
-                prove: None,
-            },
-        })
-    }
-}
-
-/// `--block-awsvpc-imds` as the last `--set`, so it goes through the same validation and wins.
-fn with_awsvpc(c: &crate::cli::ConfigArgs) -> crate::cli::ConfigArgs {
-    let mut c = c.clone();
-    if c.block_awsvpc_imds {
-        c.set.push(format!("{}=true", crate::posture::AWSVPC_KEY));
-    }
-    c
 }
 
 /// The IMDS posture lines of a `run` (see [`crate::posture`]).
