@@ -289,6 +289,13 @@ pub struct FirewallArgs {
     /// Example: block-imds --remove
     #[arg(long)]
     pub remove: bool,
+
+    /// Re-check a block asserted at boot (the ecs-bootstrap-drift.timer runs this every
+    /// minute): repairs it, and logs every repair as an error ("drift: ..."). A check that
+    /// finds nothing runs one iptables -S per family and nothing else.
+    /// Example: block-imds --drift
+    #[arg(long, conflicts_with = "remove")]
+    pub drift: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

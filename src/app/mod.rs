@@ -9,7 +9,7 @@ mod settings;
 use crate::error::{Exit, Step};
 use crate::imds::Imds;
 use crate::report::{Report, StepReport, StepResult};
-use crate::sys::{Root, SystemRunner};
+use crate::sys::{self, Root, SystemRunner};
 use crate::{config, firewall, fsutil, imds, logging, prove};
 use clap::{CommandFactory as _, FromArgMatches as _};
 use cli::{Cli, Command, GlobalArgs, LogFormat, OutputFormat};
@@ -312,8 +312,9 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
             Some(opts) => {
                 let opts = opts.clone();
                 timed(Step::Firewall, deadline, async move {
-                    tokio::task::spawn_blocking(move || {
-                        firewall::run(&opts, &SystemRunner::default())
+                    let bound = sys::Deadline::at(deadline.into_std());
+                    sys::run_blocking(&bound, move |d| {
+                        firewall::run(&opts, &SystemRunner::new(d.clone()), d)
                     })
                     .await
                     .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?
@@ -351,7 +352,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         (Some(imds), Some(opts)) => {
             timed(Step::Prove, deadline, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                prove::run(opts, imds, &SystemRunner::default()).await
+                prove::run(opts, imds, &SystemRunner::default(), deadline).await
             })
             .await
         }

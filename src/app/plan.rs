@@ -215,6 +215,7 @@ fn firewall_options(args: &FirewallArgs, root: &Root) -> Result<firewall::Option
         persist_file6: args.persist_file6.clone(),
         root: root.clone(),
         remove: args.remove,
+        drift: args.drift,
     })
 }
 
