@@ -18,8 +18,8 @@ pub struct Facts {
     pub prove: Option<u8>,
     /// The written ecs.config's text, and its path; None when there is none.
     pub ecs_config: Option<(String, String)>,
-    /// From the check step: whether IMDSv1 (no token) still answers.
-    pub imdsv1_open: Option<bool>,
+    /// From the check step: whether IMDSv1 (no token) still answers, if it was probed.
+    pub imdsv1: Option<crate::imds::Imdsv1>,
     /// From prove: the PUT response hop limit ("1" or "2 or more").
     pub put_hop_limit: Option<String>,
 }
@@ -109,7 +109,8 @@ pub fn assess(f: &Facts) -> Vec<Line> {
         detail: "tasks in host mode share the host's network: no FORWARD rule can block them; keep tasks that must not reach IMDS out of host mode".into(),
     };
     let mut out = vec![bridge, awsvpc, host];
-    if let Some(open) = f.imdsv1_open {
+    if let Some(v1) = f.imdsv1 {
+        use crate::imds::Imdsv1;
         let hops = match f.put_hop_limit.as_deref() {
             Some("1") => "PUT response hop limit 1 (tokens do not reach containers)".to_owned(),
             Some(h) => format!(
@@ -119,11 +120,21 @@ pub fn assess(f: &Facts) -> Vec<Line> {
         };
         out.push(Line {
             mode: "metadata options",
-            state: if open { "open" } else { "blocked" },
-            detail: if open {
-                format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
-            } else {
-                format!("IMDSv2 only (http-tokens required); {hops}")
+            state: match v1 {
+                Imdsv1::Open => "open",
+                Imdsv1::NotProbed => "unknown",
+                Imdsv1::Closed | Imdsv1::NoAnswer => "blocked",
+            },
+            detail: match v1 {
+                Imdsv1::Open => {
+                    format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
+                }
+                Imdsv1::NotProbed => format!(
+                    "IMDSv1 not probed (a tokenless request counts in MetadataNoToken; --probe-imdsv1 makes one); {hops}"
+                ),
+                Imdsv1::Closed | Imdsv1::NoAnswer => {
+                    format!("IMDSv2 only (http-tokens required); {hops}")
+                }
             },
         });
     }
@@ -153,7 +164,7 @@ mod tests {
             interfaces: vec!["docker+".into()],
             prove: Some(0),
             ecs_config: Some(("ECS_CLUSTER=a\n".into(), "/etc/ecs/ecs.config".into())),
-            imdsv1_open: Some(false),
+            imdsv1: Some(crate::imds::Imdsv1::Closed),
             put_hop_limit: Some("1".into()),
         };
         let l = assess(&f);
@@ -169,5 +180,11 @@ mod tests {
             ..f.clone()
         });
         assert_eq!(l[0].state, "open");
+        let l = assess(&Facts {
+            imdsv1: Some(crate::imds::Imdsv1::NotProbed),
+            ..f.clone()
+        });
+        assert_eq!(l[3].state, "unknown");
+        assert!(l[3].detail.contains("IMDSv1 not probed"), "{}", l[3].detail);
     }
 }
