@@ -352,7 +352,8 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
         (Some(imds), Some(opts)) => {
             timed(Step::Prove, deadline, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                prove::run(opts, imds, &SystemRunner::default(), deadline).await
+                let runner = SystemRunner::new(sys::Deadline::at(deadline.into_std()));
+                prove::run(opts, imds, &runner, deadline).await
             })
             .await
         }
