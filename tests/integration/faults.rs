@@ -1,4 +1,4 @@
-//! The fault matrix (issue 7): one test per injected fault. Each runs the real binary in its own
+//! The fault matrix: one test per injected fault. Each runs the real binary in its own
 //! sandbox of real peers (moto with authentication on, the IMDSv2 emulator, real iptables in
 //! network namespaces), with a previous ecs.config in place, and asserts
 //! - the exit code (0 ok, 2 usage, 3 config, 4 firewall, 5 check; 128+N on a signal),
