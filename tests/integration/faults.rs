@@ -1550,8 +1550,8 @@ fn keys_others_wrote_are_kept_or_named() {
 // Retries: bounded by the deadline; skew, token refresh, late instance profile, slow IMDS
 // ---------------------------------------------------------------------------------------------
 
-/// A network that comes up late: 10 connections reset in a row (more than any fixed count of
-/// attempts used to allow), then S3 answers; the deadline, not a count, bounds the retries.
+/// A network that comes up late: 10 connections reset in a row (more than a small fixed count
+/// of attempts would allow), then S3 answers; the deadline, not a count, bounds the retries.
 #[test]
 fn s3_network_late_is_retried_until_the_deadline() {
     let sb = setup();
