@@ -4,6 +4,7 @@ use serde::Serialize;
 
 /// One step of a run. The order is the order of the exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     Config,

@@ -7,28 +7,96 @@ use serde::Serialize;
 /// The key the ECS agent reads to block IMDS for tasks in awsvpc mode.
 pub const AWSVPC_KEY: &str = "ECS_AWSVPC_BLOCK_IMDS";
 
+/// What prove concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Every bridge's probe was blocked, with its control and our rule's counter.
+    Proven,
+    /// A bridge reached IMDS.
+    Leak,
+    /// Anything else (not proven, the host cut off from IMDS, an error).
+    Unproven,
+}
+
+/// The PUT response hop limit, as prove measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopLimit {
+    One,
+    TwoOrMore,
+}
+
 /// What a run knows.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     /// The firewall step: None when skipped, Some(true) when it succeeded.
     pub firewall_ok: Option<bool>,
     pub interfaces: Vec<String>,
-    /// prove: None when not run; Some(exit code of the step: 0 proven, 6 leak, 8 not proven,
-    /// 7 host cut off).
-    pub prove: Option<u8>,
+    /// None when prove did not run.
+    pub prove: Option<Proof>,
     /// The written ecs.config's text, and its path; None when there is none.
-    pub ecs_config: Option<(String, String)>,
-    /// From the check step: whether IMDSv1 (no token) still answers.
+    pub ecs_config: Option<(String, std::path::PathBuf)>,
+    /// From the check step: whether IMDSv1 (no token) still answers; None when not known.
     pub imdsv1_open: Option<bool>,
-    /// From prove: the PUT response hop limit ("1" or "2 or more").
-    pub put_hop_limit: Option<String>,
+    /// From prove; None when not measured.
+    pub put_hop_limit: Option<HopLimit>,
+}
+
+/// The ways tasks reach the network, and the instance's metadata options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub enum Mode {
+    #[serde(rename = "bridge")]
+    Bridge,
+    #[serde(rename = "awsvpc")]
+    Awsvpc,
+    #[serde(rename = "host")]
+    Host,
+    #[serde(rename = "metadata options")]
+    MetadataOptions,
+}
+
+/// Whether tasks of a mode reach IMDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub enum State {
+    #[serde(rename = "blocked")]
+    Blocked,
+    #[serde(rename = "open")]
+    Open,
+    #[serde(rename = "unknown")]
+    Unknown,
+    /// No rule of ours can block it.
+    #[serde(rename = "not blockable")]
+    NotBlockable,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Bridge => "bridge",
+            Mode::Awsvpc => "awsvpc",
+            Mode::Host => "host",
+            Mode::MetadataOptions => "metadata options",
+        }
+    }
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Blocked => "blocked",
+            State::Open => "open",
+            State::Unknown => "unknown",
+            State::NotBlockable => "not blockable",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Line {
-    pub mode: &'static str,
-    /// "blocked", "open", "unknown" or "not blockable".
-    pub state: &'static str,
+    pub mode: Mode,
+    pub state: State,
     pub detail: String,
 }
 
@@ -48,78 +116,80 @@ pub fn assess(f: &Facts) -> Vec<Line> {
     let patterns = f.interfaces.join(",");
     let bridge = match (f.firewall_ok, f.prove) {
         (None, _) => Line {
-            mode: "bridge",
-            state: "unknown",
+            mode: Mode::Bridge,
+            state: State::Unknown,
             detail: "the firewall step was skipped in this run".into(),
         },
         (Some(false), _) => Line {
-            mode: "bridge",
-            state: "open",
+            mode: Mode::Bridge,
+            state: State::Open,
             detail: "the firewall step failed: containers on the bridges may reach IMDS".into(),
         },
-        (Some(true), Some(0)) => Line {
-            mode: "bridge",
-            state: "blocked",
+        (Some(true), Some(Proof::Proven)) => Line {
+            mode: Mode::Bridge,
+            state: State::Blocked,
             detail: format!(
                 "DROP rules for {patterns}, proven by prove (a control through the bridge answered, IMDS did not, our rule's counter rose)"
             ),
         },
-        (Some(true), Some(6)) => Line {
-            mode: "bridge",
-            state: "open",
+        (Some(true), Some(Proof::Leak)) => Line {
+            mode: Mode::Bridge,
+            state: State::Open,
             detail: format!("prove reached IMDS from a bridge despite the rules for {patterns}"),
         },
-        (Some(true), Some(_)) => Line {
-            mode: "bridge",
-            state: "blocked",
+        (Some(true), Some(Proof::Unproven)) => Line {
+            mode: Mode::Bridge,
+            state: State::Blocked,
             detail: format!(
                 "DROP rules for {patterns}; prove could not prove it (see the prove step)"
             ),
         },
         (Some(true), None) => Line {
-            mode: "bridge",
-            state: "blocked",
+            mode: Mode::Bridge,
+            state: State::Blocked,
             detail: format!("DROP rules for {patterns} (not proven in this run: add --prove)"),
         },
     };
     let awsvpc = match &f.ecs_config {
         Some((text, path)) if awsvpc_blocked(text) => Line {
-            mode: "awsvpc",
-            state: "blocked",
+            mode: Mode::Awsvpc,
+            state: State::Blocked,
             detail: format!(
-                "{AWSVPC_KEY}=true in {path}: the ECS agent blocks IMDS for awsvpc tasks"
+                "{AWSVPC_KEY}=true in {}: the ECS agent blocks IMDS for awsvpc tasks",
+                path.display()
             ),
         },
         Some((_, path)) => Line {
-            mode: "awsvpc",
-            state: "open",
+            mode: Mode::Awsvpc,
+            state: State::Open,
             detail: format!(
-                "{AWSVPC_KEY} is not true in {path}: awsvpc tasks reach IMDS through their own ENI; pass --block-awsvpc-imds (or set the key in the S3 object)"
+                "{AWSVPC_KEY} is not true in {}: awsvpc tasks reach IMDS through their own ENI; pass --block-awsvpc-imds (or set the key in the S3 object)",
+                path.display()
             ),
         },
         None => Line {
-            mode: "awsvpc",
-            state: "unknown",
+            mode: Mode::Awsvpc,
+            state: State::Unknown,
             detail: "no ecs.config was written or read in this run".into(),
         },
     };
     let host = Line {
-        mode: "host",
-        state: "not blockable",
+        mode: Mode::Host,
+        state: State::NotBlockable,
         detail: "tasks in host mode share the host's network: no FORWARD rule can block them; keep tasks that must not reach IMDS out of host mode".into(),
     };
     let mut out = vec![bridge, awsvpc, host];
     if let Some(open) = f.imdsv1_open {
-        let hops = match f.put_hop_limit.as_deref() {
-            Some("1") => "PUT response hop limit 1 (tokens do not reach containers)".to_owned(),
-            Some(h) => format!(
-                "PUT response hop limit {h} (a container past the block could get tokens; set it to 1 unless tasks need IMDS through a bridge)"
-            ),
-            None => "PUT response hop limit not measured (measured by prove: add --prove)".into(),
+        let hops = match f.put_hop_limit {
+            Some(HopLimit::One) => "PUT response hop limit 1 (tokens do not reach containers)",
+            Some(HopLimit::TwoOrMore) => {
+                "PUT response hop limit 2 or more (a container past the block could get tokens; set it to 1 unless tasks need IMDS through a bridge)"
+            }
+            None => "PUT response hop limit not measured (measured by prove: add --prove)",
         };
         out.push(Line {
-            mode: "metadata options",
-            state: if open { "open" } else { "blocked" },
+            mode: Mode::MetadataOptions,
+            state: if open { State::Open } else { State::Blocked },
             detail: if open {
                 format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
             } else {
@@ -151,23 +221,23 @@ mod tests {
         let f = Facts {
             firewall_ok: Some(true),
             interfaces: vec!["docker+".into()],
-            prove: Some(0),
+            prove: Some(Proof::Proven),
             ecs_config: Some(("ECS_CLUSTER=a\n".into(), "/etc/ecs/ecs.config".into())),
             imdsv1_open: Some(false),
-            put_hop_limit: Some("1".into()),
+            put_hop_limit: Some(HopLimit::One),
         };
         let l = assess(&f);
-        let modes: Vec<&str> = l.iter().map(|l| l.mode).collect();
+        let modes: Vec<&str> = l.iter().map(|l| l.mode.name()).collect();
         assert_eq!(modes, ["bridge", "awsvpc", "host", "metadata options"]);
-        assert_eq!(l[0].state, "blocked");
+        assert_eq!(l[0].state, State::Blocked);
         assert!(l[0].detail.contains("proven"));
-        assert_eq!(l[1].state, "open");
+        assert_eq!(l[1].state, State::Open);
         assert!(l[1].detail.contains("--block-awsvpc-imds"));
-        assert_eq!(l[2].state, "not blockable");
+        assert_eq!(l[2].state, State::NotBlockable);
         let l = assess(&Facts {
-            prove: Some(6),
+            prove: Some(Proof::Leak),
             ..f.clone()
         });
-        assert_eq!(l[0].state, "open");
+        assert_eq!(l[0].state, State::Open);
     }
 }

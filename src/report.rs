@@ -1,9 +1,82 @@
 //! The boot report: each step's outcome, duration and what changed, as text or one JSON
 //! document, printed at the end of every run and optionally written to a file.
+//!
+//! The JSON report is a public contract (fleet tooling parses it): its schema is generated from
+//! these types into docs/report.schema.json, and it only ever gains fields. A change that
+//! removes or renames a field, or changes a value's meaning, needs a new [`SCHEMA_VERSION`].
 
 use crate::error::{Exit, Step};
 use serde::Serialize;
 use std::time::Duration;
+
+/// The version of the JSON report's schema (`schema_version`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The command a report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    Run,
+    FetchConfig,
+    BlockImds,
+    CheckImds,
+    Prove,
+}
+
+/// A signal that ends a run early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub enum Signal {
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGTERM")]
+    Term,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+
+    /// The shell's convention: 128 + the signal's number.
+    pub fn exit_code(self) -> u8 {
+        128 + match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Term => 15,
+        }
+    }
+}
+
+/// A step's structured details in the JSON report: each step's own `Details` type.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum Details {
+    /// Details not yet typed: any JSON value.
+    Other(serde_json::Value),
+}
+
+impl Details {
+    /// None for JSON null (a step without details).
+    fn from_value(v: serde_json::Value) -> Option<Details> {
+        (!v.is_null()).then_some(Details::Other(v))
+    }
+
+    /// The value of a top-level field, for the posture lines.
+    pub fn field(&self, name: &str) -> Option<&serde_json::Value> {
+        match self {
+            Details::Other(v) => v.get(name),
+        }
+    }
+}
 
 /// What a step that succeeded did.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +102,7 @@ pub struct Failure {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Ok,
@@ -37,6 +111,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct StepReport {
     pub step: Step,
     pub outcome: Outcome,
@@ -44,12 +119,11 @@ pub struct StepReport {
     pub changed: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub summary: Vec<String>,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub details: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Details>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The step failed because the host cannot reach instance metadata (exit code 7). Set by
-    /// `app`, which owns the shared IMDS handle that knows it.
+    /// The step failed because the host cannot reach instance metadata (exit code 7).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub imds_unreachable: bool,
     /// The exit code of a failure that is not the step's own (from [`Failure::exit`]).
@@ -67,7 +141,7 @@ impl StepReport {
                 duration_ms,
                 changed: r.changed,
                 summary: r.summary,
-                details: r.details,
+                details: Details::from_value(r.details),
                 error: None,
                 imds_unreachable: false,
                 exit: None,
@@ -77,6 +151,7 @@ impl StepReport {
                     Some(f) => (f.summary.clone(), f.details.clone(), f.exit),
                     None => (vec![], serde_json::Value::Null, None),
                 };
+                let details = Details::from_value(details);
                 StepReport {
                     step,
                     outcome: Outcome::Failed,
@@ -99,7 +174,7 @@ impl StepReport {
             duration_ms: 0,
             changed: false,
             summary: vec![],
-            details: serde_json::Value::Null,
+            details: None,
             error: None,
             imds_unreachable: false,
             exit: None,
@@ -108,24 +183,41 @@ impl StepReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Report {
+    /// The version of this schema; it changes only when a field is removed or changes meaning.
+    pub schema_version: u32,
+    /// The version of ecs-bootstrap that wrote the report.
     pub version: &'static str,
-    pub command: &'static str,
+    pub command: Command,
     pub ok: bool,
+    /// The exit code of the process.
     pub exit_code: u8,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interrupted_by: Option<&'static str>,
+    pub interrupted_by: Option<Signal>,
     pub steps: Vec<StepReport>,
     /// `run`: one line per ECS network mode on what keeps its tasks from IMDS.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub imds_posture: Vec<crate::posture::Line>,
+    /// The `--report` file could not be written (this report is the printed one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_file_error: Option<ReportFileError>,
+}
+
+/// Why the `--report` file could not be written.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub struct ReportFileError {
+    pub path: std::path::PathBuf,
+    pub error: String,
 }
 
 impl Report {
-    pub fn new(command: &'static str, steps: Vec<StepReport>, elapsed: Duration) -> Self {
+    pub fn new(command: Command, steps: Vec<StepReport>, elapsed: Duration) -> Self {
         let exit = exit_for(&steps);
         Report {
+            schema_version: SCHEMA_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             command,
             ok: exit == Exit::Success,
@@ -134,22 +226,43 @@ impl Report {
             interrupted_by: None,
             steps,
             imds_posture: vec![],
+            report_file_error: None,
         }
     }
 
-    /// The report of a run stopped by a signal: exit code 128 + the signal number.
-    pub fn interrupted(command: &'static str, signal: &'static str, elapsed: Duration) -> Self {
-        let number = if signal == "SIGINT" { 2 } else { 15 };
+    /// The report of a run stopped by a signal, with the steps that had finished: exit code
+    /// 128 + the signal number.
+    pub fn interrupted(
+        command: Command,
+        signal: Signal,
+        steps: Vec<StepReport>,
+        elapsed: Duration,
+    ) -> Self {
         Report {
+            schema_version: SCHEMA_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             command,
             ok: false,
-            exit_code: 128 + number,
+            exit_code: signal.exit_code(),
             duration_ms: elapsed.as_millis() as u64,
             interrupted_by: Some(signal),
-            steps: vec![],
+            steps,
             imds_posture: vec![],
+            report_file_error: None,
         }
+    }
+
+    /// Records that the `--report` file could not be written: the run is not ok, and a run
+    /// that was keeps exit code 1 (internal error).
+    pub fn report_file_failed(&mut self, path: &std::path::Path, error: String) {
+        self.ok = false;
+        if self.exit_code == Exit::Success.code() {
+            self.exit_code = Exit::Internal.code();
+        }
+        self.report_file_error = Some(ReportFileError {
+            path: path.to_owned(),
+            error,
+        });
     }
 
     pub fn to_json(&self) -> String {
@@ -183,12 +296,21 @@ impl Report {
             for l in &self.imds_posture {
                 s.push_str(&format!(
                     "          {}: {} ({})\n",
-                    l.mode, l.state, l.detail
+                    l.mode.name(),
+                    l.state.name(),
+                    l.detail
                 ));
             }
         }
         if let Some(sig) = self.interrupted_by {
-            s.push_str(&format!("interrupted by {sig}\n"));
+            s.push_str(&format!("interrupted by {}\n", sig.name()));
+        }
+        if let Some(f) = &self.report_file_error {
+            s.push_str(&format!(
+                "the report file {} was not written: {}\n",
+                f.path.display(),
+                f.error
+            ));
         }
         s.push_str(&format!(
             "{} in {} ms (exit {})\n",
@@ -220,6 +342,48 @@ pub fn exit_for(steps: &[StepReport]) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed schema is the schema of these types: a change to the report shows up as a
+    /// diff of docs/report.schema.json, to review against the rule that the report only gains
+    /// fields.
+    #[test]
+    fn the_committed_schema_is_the_report_types_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/report.schema.json");
+        let schema = schemars::schema_for!(Report);
+        let generated = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/report.schema.json differs from the report types' schema; regenerate it with \
+             `UPDATE_SCHEMA=1 cargo test --locked --lib report::` and review the diff (fields may \
+             only be added; anything else needs a new SCHEMA_VERSION)"
+        );
+    }
+
+    /// Every key a report holds is in the schema, with the schema's version.
+    #[test]
+    fn a_report_matches_the_schema() {
+        let schema = serde_json::to_value(schemars::schema_for!(Report)).unwrap();
+        let mut r = Report::new(
+            Command::Run,
+            vec![failed(Step::Check), StepReport::skipped(Step::Prove)],
+            Duration::from_millis(5),
+        );
+        r.interrupted_by = Some(Signal::Hup);
+        r.imds_posture = crate::posture::assess(&crate::posture::Facts::default());
+        let v = serde_json::to_value(&r).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        for k in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(k), "{k} is not in the schema");
+        }
+        assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        assert_eq!(v["interrupted_by"], "SIGHUP");
+        assert_eq!(v["command"], "run");
+        assert_eq!(v["imds_posture"][2]["state"], "not blockable");
+    }
 
     fn failed(step: Step) -> StepReport {
         StepReport::from_result(step, Duration::ZERO, Err(anyhow::anyhow!("boom")))
@@ -280,14 +444,19 @@ mod tests {
         .context("prove");
         let r = StepReport::from_result(Step::Prove, Duration::ZERO, Err(e));
         assert_eq!(r.outcome, Outcome::Failed);
-        assert_eq!(r.details["from_bridge"]["ipv4"], "reachable");
+        let details = serde_json::to_value(&r.details).unwrap();
+        assert_eq!(details["from_bridge"]["ipv4"], "reachable");
         assert_eq!(r.summary, ["from docker0: reachable"]);
         assert_eq!(r.error.as_deref(), Some("prove: reachable"));
     }
 
     #[test]
     fn json_and_text_render() {
-        let r = Report::new("run", vec![failed(Step::Check)], Duration::from_millis(5));
+        let r = Report::new(
+            Command::Run,
+            vec![failed(Step::Check)],
+            Duration::from_millis(5),
+        );
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["exit_code"], 5);
         assert_eq!(v["steps"][0]["step"], "check");

@@ -9,11 +9,11 @@ use crate::config::{self, parse, source};
 use crate::error::UsageError;
 use crate::firewall::{self, iptables, rules};
 use crate::sys::Root;
-use crate::{iam_policy, prove};
+use crate::{iam_policy, prove, report};
 
 /// The validated work of one invocation.
 pub(super) struct Plan {
-    pub(super) command: &'static str,
+    pub(super) command: report::Command,
     pub(super) config: Option<config::Options>,
     pub(super) firewall: Option<firewall::Options>,
     pub(super) check: bool,
@@ -34,19 +34,19 @@ impl Plan {
             Command::Run(r) => run_plan(r, root)?,
             Command::FetchConfig(c) => Plan {
                 config: Some(config_options(&with_awsvpc(c), root)?),
-                ..only("fetch-config")
+                ..only(report::Command::FetchConfig)
             },
             Command::BlockImds(f) => Plan {
                 firewall: Some(firewall_options(f, root)?),
-                ..only("block-imds")
+                ..only(report::Command::BlockImds)
             },
             Command::Prove(p) => Plan {
                 prove: Some(prove_options(p)),
-                ..only("prove")
+                ..only(report::Command::Prove)
             },
             Command::CheckImds(_) => Plan {
                 check: true,
-                ..only("check-imds")
+                ..only(report::Command::CheckImds)
             },
             Command::IamPolicy(_) => {
                 unreachable!("iam-policy only prints, and is handled before planning")
@@ -62,7 +62,7 @@ fn run_plan(r: &RunArgs, root: &Root) -> Result<Plan, UsageError> {
         ));
     }
     Ok(Plan {
-        command: "run",
+        command: report::Command::Run,
         config: (!r.skip_config)
             .then(|| config_options(&with_awsvpc(&r.config), root))
             .transpose()?,
