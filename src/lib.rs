@@ -2,13 +2,13 @@
 
 pub mod app;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub mod firewall;
-pub mod fsutil;
-pub mod iam_policy;
-pub mod imds;
-pub mod logging;
-pub mod posture;
-pub mod prove;
-pub mod report;
+pub(crate) mod fsutil;
+pub(crate) mod iam_policy;
+pub(crate) mod imds;
+pub(crate) mod logging;
+pub(crate) mod posture;
+pub(crate) mod prove;
+pub(crate) mod report;
 pub mod sys;

@@ -5,11 +5,11 @@
 use serde::Serialize;
 
 /// The key the ECS agent reads to block IMDS for tasks in awsvpc mode.
-pub const AWSVPC_KEY: &str = "ECS_AWSVPC_BLOCK_IMDS";
+pub(crate) const AWSVPC_KEY: &str = "ECS_AWSVPC_BLOCK_IMDS";
 
 /// What prove concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proof {
+pub(crate) enum Proof {
     /// Every bridge's probe was blocked, with its control and our rule's counter.
     Proven,
     /// A bridge reached IMDS.
@@ -20,31 +20,31 @@ pub enum Proof {
 
 /// The PUT response hop limit, as prove measured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HopLimit {
+pub(crate) enum HopLimit {
     One,
     TwoOrMore,
 }
 
 /// What a run knows.
 #[derive(Debug, Clone, Default)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// The firewall step: None when skipped, Some(true) when it succeeded.
-    pub firewall_ok: Option<bool>,
-    pub interfaces: Vec<String>,
+    pub(crate) firewall_ok: Option<bool>,
+    pub(crate) interfaces: Vec<String>,
     /// None when prove did not run.
-    pub prove: Option<Proof>,
+    pub(crate) prove: Option<Proof>,
     /// The written ecs.config's text, and its path; None when there is none.
-    pub ecs_config: Option<(String, std::path::PathBuf)>,
+    pub(crate) ecs_config: Option<(String, std::path::PathBuf)>,
     /// From the check step: whether IMDSv1 (no token) still answers; None when not known.
-    pub imdsv1_open: Option<bool>,
+    pub(crate) imdsv1_open: Option<bool>,
     /// From prove; None when not measured.
-    pub put_hop_limit: Option<HopLimit>,
+    pub(crate) put_hop_limit: Option<HopLimit>,
 }
 
 /// The ways tasks reach the network, and the instance's metadata options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub enum Mode {
+pub(crate) enum Mode {
     #[serde(rename = "bridge")]
     Bridge,
     #[serde(rename = "awsvpc")]
@@ -58,7 +58,7 @@ pub enum Mode {
 /// Whether tasks of a mode reach IMDS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub enum State {
+pub(crate) enum State {
     #[serde(rename = "blocked")]
     Blocked,
     #[serde(rename = "open")]
@@ -71,7 +71,7 @@ pub enum State {
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Bridge => "bridge",
             Mode::Awsvpc => "awsvpc",
@@ -82,7 +82,7 @@ impl Mode {
 }
 
 impl State {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             State::Blocked => "blocked",
             State::Open => "open",
@@ -94,15 +94,15 @@ impl State {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub struct Line {
-    pub mode: Mode,
-    pub state: State,
-    pub detail: String,
+pub(crate) struct Line {
+    pub(crate) mode: Mode,
+    pub(crate) state: State,
+    pub(crate) detail: String,
 }
 
 /// Whether an ecs.config text sets `ECS_AWSVPC_BLOCK_IMDS=true` (the last value wins, as the
 /// agent reads it).
-pub fn awsvpc_blocked(ecs_config: &str) -> bool {
+pub(crate) fn awsvpc_blocked(ecs_config: &str) -> bool {
     ecs_config
         .lines()
         .rev()
@@ -112,9 +112,20 @@ pub fn awsvpc_blocked(ecs_config: &str) -> bool {
 }
 
 /// One line per network mode, and one for the metadata options the run measured.
-pub fn assess(f: &Facts) -> Vec<Line> {
+pub(crate) fn assess(f: &Facts) -> Vec<Line> {
+    let host = Line {
+        mode: Mode::Host,
+        state: State::NotBlockable,
+        detail: "tasks in host mode share the host's network: no FORWARD rule can block them; keep tasks that must not reach IMDS out of host mode".into(),
+    };
+    let mut out = vec![bridge(f), awsvpc(f), host];
+    out.extend(metadata_options(f));
+    out
+}
+
+fn bridge(f: &Facts) -> Line {
     let patterns = f.interfaces.join(",");
-    let bridge = match (f.firewall_ok, f.prove) {
+    match (f.firewall_ok, f.prove) {
         (None, _) => Line {
             mode: Mode::Bridge,
             state: State::Unknown,
@@ -149,8 +160,11 @@ pub fn assess(f: &Facts) -> Vec<Line> {
             state: State::Blocked,
             detail: format!("DROP rules for {patterns} (not proven in this run: add --prove)"),
         },
-    };
-    let awsvpc = match &f.ecs_config {
+    }
+}
+
+fn awsvpc(f: &Facts) -> Line {
+    match &f.ecs_config {
         Some((text, path)) if awsvpc_blocked(text) => Line {
             mode: Mode::Awsvpc,
             state: State::Blocked,
@@ -172,32 +186,28 @@ pub fn assess(f: &Facts) -> Vec<Line> {
             state: State::Unknown,
             detail: "no ecs.config was written or read in this run".into(),
         },
-    };
-    let host = Line {
-        mode: Mode::Host,
-        state: State::NotBlockable,
-        detail: "tasks in host mode share the host's network: no FORWARD rule can block them; keep tasks that must not reach IMDS out of host mode".into(),
-    };
-    let mut out = vec![bridge, awsvpc, host];
-    if let Some(open) = f.imdsv1_open {
-        let hops = match f.put_hop_limit {
-            Some(HopLimit::One) => "PUT response hop limit 1 (tokens do not reach containers)",
-            Some(HopLimit::TwoOrMore) => {
-                "PUT response hop limit 2 or more (a container past the block could get tokens; set it to 1 unless tasks need IMDS through a bridge)"
-            }
-            None => "PUT response hop limit not measured (measured by prove: add --prove)",
-        };
-        out.push(Line {
-            mode: Mode::MetadataOptions,
-            state: if open { State::Open } else { State::Blocked },
-            detail: if open {
-                format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
-            } else {
-                format!("IMDSv2 only (http-tokens required); {hops}")
-            },
-        });
     }
-    out
+}
+
+/// The instance's metadata options, when the check learned whether IMDSv1 answers.
+fn metadata_options(f: &Facts) -> Option<Line> {
+    let open = f.imdsv1_open?;
+    let hops = match f.put_hop_limit {
+        Some(HopLimit::One) => "PUT response hop limit 1 (tokens do not reach containers)",
+        Some(HopLimit::TwoOrMore) => {
+            "PUT response hop limit 2 or more (a container past the block could get tokens; set it to 1 unless tasks need IMDS through a bridge)"
+        }
+        None => "PUT response hop limit not measured (measured by prove: add --prove)",
+    };
+    Some(Line {
+        mode: Mode::MetadataOptions,
+        state: if open { State::Open } else { State::Blocked },
+        detail: if open {
+            format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
+        } else {
+            format!("IMDSv2 only (http-tokens required); {hops}")
+        },
+    })
 }
 
 #[cfg(test)]
