@@ -1,7 +1,8 @@
 //! The command-line contract. Users' scripts and AMIs depend on it: keep it stable.
 //!
-//! Every flag is also read from an environment variable `ECS_BOOTSTRAP_<FLAG>` and from the
-//! settings file `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
+//! Every flag but `-v`, `block-imds --remove` and `iam-policy --format` is also read from an
+//! environment variable `ECS_BOOTSTRAP_<FLAG>` and from the settings file
+//! `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
 //! then file, then the built-in default. [`super::settings`] resolves the environment and the
 //! file and gives the result to clap as defaults, so clap's own precedence puts flags first.
 
@@ -21,9 +22,10 @@ pub(crate) const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         (from instance metadata), keeps containers on the Docker bridge away from instance \
         metadata (169.254.169.254, fd00:ec2::254) with iptables, and checks that the host still \
         reaches IMDSv2.\n\n\
-        Every flag can also be set with an environment variable ECS_BOOTSTRAP_<FLAG> \
-        (for example ECS_BOOTSTRAP_SOURCE) or in /etc/ecs-bootstrap/env with the same names; \
-        a flag beats the environment, which beats the file. Booleans take 1/0, true/false, \
+        Every flag but -v, block-imds --remove and iam-policy --format can also be set with an \
+        environment variable ECS_BOOTSTRAP_<FLAG> (for example ECS_BOOTSTRAP_SOURCE) or in \
+        /etc/ecs-bootstrap/env with the same names; a flag beats the environment, which beats \
+        the file. Booleans take 1/0, true/false, \
         yes/no, on/off. A bad setting fails only a command that uses it (block-imds falls back \
         to its defaults); the file is used only when root owns it and others cannot write it.",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage or configuration error, \
@@ -363,6 +365,50 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The flags without a variable are exactly the three README and `--help` name; every
+    /// other flag's variable is `ECS_BOOTSTRAP_` and its long name.
+    #[test]
+    fn every_flag_but_three_has_its_variable() {
+        fn walk(cmd: &clap::Command, without: &mut std::collections::BTreeSet<String>) {
+            for a in cmd.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                let propagated = a.is_global_set() && cmd.get_name() != "ecs-bootstrap";
+                if propagated || ["help", "version"].contains(&long) {
+                    continue;
+                }
+                match a.get_env().and_then(|e| e.to_str()) {
+                    None => {
+                        without.insert(format!("{} --{long}", cmd.get_name()));
+                    }
+                    Some(env) => {
+                        let want = format!(
+                            "ECS_BOOTSTRAP_{}",
+                            long.to_ascii_uppercase().replace('-', "_")
+                        );
+                        assert_eq!(env, want, "--{long}");
+                    }
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, without);
+            }
+        }
+        let mut without = std::collections::BTreeSet::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        walk(&cmd, &mut without);
+        let without: Vec<&str> = without.iter().map(String::as_str).collect();
+        assert_eq!(
+            without,
+            [
+                "block-imds --remove",
+                "ecs-bootstrap --verbose",
+                "iam-policy --format",
+                "run --remove",
+            ]
+        );
     }
 
     #[test]
