@@ -176,8 +176,14 @@ fn a_failed_step_does_not_stop_the_others_and_the_code_names_it() {
     assert_eq!(step(&file, "check")["outcome"], "ok");
     assert_eq!(mode(&report), 0o644);
     assert!(temp_files(report.parent().unwrap()).is_empty());
+}
 
-    // Firewall failing too (an unwritable persist file: its folder is a file): the code still
+#[test]
+fn the_code_names_the_first_failed_step_and_an_unreachable_imds_outranks_it() {
+    let sb = Sandbox::up();
+    let forbidden = format!("s3://{}/{}", sb.s("bucket"), sb.s("forbidden_key"));
+    let pf = sb.persist_file();
+    // Config and firewall failing (an unwritable persist file: its folder is a file): the code
     // names config, the first failed step.
     let bad_pf = sb.root.path().join("not-a-dir/iptables");
     std::fs::write(sb.root.path().join("not-a-dir"), "x").unwrap();
