@@ -10,6 +10,10 @@
 #   and run the agent now. Units enabled by an install during boot join only the next boot,
 #   and ecs.service waits for user data to finish, so ecs.config is written before it starts.
 #
+# The settings file may already hold the image's own settings (for example
+# ECS_BOOTSTRAP_INTERFACE=docker+,br-+ for user-defined bridges, which the firewall unit needs
+# before user data runs): only the keys set here are replaced, every other line is kept.
+#
 # The instance role needs what `ecs-bootstrap iam-policy --source "$SOURCE"` prints.
 set -euo pipefail
 
@@ -27,14 +31,18 @@ if ! command -v ecs-bootstrap >/dev/null 2>&1; then
     rm -f "$rpm_file"
 fi
 
-# The settings file: plain KEY=VALUE lines, mode 0600 (a value may be a secret).
+# The settings file: plain KEY=VALUE lines, mode 0600 (a value may be a secret). Replaced
+# atomically, keeping every line but the two keys set here.
+env_file=/etc/ecs-bootstrap/env
 install -d -m 0755 /etc/ecs-bootstrap
 umask 077
-cat >/etc/ecs-bootstrap/env <<SETTINGS
-ECS_BOOTSTRAP_SOURCE=$SOURCE
-ECS_BOOTSTRAP_SET=ECS_CLUSTER=$CLUSTER
-SETTINGS
-chmod 0600 /etc/ecs-bootstrap/env
+touch "$env_file"
+{
+    grep -v -e '^ECS_BOOTSTRAP_SOURCE=' -e '^ECS_BOOTSTRAP_SET=' "$env_file" || true
+    printf 'ECS_BOOTSTRAP_SOURCE=%s\nECS_BOOTSTRAP_SET=ECS_CLUSTER=%s\n' "$SOURCE" "$CLUSTER"
+} >"$env_file.new"
+chmod 0600 "$env_file.new"
+mv -f "$env_file.new" "$env_file"
 
 if [[ $baked == no ]]; then
     # Firewall and config at once, then the metadata check; the report stays in /run.

@@ -2,7 +2,9 @@
 # Checks every systemd unit in systemd/ (and the drop-ins for docker.service and ecs.service):
 #   1. `systemd-analyze verify` passes with nothing at all on stderr (no warning either);
 #   2. `systemd-analyze security --offline=true` gives an exposure of MAX_EXPOSURE (3.0) or
-#      lower for each unit.
+#      lower for each unit;
+#   3. our units send stdout (the report) to the journal and the console, stderr (the log
+#      lines) to the journal only.
 # verify checks that ExecStart binaries exist, so the units are copied to a temporary folder
 # with /usr/bin/ecs-bootstrap rewritten to a built binary: $ECS_BOOTSTRAP_BIN, or
 # ${CARGO_TARGET_DIR:-target}/{release,debug}/ecs-bootstrap (a debug build is made when neither
@@ -61,6 +63,15 @@ while IFS= read -r line; do
     fail "$line: runs ecs-bootstrap from another path than /usr/bin/ecs-bootstrap, where the .deb and the .rpm install it"
 done < <(grep -HnE '^[[:space:]]*Exec[A-Za-z]*=' "${units[@]}" "$units_dir"/*.service.d/*.conf 2>/dev/null |
     grep -E '[^[:space:]=]*/ecs-bootstrap([[:space:]]|$)' | grep -vE '=[-+!@:]*/usr/bin/ecs-bootstrap([[:space:]]|$)' || true)
+
+# Our units send the report (stdout) to the console as well as the journal, where operators
+# who cannot log in look (EC2 console output), and keep the log lines (stderr) in the journal.
+for unit in "$units_dir"/ecs-bootstrap-*.service; do
+    grep -qx 'StandardOutput=journal+console' "$unit" ||
+        fail "$(basename "$unit"): no StandardOutput=journal+console (the report would not reach the console)"
+    grep -qx 'StandardError=journal' "$unit" ||
+        fail "$(basename "$unit"): no StandardError=journal (the log lines would follow stdout to the console)"
+done
 
 # Copies with the binary path rewritten; the originals are what the packages ship.
 copies=()

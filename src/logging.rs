@@ -2,6 +2,14 @@
 //! adds its own), or JSON for log shippers. Values of secret settings are never logged: the
 //! config step logs key names only.
 //!
+//! Priorities in the journal: when stderr is the journal stream systemd gave the process
+//! (`JOURNAL_STREAM` names its device and inode), every text line starts with the syslog
+//! prefix journald reads (`SyslogLevelPrefix=`, on by default) and strips: `<3>` error, `<4>`
+//! warning, `<6>` info, `<7>` debug and trace; so `journalctl -p warning` shows the warnings and
+//! errors. Not on a terminal or a file or pipe that stderr was redirected to (the variable is
+//! inherited, the stream may not be), and never in JSON: each JSON line stays one JSON
+//! document, whoever reads it, and carries its level in its `level` field.
+//!
 //! No credential reaches a log line at any verbosity: the SDK and its HTTP stack log requests
 //! (with the IMDS session token and the SigV4 `Authorization` header) and, with
 //! `LOG_SENSITIVE_BODIES=true`, response bodies (the role's keys) at TRACE, so other crates are
@@ -10,18 +18,20 @@
 
 use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
+use tracing::{Level, Metadata};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
 /// The shape of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 /// Installs the global subscriber: our own lines at `level`, on stderr, in `format`.
-pub fn init(level: LevelFilter, format: LogFormat) {
+pub(crate) fn init(level: LevelFilter, format: LogFormat) {
     // Our own crate at the chosen level; the SDK's chatter only when asked for with -vv, and
     // never its TRACE lines (wire data: headers with tokens, bodies with keys).
     // (A fixed `Targets` filter rather than `EnvFilter`: no regex engine in the binary.)
@@ -35,9 +45,10 @@ pub fn init(level: LevelFilter, format: LogFormat) {
         .with_target("ecs_bootstrap", level);
     let under_systemd =
         std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
+    let journal = format == LogFormat::Text && stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_max_level(level.max(others))
-        .with_writer(|| Redacting(std::io::stderr()))
+        .with_writer(Stderr { journal })
         .with_target(false);
     match format {
         LogFormat::Json => builder
@@ -89,7 +100,7 @@ fn credential_char(b: u8) -> bool {
 /// formatting between a header's name and its value varies: `: `, `": HeaderValue { _private:
 /// H0("`, `=`).
 /// `x-aws-ec2-metadata-token-ttl-seconds` is not a secret and stays.
-pub fn redact(line: &str) -> String {
+fn redact(line: &str) -> String {
     let lower = line.to_ascii_lowercase();
     let bytes = line.as_bytes();
     let mut cut: Vec<(usize, usize)> = Vec::new();
@@ -145,25 +156,122 @@ pub fn redact(line: &str) -> String {
     out
 }
 
-/// A writer that passes every formatted event through [`redact`]. The formatter writes one
-/// event per `write_all`, so each call sees whole lines.
-struct Redacting<W: std::io::Write>(W);
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` (`DEVICE:INODE`)
+/// names stderr's device and inode.
+fn stderr_is_journal() -> bool {
+    let Some(named) = std::env::var("JOURNAL_STREAM")
+        .ok()
+        .and_then(|v| parse_journal_stream(&v))
+    else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| (st.st_dev, st.st_ino) == named)
+}
 
-impl<W: std::io::Write> std::io::Write for Redacting<W> {
+/// `JOURNAL_STREAM`'s device and inode (pure).
+fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
+    let (dev, ino) = value.trim().split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
+/// The syslog priority prefix journald reads at the start of a line (pure).
+fn syslog_prefix(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "<3>",
+        Level::WARN => "<4>",
+        Level::INFO => "<6>",
+        _ => "<7>",
+    }
+}
+
+/// `text` with `prefix` at the start of every line: journald reads each line of a stream as
+/// its own entry, so a message that spans lines keeps its priority on each. The blanks that
+/// right-align the level go: the journal's entries need no alignment (pure).
+fn prefix_lines(text: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(text.len() + prefix.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        out.push_str(prefix);
+        out.push_str(if i == 0 {
+            line.trim_start_matches(' ')
+        } else {
+            line
+        });
+    }
+    out
+}
+
+/// Makes the writer for each event: stderr through [`redact`], with the event's syslog prefix
+/// when stderr is the journal.
+#[derive(Debug, Clone, Copy)]
+struct Stderr {
+    journal: bool,
+}
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Redacting;
+
+    fn make_writer(&'a self) -> Redacting {
+        Redacting { prefix: None }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Redacting {
+        Redacting {
+            prefix: self.journal.then(|| syslog_prefix(*meta.level())),
+        }
+    }
+}
+
+/// A writer to stderr that passes every formatted event through [`redact`] (and prefixes its
+/// lines). The formatter writes one event per `write_all`, so each call sees whole lines.
+struct Redacting {
+    prefix: Option<&'static str>,
+}
+
+impl std::io::Write for Redacting {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        self.0.write_all(redact(&text).as_bytes())?;
+        let text = redact(&String::from_utf8_lossy(buf));
+        let text = match self.prefix {
+            Some(p) => prefix_lines(&text, p),
+            None => text,
+        };
+        std::io::stderr().write_all(text.as_bytes())?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        std::io::stderr().flush()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+
+    #[test]
+    fn each_level_has_its_journal_priority_on_every_line() {
+        assert_eq!(syslog_prefix(Level::ERROR), "<3>");
+        assert_eq!(syslog_prefix(Level::WARN), "<4>");
+        assert_eq!(syslog_prefix(Level::INFO), "<6>");
+        assert_eq!(syslog_prefix(Level::DEBUG), "<7>");
+        assert_eq!(syslog_prefix(Level::TRACE), "<7>");
+        assert_eq!(prefix_lines("ERROR a\n", "<3>"), "<3>ERROR a\n");
+        assert_eq!(prefix_lines(" WARN b\n", "<4>"), "<4>WARN b\n");
+        assert_eq!(
+            prefix_lines("ERROR a\n  indented second line\n", "<3>"),
+            "<3>ERROR a\n<3>  indented second line\n"
+        );
+        assert_eq!(prefix_lines("no newline", "<6>"), "<6>no newline");
+        assert_eq!(prefix_lines("", "<6>"), "");
+    }
+
+    #[test]
+    fn journal_stream_is_device_and_inode() {
+        assert_eq!(parse_journal_stream("8:12345"), Some((8, 12345)));
+        assert_eq!(parse_journal_stream(" 0:7\n"), Some((0, 7)));
+        for bad in ["", "8", "8:", ":1", "a:b", "8:1:2"] {
+            assert_eq!(parse_journal_stream(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn credentials_are_blanked_wherever_they_show() {

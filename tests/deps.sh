@@ -11,6 +11,9 @@ if [[ ${1:-} == --tests ]]; then
     # Docker 29's nftables backend; rpm: package queries; time and binutils (strip): the
     # benchmark scripts under bench/, which use this list too.
     wanted+=(shellcheck:shellcheck docker.io:/usr/sbin/dockerd nftables:/usr/sbin/nft rpm:rpm time:/usr/bin/time binutils:strip)
+    # systemd: systemd-analyze for packaging/check-units.sh; systemd-journald, systemd-cat and
+    # journalctl for the test that reads log priorities back from a journald of its own.
+    wanted+=(systemd:/lib/systemd/systemd-journald)
     # The VM suite (tests/vm): the guest image from Debian's packages, qemu, the NoCloud seed
     # (a vfat volume), ssh into the guest, the offline check of the power-cut disk.
     wanted+=(mmdebstrap:mmdebstrap qemu-system-x86:qemu-system-x86_64 dosfstools:mkfs.vfat

@@ -1,4 +1,4 @@
-//! Rules-file merge: `ecs_bootstrap::firewall::persist::merge` on arbitrary text.
+//! Rules-file merge: `ecs_bootstrap::firewall::merge::merge` on arbitrary text.
 //! The first byte picks the rule set (family, chain, interfaces); the rest is the old file.
 //! Checks, whenever the merge succeeds:
 //! - merging the result again changes nothing (idempotent: no rewrite at every boot);
@@ -8,7 +8,7 @@
 //!   rule, once.
 #![no_main]
 
-use ecs_bootstrap::firewall::persist::{MARKER, merge, replay_filter};
+use ecs_bootstrap::firewall::merge::{MARKER, merge, replay_filter};
 use ecs_bootstrap::firewall::rules::{Family, Line, Placement, RuleSet};
 use libfuzzer_sys::fuzz_target;
 

@@ -410,7 +410,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
         (Some(imds), Some(opts)) => {
             timed(Step::Prove, deadline, finished, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                prove::run(opts, imds, &SystemRunner::default()).await
+                prove::run(opts, imds, &SystemRunner::default(), deadline).await
             })
             .await
         }

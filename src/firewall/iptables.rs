@@ -2,19 +2,19 @@
 //! (never a shell), a bounded wait for the xtables lock (`-w`), and errors a caller can branch
 //! on.
 //!
-//! Why not the `iptables` crate from the design card: its `exists` maps every non-zero exit of
-//! `-C` to "absent" (a missing chain, a lock timeout and a typo all read as "insert the rule"),
-//! its errors are `Box<dyn Error>` without `Send` (they cannot cross our blocking task), it
-//! cannot pass `-w` with a bound, and it runs a fixed binary name we could not route through
-//! the `CommandRunner` seam. The runner here is about 200 lines and tells the cases apart:
-//! - chain missing: `-S CHAIN` exits 1 with "No chain/target/match by that name" (legacy) or
-//!   "does not exist" / "is incompatible" (nft 1.8.x prints the latter for a missing chain);
-//! - rule absent: `-C` on an existing chain exits 1 with "Bad rule" (both backends print the
-//!   same for a missing chain, which is why chain existence is settled first with `-S`);
-//! - anything else (exit 2 for a bad argument, 4 for a lock timeout, ...) is a failure whose
-//!   message names the command line and its stderr.
+//! Why not the `iptables` crate: its `exists` maps every non-zero exit of `-C` to "absent" (a
+//! missing chain, a lock timeout and a typo all read as "insert the rule"), its errors are
+//! `Box<dyn Error>` without `Send` (they cannot cross our blocking task), it cannot pass `-w`
+//! with a bound, and it runs a fixed binary name we could not route through the
+//! `CommandRunner` seam. The step reads the kernel's state with one `-S` listing of the filter
+//! table and plans from it ([`super::plan`]), so it never asks `-C`. The runner tells apart
+//! what the step branches on:
+//! - `-N` of a chain that exists (dockerd created it meanwhile): not an error;
+//! - `-D` of a rule that is gone (someone removed it meanwhile): not an error;
+//! - a lock held past the wait (exit 4): reported at once, never retried;
+//! - anything else (exit 2 for a bad argument, 3 for a missing kernel module, ...) is a
+//!   failure whose message names the command line and its stderr.
 
-use super::rules::Family;
 use crate::sys::{CmdOutput, CommandRunner};
 use serde::Serialize;
 use std::ffi::OsString;
@@ -22,13 +22,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Seconds iptables waits for the xtables lock (`-w`) before giving up with exit 4.
-pub const LOCK_WAIT_SECS: &str = "10";
+pub(crate) const LOCK_WAIT_SECS: &str = "10";
 
 /// Where the default binary is looked for after `$PATH` (systemd's PATH has them, cron's not).
-pub const SBIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+pub(crate) const SBIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// How iptables talks to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// `iptables v1.8.x (nf_tables)`: iptables-nft, rules live in nftables.
@@ -39,7 +40,7 @@ pub enum Backend {
 
 impl Backend {
     /// Parses the first line of `iptables -V`.
-    pub fn from_version(out: &str) -> Option<Backend> {
+    pub(crate) fn from_version(out: &str) -> Option<Backend> {
         let line = out.lines().find(|l| l.contains("tables"))?;
         if line.contains("nf_tables") {
             Some(Backend::Nft)
@@ -52,7 +53,7 @@ impl Backend {
 
     /// The backend of the multi-call binary that the iptables links resolve to, when its
     /// name says (`/usr/sbin/xtables-nft-multi`); None for any other name.
-    pub fn from_multi_binary(resolved: &Path) -> Option<Backend> {
+    pub(crate) fn from_multi_binary(resolved: &Path) -> Option<Backend> {
         match resolved.file_name()?.to_str()? {
             "xtables-nft-multi" => Some(Backend::Nft),
             "xtables-legacy-multi" => Some(Backend::Legacy),
@@ -64,6 +65,19 @@ impl Backend {
         match self {
             Backend::Nft => "nft",
             Backend::Legacy => "legacy",
+        }
+    }
+}
+
+/// A command's exit status; None when a signal ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub Option<i32>);
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "{s}"),
+            None => f.write_str("killed by a signal"),
         }
     }
 }
@@ -81,44 +95,26 @@ pub enum IptError {
         #[source]
         source: io::Error,
     },
-    #[error("`{cmdline}`: chain {chain} does not exist: {stderr}")]
-    ChainMissing {
-        cmdline: String,
-        chain: String,
-        stderr: String,
-    },
     #[error("`{cmdline}` failed (exit status {status}): {stderr}{hint}")]
     Failed {
         cmdline: String,
-        status: String,
+        status: Status,
         stderr: String,
         hint: &'static str,
     },
 }
 
 impl IptError {
-    pub fn is_chain_missing(&self) -> bool {
-        matches!(self, IptError::ChainMissing { .. })
-    }
-
     /// Another program held the xtables lock for the whole `-w` wait (exit status 4).
-    pub fn is_lock_timeout(&self) -> bool {
-        matches!(self, IptError::Failed { status, .. } if status == "4")
+    pub(crate) fn is_lock_timeout(&self) -> bool {
+        matches!(self, IptError::Failed { status: Status(Some(4)), .. })
     }
-}
-
-/// Whether a rule is in a chain, from `-C`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
-    Present,
-    Absent,
 }
 
 /// One iptables binary (iptables or ip6tables, nft or legacy) and the runner that runs it.
 pub struct Ipt<'a> {
-    pub bin: PathBuf,
-    pub family: Family,
-    pub runner: &'a dyn CommandRunner,
+    pub(crate) bin: PathBuf,
+    pub(crate) runner: &'a dyn CommandRunner,
 }
 
 fn cmdline(bin: &Path, args: &[&str]) -> String {
@@ -147,19 +143,9 @@ fn first_line(s: &str) -> String {
     }
 }
 
-fn chain_missing_text(stderr: &str) -> bool {
-    stderr.contains("No chain/target/match by that name")
-        || stderr.contains("does not exist")
-        || stderr.contains("is incompatible")
-}
-
 impl<'a> Ipt<'a> {
-    pub fn new(bin: PathBuf, family: Family, runner: &'a dyn CommandRunner) -> Self {
-        Ipt {
-            bin,
-            family,
-            runner,
-        }
+    pub fn new(bin: PathBuf, runner: &'a dyn CommandRunner) -> Self {
+        Ipt { bin, runner }
     }
 
     /// Runs `bin args` as given (no `-w` added) and returns the output whatever the status.
@@ -196,17 +182,14 @@ impl<'a> Ipt<'a> {
         };
         IptError::Failed {
             cmdline,
-            status: out
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "killed by a signal".into()),
+            status: Status(out.status),
             stderr: first_line(&out.stderr),
             hint,
         }
     }
 
     /// Runs and requires success.
-    pub fn must(&self, args: &[&str]) -> Result<CmdOutput, IptError> {
+    pub(crate) fn must(&self, args: &[&str]) -> Result<CmdOutput, IptError> {
         let (cl, out) = self.run(args)?;
         if out.success() {
             Ok(out)
@@ -232,31 +215,10 @@ impl<'a> Ipt<'a> {
         }
         Backend::from_version(&out.stdout).ok_or_else(|| IptError::Failed {
             cmdline: cl,
-            status: "0".into(),
+            status: Status(Some(0)),
             stderr: format!("unrecognized version line {:?}", out.stdout.trim()),
             hint: "; is --iptables an iptables binary?",
         })
-    }
-
-    /// `iptables -S CHAIN`: the chain's `-A` lines, or [`IptError::ChainMissing`].
-    pub fn list(&self, chain: &str) -> Result<Vec<String>, IptError> {
-        let (cl, out) = self.run(&["-t", "filter", "-S", chain])?;
-        if out.success() {
-            return Ok(out
-                .stdout
-                .lines()
-                .filter(|l| l.starts_with("-A "))
-                .map(str::to_owned)
-                .collect());
-        }
-        if out.status == Some(1) && chain_missing_text(&out.stderr) {
-            return Err(IptError::ChainMissing {
-                cmdline: cl,
-                chain: chain.into(),
-                stderr: first_line(&out.stderr),
-            });
-        }
-        Err(Self::failed(cl, &out))
     }
 
     /// `iptables -t filter -S`: every line of the filter table (policies, `-N` chain
@@ -271,23 +233,6 @@ impl<'a> Ipt<'a> {
             ));
         }
         Err(Self::failed(cl, &out))
-    }
-
-    /// `iptables -C CHAIN spec` on a chain known to exist.
-    pub fn check(&self, chain: &str, spec: &[String]) -> Result<Presence, IptError> {
-        let mut args = vec!["-t", "filter", "-C", chain];
-        args.extend(spec.iter().map(String::as_str));
-        let (cl, out) = self.run(&args)?;
-        match out.status {
-            Some(0) => Ok(Presence::Present),
-            Some(1) if out.stderr.contains("Bad rule") => Ok(Presence::Absent),
-            Some(1) if chain_missing_text(&out.stderr) => Err(IptError::ChainMissing {
-                cmdline: cl,
-                chain: chain.into(),
-                stderr: first_line(&out.stderr),
-            }),
-            _ => Err(Self::failed(cl, &out)),
-        }
     }
 
     /// `iptables -N CHAIN`; Ok(false) when it already exists (created by dockerd meanwhile).
@@ -330,7 +275,7 @@ impl<'a> Ipt<'a> {
     }
 
     /// The sibling tool of this binary: `iptables-legacy` + `-save` → `iptables-legacy-save`.
-    pub fn sibling(&self, suffix: &str) -> PathBuf {
+    pub(crate) fn sibling(&self, suffix: &str) -> PathBuf {
         let name = self
             .bin
             .file_name()
@@ -352,7 +297,7 @@ impl<'a> Ipt<'a> {
     }
 
     /// `iptables-restore -w SECS --test` with `rules` on stdin: Ok, or the error naming the line.
-    pub fn restore_test(&self, rules: &str) -> Result<(), IptError> {
+    pub(crate) fn restore_test(&self, rules: &str) -> Result<(), IptError> {
         self.restore("--test", rules)
     }
 
@@ -361,7 +306,7 @@ impl<'a> Ipt<'a> {
     /// transaction: all of them apply, or none (one commit instead of one per command). The
     /// arguments must hold no whitespace (rule specs and chain names here never do). An error
     /// also shows the input, which holds nothing secret.
-    pub fn restore_noflush(&self, commands: &[Vec<String>]) -> Result<(), IptError> {
+    pub(crate) fn restore_noflush(&self, commands: &[Vec<String>]) -> Result<(), IptError> {
         let mut input = String::from("*filter\n");
         for c in commands {
             input.push_str(&c.join(" "));
@@ -380,7 +325,7 @@ impl<'a> Ipt<'a> {
     }
 
     /// `iptables-save`: every table, as the AWS documentation saves them.
-    pub fn save_all(&self) -> Result<String, IptError> {
+    pub(crate) fn save_all(&self) -> Result<String, IptError> {
         let bin = self.sibling("-save");
         let out = self.raw(&bin, &[], None)?;
         if out.success() {
@@ -394,14 +339,14 @@ impl<'a> Ipt<'a> {
 /// The ip6tables binary beside an iptables binary: `/usr/sbin/iptables-legacy` →
 /// `/usr/sbin/ip6tables-legacy`, `iptables` → `ip6tables`. None when the name does not start
 /// with `iptables`.
-pub fn ip6tables_beside(bin: &Path) -> Option<PathBuf> {
+pub(crate) fn ip6tables_beside(bin: &Path) -> Option<PathBuf> {
     let name = bin.file_name()?.to_str()?;
     let rest = name.strip_prefix("iptables")?;
     Some(bin.with_file_name(format!("ip6tables{rest}")))
 }
 
 /// Finds `name` in `path_var` (a `$PATH` value), then in [`SBIN_DIRS`].
-pub fn find_binary(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+pub(crate) fn find_binary(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     let from_path = path_var
         .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -413,7 +358,7 @@ pub fn find_binary(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<Pat
         .find(|p| is_executable(p))
 }
 
-pub fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -514,13 +459,13 @@ mod tests {
             )]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), Family::V4, &r);
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r);
         let e = ipt
-            .check("DOCKER-USER", &["-j".into(), "DROP".into()])
+            .insert("DOCKER-USER", 1, &["-j".into(), "DROP".into()])
             .unwrap_err();
         let m = e.to_string();
         assert!(
-            m.contains("`/usr/sbin/iptables -w 10 -t filter -C DOCKER-USER -j DROP`"),
+            m.contains("`/usr/sbin/iptables -w 10 -t filter -I DOCKER-USER 1 -j DROP`"),
             "{m}"
         );
         assert!(m.contains("holding the xtables lock"), "{m}");
@@ -533,7 +478,7 @@ mod tests {
             Mutex::new(vec![Err(io::Error::from(io::ErrorKind::NotFound))]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("iptables".into(), Family::V4, &r);
+        let ipt = Ipt::new("iptables".into(), &r);
         let m = ipt.backend().unwrap_err().to_string();
         assert!(m.contains("install the package `iptables`"), "{m}");
     }
@@ -541,7 +486,7 @@ mod tests {
     #[test]
     fn siblings_and_ip6tables() {
         let r = Canned(Mutex::new(vec![]), Mutex::new(vec![]));
-        let ipt = Ipt::new("/usr/sbin/iptables-legacy".into(), Family::V4, &r);
+        let ipt = Ipt::new("/usr/sbin/iptables-legacy".into(), &r);
         assert_eq!(
             ipt.sibling("-restore"),
             PathBuf::from("/usr/sbin/iptables-legacy-restore")

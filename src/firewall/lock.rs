@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The lock file, relative to the root.
@@ -16,10 +16,8 @@ pub const LOCK_FILE: &str = "/run/ecs-bootstrap/firewall.lock";
 
 /// Held until dropped.
 #[derive(Debug)]
-pub struct FirewallLock {
+pub(crate) struct FirewallLock {
     _flock: Flock<File>,
-    pub path: PathBuf,
-    pub waited: Duration,
 }
 
 /// Takes the lock, waiting at most `patience`. The error names the path and what to do.
@@ -44,11 +42,7 @@ pub fn acquire(path: &Path, patience: Duration) -> anyhow::Result<FirewallLock> 
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(flock) => {
-                return Ok(FirewallLock {
-                    _flock: flock,
-                    path: path.to_owned(),
-                    waited: start.elapsed(),
-                });
+                return Ok(FirewallLock { _flock: flock });
             }
             Err((f, Errno::EWOULDBLOCK)) | Err((f, Errno::EINTR)) => {
                 if start.elapsed() >= patience {

@@ -59,12 +59,49 @@ impl Op {
 
 /// What became of one of our rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RuleState {
     Present,
     Added,
     Moved,
     Removed,
+}
+
+/// What becomes of `-j DOCKER-USER` in FORWARD (default placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Jump {
+    /// First in FORWARD, once, already.
+    Present,
+    /// Put first in FORWARD (and any other copy removed).
+    Placed,
+    /// Removed with the empty chain (`--remove`).
+    Removed,
+}
+
+/// Why a line of ours (or the seed rule) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The documented rule at the top of FORWARD, replaced by ours in DOCKER-USER.
+    SeedRule,
+    /// Ours for an interface or chain no longer given.
+    NoLongerWanted,
+    /// `block-imds --remove`.
+    Remove,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Why::SeedRule => {
+                "the documented FORWARD rule: ours covers it and, unlike it, survives dockerd restarts"
+            }
+            Why::NoLongerWanted => "no longer wanted (--interface or --chain changed)",
+            Why::Remove => "block-imds --remove",
+        })
+    }
 }
 
 /// The plan for one family.
@@ -74,13 +111,13 @@ pub struct Plan {
     pub chain_created: bool,
     /// Our interfaces and what happens to their rule.
     pub rules: Vec<(String, RuleState)>,
-    /// The jump (default placement): "present" or "placed" (or "removed").
-    pub jump: Option<&'static str>,
+    /// The jump (default placement).
+    pub jump: Option<Jump>,
     pub duplicate_jumps_removed: usize,
     /// Rules of others that sat above one of ours (they stay, below ours).
     pub moved_above: Vec<String>,
     /// Lines of ours (or the seed rule) that go, with the reason.
-    pub removed: Vec<(String, &'static str)>,
+    pub removed: Vec<(String, Why)>,
 }
 
 /// The spec `-D` needs for a line `classify` recognised.
@@ -153,7 +190,7 @@ fn plan_assert(table: &[String], set: &RuleSet) -> Plan {
             .zip(&own)
             .all(|(i, l)| set.is_rule_for(l, i));
     // Every line of ours (or to replace) in either chain, with its position in its chain.
-    let mut found: Vec<(&str, usize, Line)> = vec![];
+    let mut found: Vec<Found> = vec![];
     for (c, rules) in [(DOCKER_USER, &du), (FORWARD, &fwd)] {
         for (pos, l) in rules.iter().enumerate() {
             let k = set.classify(l);
@@ -178,88 +215,106 @@ fn plan_assert(table: &[String], set: &RuleSet) -> Plan {
             .map(|i| (i.clone(), RuleState::Present))
             .collect();
     } else {
-        // Everything of ours goes and comes back at the top, in one transaction.
-        for (c, _, k) in &found {
-            if let Some((ch, spec)) = spec_of(set, k) {
-                p.ops.push(Op::Delete { chain: ch, spec });
-            }
-            match k {
-                Line::Ours { chain: lc, iface } if lc == chain && set.wants(iface) => {}
-                Line::Moving { .. } => {}
-                Line::Plain { .. } if *c == FORWARD && set.placement == Placement::DockerUser => {
-                    p.removed.push((
-                        render_line(set, k),
-                        "the documented FORWARD rule: ours covers it and, unlike it, survives dockerd restarts",
-                    ));
-                }
-                Line::Plain { .. } => {}
-                _ => p.removed.push((
-                    render_line(set, k),
-                    "no longer wanted (--interface or --chain changed)",
-                )),
-            }
-        }
-        for iface in set.interfaces.iter().rev() {
-            p.ops.push(Op::InsertTop {
-                chain: chain.into(),
-                spec: set.spec(iface),
-            });
-        }
-        let last_ours = found
-            .iter()
-            .filter(|(c, _, _)| *c == chain)
-            .map(|(_, pos, _)| *pos)
-            .max();
-        if let Some(last) = last_ours {
-            p.moved_above = own[..last]
-                .iter()
-                .filter(|l| !is_ours_to_replace(set, &set.classify(l)))
-                .map(|l| l.to_string())
-                .collect();
-        }
-        p.rules = set
-            .interfaces
-            .iter()
-            .map(|i| {
-                let had = found.iter().any(|(_, _, k)| {
-                    matches!(k, Line::Ours { iface, .. } | Line::Plain { iface, .. } | Line::Moving { iface, .. } if iface == i)
-                });
-                (
-                    i.clone(),
-                    if had {
-                        RuleState::Moved
-                    } else {
-                        RuleState::Added
-                    },
-                )
-            })
-            .collect();
+        let m = move_to_top(set, &found, &own);
+        p.ops.extend(m.ops);
+        p.rules = m.rules;
+        p.moved_above = m.moved_above;
+        p.removed = m.removed;
     }
-
     if set.placement == Placement::DockerUser {
-        let jumps: Vec<Line> = fwd
-            .iter()
-            .map(|l| set.classify(l))
-            .filter(|k| matches!(k, Line::Jump | Line::MovingJump))
-            .collect();
-        let first = fwd.first().map(|l| set.classify(l)) == Some(Line::Jump);
-        let plain = jumps.iter().filter(|k| **k == Line::Jump).count();
-        if first && jumps.len() == 1 {
-            p.jump = Some("present");
-        } else {
-            p.jump = Some(if first { "present" } else { "placed" });
-            for k in &jumps {
-                if let Some((ch, spec)) = spec_of(set, k) {
-                    p.ops.push(Op::Delete { chain: ch, spec });
-                }
+        let j = place_jump(set, &fwd);
+        p.ops.extend(j.ops);
+        p.jump = j.jump;
+        p.duplicate_jumps_removed = j.duplicate_jumps_removed;
+    }
+    p
+}
+
+/// A line of ours (or one to replace) found in a chain: the chain, its position there, what
+/// it is.
+type Found<'a> = (&'a str, usize, Line);
+
+/// Everything of ours goes and comes back at the top, in one transaction: the part of the plan
+/// for our DROP rules (ops, rules, moved_above, removed).
+fn move_to_top(set: &RuleSet, found: &[Found], own: &[&str]) -> Plan {
+    let chain = set.chain();
+    let mut p = Plan::default();
+    for (c, _, k) in found {
+        if let Some((ch, spec)) = spec_of(set, k) {
+            p.ops.push(Op::Delete { chain: ch, spec });
+        }
+        match k {
+            Line::Ours { chain: lc, iface } if lc == chain && set.wants(iface) => {}
+            Line::Moving { .. } => {}
+            Line::Plain { .. } if *c == FORWARD && set.placement == Placement::DockerUser => {
+                p.removed.push((render_line(set, k), Why::SeedRule));
             }
-            p.ops.push(Op::InsertTop {
-                chain: FORWARD.into(),
-                spec: jump_spec(None),
-            });
-            p.duplicate_jumps_removed = plain.saturating_sub(usize::from(first));
+            Line::Plain { .. } => {}
+            _ => p.removed.push((render_line(set, k), Why::NoLongerWanted)),
         }
     }
+    for iface in set.interfaces.iter().rev() {
+        p.ops.push(Op::InsertTop {
+            chain: chain.into(),
+            spec: set.spec(iface),
+        });
+    }
+    let last_ours = found
+        .iter()
+        .filter(|(c, _, _)| *c == chain)
+        .map(|(_, pos, _)| *pos)
+        .max();
+    if let Some(last) = last_ours {
+        p.moved_above = own[..last]
+            .iter()
+            .filter(|l| !is_ours_to_replace(set, &set.classify(l)))
+            .map(|l| l.to_string())
+            .collect();
+    }
+    p.rules = set
+        .interfaces
+        .iter()
+        .map(|i| {
+            let had = found.iter().any(|(_, _, k)| {
+                matches!(k, Line::Ours { iface, .. } | Line::Plain { iface, .. } | Line::Moving { iface, .. } if iface == i)
+            });
+            let state = if had {
+                RuleState::Moved
+            } else {
+                RuleState::Added
+            };
+            (i.clone(), state)
+        })
+        .collect();
+    p
+}
+
+/// `-j DOCKER-USER` first in FORWARD, exactly once: the part of the plan for the jump (ops,
+/// jump, duplicate_jumps_removed).
+fn place_jump(set: &RuleSet, fwd: &[&str]) -> Plan {
+    let mut p = Plan::default();
+    let jumps: Vec<Line> = fwd
+        .iter()
+        .map(|l| set.classify(l))
+        .filter(|k| matches!(k, Line::Jump | Line::MovingJump))
+        .collect();
+    let first = fwd.first().map(|l| set.classify(l)) == Some(Line::Jump);
+    if first && jumps.len() == 1 {
+        p.jump = Some(Jump::Present);
+        return p;
+    }
+    p.jump = Some(if first { Jump::Present } else { Jump::Placed });
+    for k in &jumps {
+        if let Some((ch, spec)) = spec_of(set, k) {
+            p.ops.push(Op::Delete { chain: ch, spec });
+        }
+    }
+    p.ops.push(Op::InsertTop {
+        chain: FORWARD.into(),
+        spec: jump_spec(None),
+    });
+    let plain = jumps.iter().filter(|k| **k == Line::Jump).count();
+    p.duplicate_jumps_removed = plain.saturating_sub(usize::from(first));
     p
 }
 
@@ -284,8 +339,7 @@ fn plan_remove(table: &[String], set: &RuleSet) -> Plan {
                 if let Some((ch, spec)) = spec_of(set, &k) {
                     p.ops.push(Op::Delete { chain: ch, spec });
                 }
-                p.removed
-                    .push((render_line(set, &k), "block-imds --remove"));
+                p.removed.push((render_line(set, &k), Why::Remove));
             } else if c == DOCKER_USER {
                 left_in_du += 1;
             }
@@ -325,7 +379,7 @@ fn plan_remove(table: &[String], set: &RuleSet) -> Plan {
             }
         }
         p.ops.push(Op::DeleteChain(DOCKER_USER));
-        p.jump = Some("removed");
+        p.jump = Some(Jump::Removed);
     }
     p
 }
@@ -384,7 +438,7 @@ mod tests {
         );
         assert!(p.chain_created);
         assert_eq!(p.rules, [("docker+".to_owned(), RuleState::Added)]);
-        assert_eq!(p.jump, Some("placed"));
+        assert_eq!(p.jump, Some(Jump::Placed));
     }
 
     #[test]
@@ -398,7 +452,7 @@ mod tests {
         ]);
         let p = plan(&t, &set(Placement::DockerUser, &["docker+"]), Mode::Assert);
         assert!(p.ops.is_empty(), "{p:?}");
-        assert_eq!(p.jump, Some("present"));
+        assert_eq!(p.jump, Some(Jump::Present));
     }
 
     /// A RETURN (dockerd's tail) or an admin's ACCEPT above our DROP: the block does not hold;
@@ -448,7 +502,7 @@ mod tests {
         );
         assert_eq!(p.removed.len(), 2, "{:?}", p.removed);
         assert_eq!(p.rules, [("docker+".to_owned(), RuleState::Moved)]);
-        assert_eq!(p.jump, Some("placed"));
+        assert_eq!(p.jump, Some(Jump::Placed));
     }
 
     #[test]

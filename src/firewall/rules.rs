@@ -5,14 +5,15 @@
 use serde::Serialize;
 
 /// The DROP target for IPv4 (the instance metadata service).
-pub const IMDS_V4: &str = "169.254.169.254/32";
+pub(crate) const IMDS_V4: &str = "169.254.169.254/32";
 /// The DROP target for IPv6 (IMDS on Nitro instances with IPv6 enabled).
-pub const IMDS_V6: &str = "fd00:ec2::254/128";
+pub(crate) const IMDS_V6: &str = "fd00:ec2::254/128";
 /// The chain dockerd never rewrites and keeps jumped to first from FORWARD.
-pub const DOCKER_USER: &str = "DOCKER-USER";
-pub const FORWARD: &str = "FORWARD";
+pub(crate) const DOCKER_USER: &str = "DOCKER-USER";
+pub(crate) const FORWARD: &str = "FORWARD";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     V4,
@@ -20,7 +21,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub fn imds(self) -> &'static str {
+    pub(crate) fn imds(self) -> &'static str {
         match self {
             Family::V4 => IMDS_V4,
             Family::V6 => IMDS_V6,
@@ -45,6 +46,7 @@ impl Family {
 
 /// Where the DROP rule goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub enum Placement {
     /// Top of DOCKER-USER, with `-j DOCKER-USER` first in FORWARD (the default).
     #[serde(rename = "DOCKER-USER")]
@@ -66,10 +68,10 @@ impl Placement {
 /// The comment our rules carry (`-m comment --comment ecs-bootstrap`): it makes them ours
 /// beyond doubt, so a change of `--interface` or `--chain`, or `block-imds --remove`, removes
 /// exactly what we added. The comment match works alike on iptables-nft and iptables-legacy.
-pub const COMMENT: &str = "ecs-bootstrap";
+pub(crate) const COMMENT: &str = "ecs-bootstrap";
 /// The comment of a temporary copy that holds the block while a rule is moved one command at a
 /// time (deleting by rule spec deletes the first match, so the copy must differ).
-pub const MOVING_COMMENT: &str = "ecs-bootstrap-moving";
+pub(crate) const MOVING_COMMENT: &str = "ecs-bootstrap-moving";
 
 /// Everything one family needs: chain, interfaces, destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +102,7 @@ pub enum Line {
 
 /// `-A`/`-I` (any spelling) and the chain of a rule line; None for anything else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Append,
     /// `-I CHAIN [POS]`
     Insert(usize),
@@ -118,7 +120,7 @@ struct Parsed {
 }
 
 /// Splits a line as iptables-restore does: on blanks, with double quotes grouping.
-pub fn tokens(line: &str) -> Vec<String> {
+pub(crate) fn tokens(line: &str) -> Vec<String> {
     let mut out = vec![];
     let mut cur = String::new();
     let mut quoted = false;
@@ -148,7 +150,7 @@ pub fn tokens(line: &str) -> Vec<String> {
 }
 
 /// The operation, chain and the rest of a rule line (`-A CHAIN ...`, `--insert CHAIN 2 ...`).
-pub fn split_rule(line: &str) -> Option<(Op, String, Vec<String>)> {
+pub(crate) fn split_rule(line: &str) -> Option<(Op, String, Vec<String>)> {
     let mut t = tokens(line);
     // `iptables-save -c` puts the counters first: `[5:300] -A CHAIN ...`.
     if t.first()
@@ -210,12 +212,12 @@ impl RuleSet {
     }
 
     /// The rule specification (after `-C/-I/-D CHAIN [N]`) for one interface, with our comment.
-    pub fn spec(&self, iface: &str) -> Vec<String> {
+    pub(crate) fn spec(&self, iface: &str) -> Vec<String> {
         self.spec_with(iface, Some(COMMENT))
     }
 
     /// The rule specification with another comment, or none (the seed rule's spelling).
-    pub fn spec_with(&self, iface: &str, comment: Option<&str>) -> Vec<String> {
+    pub(crate) fn spec_with(&self, iface: &str, comment: Option<&str>) -> Vec<String> {
         let mut s: Vec<String> = ["-d", self.family.imds(), "-i", iface]
             .map(str::to_owned)
             .to_vec();
@@ -233,7 +235,7 @@ impl RuleSet {
 
     /// The rule as a rules file holds it: inserted at the top, so that it comes first after a
     /// restore whatever the file's other lines do.
-    pub fn insert_line(&self, iface: &str) -> String {
+    pub(crate) fn insert_line(&self, iface: &str) -> String {
         format!("-I {} 1 {}", self.chain(), self.spec(iface).join(" "))
     }
 
@@ -291,7 +293,7 @@ impl RuleSet {
 
     /// Whether `line` is our DROP rule for `iface` in our chain, in any option order and in
     /// short or long option spelling, with or without the host prefix.
-    pub fn is_rule_for(&self, line: &str, iface: &str) -> bool {
+    pub(crate) fn is_rule_for(&self, line: &str, iface: &str) -> bool {
         matches!(self.classify(line), Line::Ours { chain, iface: i } if chain == self.chain() && i == iface)
     }
 
@@ -301,7 +303,7 @@ impl RuleSet {
     }
 
     /// Whether `iface` is one of the interfaces we block.
-    pub fn wants(&self, iface: &str) -> bool {
+    pub(crate) fn wants(&self, iface: &str) -> bool {
         self.interfaces.iter().any(|i| i == iface)
     }
 }
@@ -311,7 +313,7 @@ impl RuleSet {
 /// no `:` and not `.` or `..` (the kernel never names an interface so). Shell-glob characters
 /// (`*`, `?`, `[`, `]`) are refused: iptables would match them literally, so `docker*` blocks
 /// nothing. The error says what is wrong and the fix.
-pub fn validate_interface(p: &str) -> Result<(), String> {
+pub(crate) fn validate_interface(p: &str) -> Result<(), String> {
     if let Some(at) = p.find(['*', '?', '[', ']']) {
         let stem = p[..at].trim_end_matches('+');
         return Err(format!(

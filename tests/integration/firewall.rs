@@ -3,7 +3,7 @@
 //! docker0 bridge to listeners on 169.254.169.254, fd00:ec2::254 and 198.51.100.10.
 
 use crate::harness::netns::*;
-use ecs_bootstrap::firewall::iptables::{Ipt, IptError, Presence};
+use ecs_bootstrap::firewall::iptables::{Ipt, IptError};
 use ecs_bootstrap::firewall::rules::Family;
 use ecs_bootstrap::sys::SystemRunner;
 use std::path::Path;
@@ -27,7 +27,7 @@ both_backends! {
     restored_persisted_file_blocks_in_fresh_namespace_and_al2_sample_is_replaced => restore_after_al2_sample;
     docker_layouts_replayed_after_and_before_us_keep_the_block => docker_replay_keeps_block;
     forward_placement_is_bypassed_by_docker_replay => forward_placement_bypassed;
-    runner_tells_absent_chain_missing_and_failed_apart => runner_kinds;
+    runner_tells_existing_chain_gone_rule_and_failure_apart => runner_kinds;
     full_save_writes_a_restorable_stable_file => full_save;
     invalid_existing_rules_file_is_left_alone_with_a_clear_error => invalid_file_untouched;
     rules_file_over_the_size_cap_is_left_alone_and_the_rule_still_asserted => oversized_file_untouched;
@@ -367,33 +367,42 @@ fn runner_kinds(bin: &str) {
     let bin = bin.to_owned();
     host.within(move || {
         let runner = SystemRunner::default();
-        let ipt = Ipt::new(bin.clone().into(), Family::V4, &runner);
+        let ipt = Ipt::new(bin.clone().into(), &runner);
         let spec: Vec<String> = ["-d", "169.254.169.254/32", "-i", "docker+", "-j", "DROP"]
             .map(String::from)
             .to_vec();
-        // Chain missing.
-        let e = ipt.list("DOCKER-USER").unwrap_err();
-        assert!(matches!(e, IptError::ChainMissing { .. }), "{e}");
-        assert!(
-            e.to_string()
-                .contains(&format!("`{bin} -w 10 -t filter -S DOCKER-USER`")),
-            "{e}"
-        );
-        // Created; rule absent; then present.
+        let listed = |ipt: &Ipt| {
+            let (t, _) = ipt.list_table().unwrap();
+            t.iter()
+                .filter(|l| *l == "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -j DROP")
+                .count()
+        };
+        // A chain created meanwhile (by dockerd) is not an error.
         assert!(ipt.new_chain("DOCKER-USER").unwrap());
         assert!(
             !ipt.new_chain("DOCKER-USER").unwrap(),
             "already exists is not an error"
         );
-        assert_eq!(ipt.check("DOCKER-USER", &spec).unwrap(), Presence::Absent);
         ipt.insert("DOCKER-USER", 1, &spec).unwrap();
-        assert_eq!(ipt.check("DOCKER-USER", &spec).unwrap(), Presence::Present);
-        // Failed: a bad target is neither "absent" nor "chain missing"; stderr is named.
+        assert_eq!(listed(&ipt), 1);
+        // A rule removed meanwhile (by someone else) is not an error either.
+        assert!(ipt.delete_spec("DOCKER-USER", &spec).unwrap());
+        assert_eq!(listed(&ipt), 0);
+        assert!(
+            !ipt.delete_spec("DOCKER-USER", &spec).unwrap(),
+            "a rule already gone is not an error"
+        );
+        // Failed: a bad target is a failure naming the command line and stderr.
         let bad: Vec<String> = ["-j", "NO-SUCH-TARGET"].map(String::from).to_vec();
-        let e = ipt.check("DOCKER-USER", &bad).unwrap_err();
+        let e = ipt.insert("DOCKER-USER", 1, &bad).unwrap_err();
         assert!(matches!(e, IptError::Failed { .. }), "{e:?}");
         let m = e.to_string();
-        assert!(m.contains("-C DOCKER-USER -j NO-SUCH-TARGET`"), "{m}");
+        assert!(
+            m.contains(&format!(
+                "`{bin} -w 10 -t filter -I DOCKER-USER 1 -j NO-SUCH-TARGET`"
+            )),
+            "{m}"
+        );
         assert!(m.contains("NO-SUCH-TARGET"), "{m}");
         // Backend.
         let b = ipt.backend().unwrap();
@@ -477,7 +486,7 @@ fn invalid_file_untouched(bin: &str) {
 /// the figure and the fix, the file as it was, and the kernel rule in place. The control: the
 /// same file 1 KiB under the cap is merged.
 fn oversized_file_untouched(bin: &str) {
-    let cap = ecs_bootstrap::firewall::persist::MAX_RULES_FILE as usize;
+    let cap = ecs_bootstrap::firewall::MAX_RULES_FILE as usize;
     let root = tempdir();
     let (f4, _) = files(root.path());
     let rules = |size: usize| {
@@ -822,7 +831,7 @@ fn docker_dropin_reasserts_without_persisting() {
 /// here it is, for both families, both placements, both backends and several interface lists.
 #[test]
 fn minimal_rendering_passes_restore_test_on_both_backends() {
-    use ecs_bootstrap::firewall::persist::minimal;
+    use ecs_bootstrap::firewall::merge::minimal;
     use ecs_bootstrap::firewall::rules::{Placement, RuleSet};
     let host = Ns::new("m");
     let lists: [&[&str]; 3] = [

@@ -14,6 +14,7 @@ mod faults;
 mod firewall;
 mod firewall_dockerd;
 mod iam_policy;
+mod logging;
 mod posture;
 mod properties;
 mod prove;

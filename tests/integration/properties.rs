@@ -7,7 +7,7 @@
 //! The cargo-fuzz targets in fuzz/ check the same merge properties on arbitrary bytes.
 
 use ecs_bootstrap::config::parse::{At, Config, Severity, parse};
-use ecs_bootstrap::firewall::persist::{MARKER, merge, minimal, replay_filter};
+use ecs_bootstrap::firewall::merge::{MARKER, merge, minimal, replay_filter};
 use ecs_bootstrap::firewall::rules::{Family, Line, Placement, RuleSet};
 use proptest::prelude::*;
 

@@ -217,6 +217,220 @@ fn prove_cleans_up_when_terminated_and_sweeps_after_a_kill() {
     assert_clean(&sb, pid2);
 }
 
+/// SIGHUP (an ssh session dropping) ends the run as SIGTERM does: the guard removes the probe
+/// namespace, its veth and the host's neighbour entry for the probe's address. The signal goes
+/// once that entry exists (the host learnt the probe's MAC from its control connection), so
+/// the test sees the guard remove it.
+#[test]
+fn prove_cleans_up_after_sighup() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    // Blocked: each probe waits for its connect timeout, a window to interrupt it in.
+    block(&sb);
+    let before = neighbours(&sb, "docker0");
+    let child = spawn_prove(&sb);
+    let pid = child.id();
+    let _guard = NsGuard(probe_ns(pid));
+    wait_for(
+        "the probe namespace and the host's neighbour entry for the probe",
+        Duration::from_secs(10),
+        || has_ns(&probe_ns(pid)) && neighbours(&sb, "docker0").len() > before.len(),
+    );
+    let during = neighbours(&sb, "docker0");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(129), "SIGHUP: exit 128+1\n{stderr}");
+    assert!(stderr.contains("SIGHUP"), "{stderr}");
+    assert!(
+        !has_ns(&probe_ns(pid)),
+        "the guard removed the namespace before exit"
+    );
+    assert_clean(&sb, pid);
+    let after = neighbours(&sb, "docker0");
+    let left: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
+    assert!(
+        left.is_empty(),
+        "neighbour entries left by the probe: {left:?} (before {before:?}, during {during:?})"
+    );
+}
+
+/// The free-address search takes the time left, not its own 16 x 300 ms: on a bridge whose
+/// every address answers ARP but drops TCP (a "crowd": one namespace holding the whole subnet),
+/// each candidate costs the full wait. With --deadline 1 the process ends within about a second
+/// of it; the control, with time enough, spends the whole search and finds no free address.
+#[test]
+fn prove_free_address_search_ends_at_the_deadline() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    let br = "br-crowd";
+    for argv in [
+        &["ip", "link", "add", br, "type", "bridge"][..],
+        &["ip", "addr", "add", "10.98.0.1/26", "dev", br],
+        &["ip", "link", "set", br, "up"],
+    ] {
+        let r = sb.exec(Ns::Host, argv);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+    let crowd = format!("ebst-{}-crowd", sb.name);
+    let st = Command::new("ip").args(["netns", "add", &crowd]).status();
+    assert!(st.unwrap().success());
+    let _crowd_guard = NsGuard(crowd.clone());
+    let host_if = format!("ec{}cr", sb.name);
+    for argv in [
+        vec![
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &crowd,
+        ],
+        vec!["ip", "link", "set", &host_if, "master", br, "up"],
+    ] {
+        let r = sb.exec(Ns::Host, &argv);
+        assert_eq!(r.code, Some(0), "{argv:?}: {}", r.stderr);
+    }
+    // Every address of the /26 but the bridge's is local to the crowd (it answers ARP for
+    // each), and the crowd drops TCP (no reset: each attempt waits).
+    let mut steps = vec![
+        vec![
+            "ip",
+            "-n",
+            &crowd,
+            "addr",
+            "add",
+            "10.98.0.62/26",
+            "dev",
+            "eth0",
+        ],
+        vec!["ip", "-n", &crowd, "link", "set", "eth0", "up"],
+        vec!["ip", "-n", &crowd, "link", "set", "lo", "up"],
+        vec![
+            "ip", "netns", "exec", &crowd, "iptables", "-w", "5", "-A", "INPUT", "-p", "tcp", "-j",
+            "DROP",
+        ],
+    ];
+    for net in [
+        "10.98.0.2/31",
+        "10.98.0.4/30",
+        "10.98.0.8/29",
+        "10.98.0.16/28",
+        "10.98.0.32/27",
+    ] {
+        steps.push(vec![
+            "ip", "-n", &crowd, "route", "add", "local", net, "dev", "lo",
+        ]);
+    }
+    for argv in steps {
+        let o = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(o.status.success(), "{argv:?}: {o:?}");
+    }
+
+    let timed = |deadline: &str| {
+        let t = std::time::Instant::now();
+        let (pid, r) = run_pid(
+            &sb,
+            &[
+                "prove",
+                "--bridge",
+                br,
+                "--ipv6",
+                "off",
+                "--deadline",
+                deadline,
+            ],
+        );
+        (t.elapsed(), pid, r)
+    };
+    // Control: the whole search, every candidate taken.
+    let (took, pid, r) = timed("30");
+    r.assert_code(8).assert_contains("no free address");
+    assert!(
+        took >= Duration::from_millis(4500),
+        "16 candidates at 300 ms each: the search is slow here ({took:?}), else this test proves nothing"
+    );
+    assert_clean(&sb, pid);
+    let (took, pid, r) = timed("1");
+    assert!(
+        took < Duration::from_millis(2500),
+        "--deadline 1: the process ended after {took:?}\n{}",
+        r.all()
+    );
+    assert!(matches!(r.code, Some(7 | 8)), "{}", r.all());
+    assert!(r.all().contains("deadline"), "{}", r.all());
+    assert_clean(&sb, pid);
+}
+
+/// A held xtables lock (iptables-legacy, its lock file moved to the test's own with
+/// `XTABLES_LOCKFILE`, so no other iptables on the machine waits for it): prove's iptables
+/// calls wait for it only until the deadline, not 10 s each. The control: the lock is held
+/// (another iptables gives up on it).
+#[test]
+fn prove_waits_for_a_held_xtables_lock_only_until_the_deadline() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("xtables.lock");
+    std::fs::write(&lock, "").unwrap();
+    /// The lock holder, killed when the test ends.
+    struct Holder(Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _holder = Holder(
+        Command::new("flock")
+            .arg(&lock)
+            .args(["sleep", "60"])
+            .spawn()
+            .expect("flock (util-linux)"),
+    );
+    let legacy = "/usr/sbin/iptables-legacy";
+    wait_for("the lock to be held", Duration::from_secs(10), || {
+        let o = Command::new(legacy)
+            .args(["-w", "1", "-S", "INPUT"])
+            .env("XTABLES_LOCKFILE", &lock)
+            .output()
+            .unwrap();
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("lock")
+    });
+
+    let t = std::time::Instant::now();
+    let child = sb
+        .cmd()
+        .env("XTABLES_LOCKFILE", &lock)
+        .args([
+            "prove",
+            "--ipv6",
+            "off",
+            "--iptables",
+            legacy,
+            "--deadline",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_millis(4500),
+        "--deadline 3 with the xtables lock held: the process ended after {took:?}\n{text}"
+    );
+    assert!(matches!(out.status.code(), Some(7 | 8)), "{text}");
+    assert!(text.contains("deadline"), "{text}");
+    assert_clean(&sb, pid);
+}
+
 #[test]
 fn prove_without_docker0_says_so() {
     let _s = serial();
@@ -256,7 +470,7 @@ fn prove_without_docker0_says_so() {
     assert!(!has_ns(&probe_ns(pid)), "{}", netns_list());
 }
 
-/// The issue's case: no rule at all and forwarding off in the host namespace. The container
+/// No rule at all and forwarding off in the host namespace. The container
 /// cannot reach IMDS, but nothing of ours blocks it: "not proven" (8), never "blocked" (0).
 /// (The control, forwarding on and no rule, is the first test: reachable, 6.)
 #[test]
@@ -490,8 +704,8 @@ fn containers_reached_from_host(sb: &Sandbox, c: &Containers, bridge: &str) {
 /// The probe takes a free address, never a container's: on a /28 with containers on .2-.14
 /// but .7 it takes .7, and leaves no neighbour entry for it; every container still gets the
 /// host's traffic, each neighbour entry its own MAC. With .7 taken too, no address is free:
-/// not proven (8), nobody's address taken. (Formerly the probe took an address near the top
-/// whoever held it, and the host's entry for it pointed at the deleted probe's MAC.)
+/// not proven (8), nobody's address taken. (A probe on a container's address would leave the
+/// host's entry for it pointing at the deleted probe's MAC.)
 #[test]
 fn prove_takes_a_free_probe_address_and_leaves_containers_reachable() {
     let _s = serial();

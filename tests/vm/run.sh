@@ -8,9 +8,10 @@
 #   boot 1 (first boot): both units ran and succeeded, their order against dockerd, cloud-init
 #     and ecs.service, no ordering cycle, ecs.config 0600 with the cluster from user data,
 #     containers on docker0 and on a user-defined bridge blocked from IMDS while they reach
-#     moto through the same bridge (our rule's counter moved), the host reaches IMDS; then
-#     `systemctl restart docker` with a restart-policy container probing IMDS, without and
-#     with live-restore.
+#     moto through the same bridge (our rule's counter moved), the host reaches IMDS; each
+#     unit's outcome on the console (the serial log); a provoked config failure at priority err
+#     in the journal and, with its reason, on the console; then `systemctl restart docker` with
+#     a restart-policy container probing IMDS, without and with live-restore.
 #   boot 2 (reboot): the same checks, nothing changed (ecs.config, rules files), the block in
 #     the kernel before dockerd starts, no ordering cycle at the first boot's shutdown.
 #   boot 3: the iptables-legacy alternative, netfilter modules not loaded at boot: the
@@ -222,6 +223,12 @@ out=$(vm_ssh 'ls -l /etc/systemd/system/*.wants/ecs-bootstrap-* ; dpkg -s ecs-bo
 check "boot 1: the .deb is installed and its postinst enabled both units" "$out" \
     bash -c 'grep -q "install ok installed" <<<"$1" && grep -q "multi-user.target.wants/ecs-bootstrap-firewall.service" <<<"$1" && grep -q "ecs-bootstrap-config.service" <<<"$1"' _ "$out"
 boot_checks "boot 1"
+# The console (the serial log, what `aws ec2 get-console-output` returns): each unit's report.
+for u in ecs-bootstrap-firewall ecs-bootstrap-config; do
+    out=$(grep -aE "$u(\[[0-9]+\])?: " "$VM_SERIAL" | tail -n 8 || true)
+    check "boot 1: the console shows $u's outcome line (done, exit 0)" "$out" \
+        grep -qE "$u(\[[0-9]+\])?: done in [0-9]+ ms \(exit 0\)" <<<"$out"
+done
 block_checks "boot 1" iptables
 
 # Point 4: docker restarts with a restart-policy container, then with live-restore. First the
@@ -236,6 +243,54 @@ block_checks "boot 1 after restart" iptables
 vm_ssh 'printf "{\"live-restore\": true}\n" >/etc/docker/daemon.json && systemctl restart docker'
 restart_probe "boot 1, restart with live-restore"
 
+# reboot_and_wait NAME: reboots the guest and waits (bounded) until a new boot is up.
+reboot_and_wait() {
+    local boot_id b t
+    boot_id=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id')
+    vm_ssh 'systemctl reboot' || true
+    t=$SECONDS
+    while ((SECONDS - t < 600)); do
+        sleep 5
+        b=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id' 2>/dev/null || true)
+        [[ -n $b && $b != "$boot_id" ]] && break
+    done
+    VM_BOOT_T0=$t
+    vm_wait_up 900 || fail "$1: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
+    echo "$1: up in $((SECONDS - t)) s"
+}
+
+# Journal priorities and the console on a failure: the config unit with a source that does not
+# exist (a runtime drop-in, removed afterwards). The step's error is at err, shown by
+# `journalctl -p err` and `-p warning`; the report's closing line (info) is in the journal but
+# not under `-p warning` (the control: the filter filters); the console shows the outcome and
+# the reason, and not the log lines (stderr stays in the journal).
+dropin=/run/systemd/system/ecs-bootstrap-config.service.d
+vm_ssh "mkdir -p $dropin && printf '[Service]\nExecStart=\nExecStart=/usr/bin/ecs-bootstrap run --skip-firewall --source s3://$bucket/vmtest-missing.config --deadline 30 --report /run/ecs-bootstrap/report.json\n' >$dropin/90-vmtest-fail.conf && systemctl daemon-reload"
+t0=$(vm_ssh 'date +%s')
+sleep 1
+vm_ssh 'systemctl restart ecs-bootstrap-config.service' >/dev/null 2>&1 || true
+state=$(vm_ssh "systemctl show -p Result -p ExecMainStatus ecs-bootstrap-config.service | sort | tr '\n' ' '")
+err=$(vm_ssh "journalctl -b -q -o cat -p err -u ecs-bootstrap-config.service --since @$t0" || true)
+warn=$(vm_ssh "journalctl -b -q -o cat -p warning -u ecs-bootstrap-config.service --since @$t0" || true)
+all=$(vm_ssh "journalctl -b -q -o cat -u ecs-bootstrap-config.service --since @$t0" || true)
+check "boot 1: a failed fetch fails the config unit with exit 3" "$state" \
+    grep -qE "ExecMainStatus=3 Result=exit-code" <<<"$state"
+check "boot 1: journalctl -p err shows the config step's error (and no <N> prefix is left in it)" "$err" \
+    bash -c 'grep -qE "^ERROR .*(nothing was written|vmtest-missing)" <<<"$1" && ! grep -q "^<[0-9]>" <<<"$1"' _ "$err"
+check "boot 1: journalctl -p warning shows the error, and not the report's info line that the unfiltered journal holds" \
+    "$(printf -- '-p warning:\n%s\nall (last lines):\n%s' "$warn" "$(tail -n 4 <<<"$all")")" \
+    bash -c 'grep -qE "^ERROR .*(nothing was written|vmtest-missing)" <<<"$1" && ! grep -qE "failed in [0-9]+ ms" <<<"$1" &&
+        grep -qE "failed in [0-9]+ ms \(exit 3\)" <<<"$2"' _ "$warn" "$all"
+out=$(grep -aE "ecs-bootstrap-config(\[[0-9]+\])?: " "$VM_SERIAL" | tail -n 12 || true)
+check "boot 1: the console shows the failed config unit's outcome and reason, and no log line" "$out" \
+    bash -c 'grep -qE "ecs-bootstrap-config(\[[0-9]+\])?: failed in [0-9]+ ms \(exit 3\)" <<<"$1" &&
+        grep -qE "ecs-bootstrap-config(\[[0-9]+\])?: +error: .*(nothing was written|vmtest-missing)" <<<"$1" &&
+        ! grep -qE "ecs-bootstrap-config(\[[0-9]+\])?: (ERROR|WARN|INFO) " <<<"$1"' _ "$out"
+vm_ssh "rm -rf $dropin && systemctl daemon-reload && systemctl restart ecs-bootstrap-config.service" >/dev/null 2>&1 || true
+state=$(vm_ssh "systemctl show -p ActiveState -p Result -p ExecMainStatus ecs-bootstrap-config.service | sort | tr '\n' ' '")
+check "boot 1: the config unit succeeds again with its own source" "$state" \
+    test "$state" = "ActiveState=active ExecMainStatus=0 Result=success "
+
 hashes() {
     vm_ssh 'sha256sum /etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 2>&1; stat -c "%n %a %Y" /etc/ecs/ecs.config /etc/iptables/rules.v4 2>&1'
 }
@@ -243,17 +298,7 @@ h1=$(hashes)
 
 # ------------------------------------------------------------------ boot 2
 vm_log "boot 2 (reboot)"
-boot_id=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id')
-vm_ssh 'systemctl reboot' || true
-t=$SECONDS
-while ((SECONDS - t < 600)); do
-    sleep 5
-    b=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id' 2>/dev/null || true)
-    [[ -n $b && $b != "$boot_id" ]] && break
-done
-VM_BOOT_T0=$t
-vm_wait_up 900 || fail "boot 2: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
-echo "boot 2: up in $((SECONDS - t)) s"
+reboot_and_wait "boot 2"
 boot_checks "boot 2"
 h2=$(hashes)
 check "boot 2: the reboot changed nothing (ecs.config, rules files: content, mode, mtime)" "$h2" test "$h1" = "$h2"
@@ -273,17 +318,7 @@ vm_log "boot 3 (iptables-legacy alternative; no netfilter module loaded at boot)
 vm_ssh 'update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null &&
     update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null &&
     rm -f /etc/docker/daemon.json && ! grep -rqsE "ip_tables|iptable_" /etc/modules /etc/modules-load.d /usr/lib/modules-load.d'
-boot_id=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id')
-vm_ssh 'systemctl reboot' || true
-t=$SECONDS
-while ((SECONDS - t < 600)); do
-    sleep 5
-    b=$(vm_ssh 'cat /proc/sys/kernel/random/boot_id' 2>/dev/null || true)
-    [[ -n $b && $b != "$boot_id" ]] && break
-done
-VM_BOOT_T0=$t
-vm_wait_up 900 || fail "boot 3: the guest came up" "$(tail -n 40 "$VM_SERIAL")"
-echo "boot 3: up in $((SECONDS - t)) s"
+reboot_and_wait "boot 3"
 out=$(vm_ssh 'readlink -f /etc/alternatives/iptables; systemctl show -p Result -p ExecMainStatus ecs-bootstrap-firewall.service | tr "\n" " "; echo; journalctl -b -o cat -u ecs-bootstrap-firewall.service | tail -n 8')
 check "boot 3: on iptables-legacy the firewall unit succeeds under its sandbox" "$out" \
     bash -c 'grep -q xtables-legacy <<<"$1" && grep -qw "ExecMainStatus=0" <<<"$1" && grep -qw "Result=success" <<<"$1" && ! grep -q insmod <<<"$1"' _ "$out"
@@ -293,6 +328,24 @@ check "boot 3: before dockerd started, the legacy tables held our DROP rules" \
 block_checks "boot 3 (legacy)" iptables-legacy
 cycles=$(vm_ssh "journalctl -b -1 -o short-monotonic | grep -i 'ordering cycle'" || true)
 check "boot 3: no ordering cycle at boot 2's shutdown" "$cycles" test -z "$cycles"
+
+# The first-boot guard (ecs.service.d/20-ecs-bootstrap-first-boot.conf) under the real systemd:
+# an ecs.config that ecs-bootstrap never wrote (no sidecar) and that sets no ECS_CLUSTER keeps
+# the agent from starting; the operator's override lets it start (the control); the instance's
+# own files put back, it starts as before.
+guard=$(vm_ssh 'systemctl stop ecs.service
+    mv /etc/ecs/ecs.config.ecs-bootstrap /run/vmtest/sidecar.keep && cp -p /etc/ecs/ecs.config /run/vmtest/ecs.config.keep
+    printf "ECS_LOGLEVEL=info\n" >/etc/ecs/ecs.config
+    systemctl start ecs.service; echo "no-cluster: rc=$? $(systemctl is-active ecs.service)"
+    echo "guard lines: $(journalctl -b -o cat -u ecs.service | grep -c "ecs-bootstrap: not starting the ECS agent")"
+    touch /etc/ecs-bootstrap/allow-agent-defaults && systemctl reset-failed ecs.service
+    systemctl start ecs.service; echo "allowed: rc=$? $(systemctl is-active ecs.service)"
+    systemctl stop ecs.service; rm -f /etc/ecs-bootstrap/allow-agent-defaults
+    mv /run/vmtest/sidecar.keep /etc/ecs/ecs.config.ecs-bootstrap && cp -p /run/vmtest/ecs.config.keep /etc/ecs/ecs.config
+    systemctl reset-failed ecs.service; systemctl start ecs.service; echo "restored: rc=$? $(systemctl is-active ecs.service)"' || true)
+check "boot 3: the first-boot guard keeps the agent from starting on an ecs.config we never wrote without ECS_CLUSTER; the override and the restored files let it start" "$guard" \
+    bash -c 'grep -qx "no-cluster: rc=1 failed" <<<"$1" && grep -qE "^guard lines: [1-9]" <<<"$1" &&
+        grep -qx "allowed: rc=0 active" <<<"$1" && grep -qx "restored: rc=0 active" <<<"$1"' _ "$guard"
 
 vm_log "power off"
 vm_ssh 'systemctl poweroff' || true

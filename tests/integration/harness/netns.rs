@@ -171,41 +171,7 @@ impl Topo {
         ctr.ip(&["link", "set", "eth0", "up"]);
         ctr.ip(&["route", "add", "default", "via", "172.17.0.1"]);
         ctr.ip(&["-6", "route", "add", "default", "via", "fd00:d0c::1"]);
-        // Services: IMDS and another address, reached through the host.
-        host.ip(&[
-            "link",
-            "add",
-            "imds0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            svc.name(),
-        ]);
-        host.ip(&["addr", "add", "10.200.0.1/24", "dev", "imds0"]);
-        host.ip(&["addr", "add", "fd00:99::1/64", "dev", "imds0", "nodad"]);
-        host.ip(&["link", "set", "imds0", "up"]);
-        for a in ["10.200.0.2/24", "169.254.169.254/32", "198.51.100.10/32"] {
-            svc.ip(&["addr", "add", a, "dev", "eth0"]);
-        }
-        for a in ["fd00:99::2/64", "fd00:ec2::254/128"] {
-            svc.ip(&["addr", "add", a, "dev", "eth0", "nodad"]);
-        }
-        svc.ip(&["link", "set", "eth0", "up"]);
-        svc.ip(&["route", "add", "default", "via", "10.200.0.1"]);
-        svc.ip(&["-6", "route", "add", "default", "via", "fd00:99::1"]);
-        host.ip(&["route", "add", "169.254.169.254/32", "via", "10.200.0.2"]);
-        host.ip(&["route", "add", "198.51.100.10/32", "via", "10.200.0.2"]);
-        host.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:ec2::254/128",
-            "via",
-            "fd00:99::2",
-        ]);
+        services(&host, &svc);
         host.exec_ok(
             "sysctl",
             &[
@@ -230,6 +196,44 @@ impl Topo {
             _listeners: listeners,
         }
     }
+}
+
+/// The services namespace: IMDS (v4 and v6) and another address, reached through the host.
+fn services(host: &Ns, svc: &Ns) {
+    host.ip(&[
+        "link",
+        "add",
+        "imds0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        svc.name(),
+    ]);
+    host.ip(&["addr", "add", "10.200.0.1/24", "dev", "imds0"]);
+    host.ip(&["addr", "add", "fd00:99::1/64", "dev", "imds0", "nodad"]);
+    host.ip(&["link", "set", "imds0", "up"]);
+    for a in ["10.200.0.2/24", "169.254.169.254/32", "198.51.100.10/32"] {
+        svc.ip(&["addr", "add", a, "dev", "eth0"]);
+    }
+    for a in ["fd00:99::2/64", "fd00:ec2::254/128"] {
+        svc.ip(&["addr", "add", a, "dev", "eth0", "nodad"]);
+    }
+    svc.ip(&["link", "set", "eth0", "up"]);
+    svc.ip(&["route", "add", "default", "via", "10.200.0.1"]);
+    svc.ip(&["-6", "route", "add", "default", "via", "fd00:99::1"]);
+    host.ip(&["route", "add", "169.254.169.254/32", "via", "10.200.0.2"]);
+    host.ip(&["route", "add", "198.51.100.10/32", "via", "10.200.0.2"]);
+    host.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:ec2::254/128",
+        "via",
+        "fd00:99::2",
+    ]);
 }
 
 impl Default for Topo {
@@ -353,97 +357,50 @@ pub const JUMP: &str = "-A FORWARD -j DOCKER-USER";
 /// its rules inserted at the top of FORWARD, then (as dockerd's ensureJumpRule does) the
 /// DOCKER-USER jump deleted and re-inserted first, and the FORWARD policy DROP.
 pub fn replay_dockerd(host: &Ns, bin: &str, version: DockerLayout) {
-    let ipt = |args: &[&str]| {
+    let ipt = |line: &str| {
         let mut a = vec!["-w", "10"];
-        a.extend_from_slice(args);
+        a.extend(line.split_whitespace());
         host.exec(bin, &a)
     };
-    let ok = |args: &[&str]| {
-        let o = ipt(args);
-        assert!(
-            o.status.success(),
-            "replay `{bin} {}`: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
-        );
+    let ok = |lines: &[&str]| {
+        for line in lines {
+            let o = ipt(line);
+            assert!(
+                o.status.success(),
+                "replay `{bin} {line}`: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     };
     // `-N` of an existing chain fails, as for dockerd, which ignores it.
-    let _ = ipt(&["-N", "DOCKER-USER"]);
+    let _ = ipt("-N DOCKER-USER");
     match version {
-        DockerLayout::V20To27 => {
-            for c in [
-                "DOCKER",
-                "DOCKER-ISOLATION-STAGE-1",
-                "DOCKER-ISOLATION-STAGE-2",
-            ] {
-                ok(&["-N", c]);
-            }
-            ok(&["-A", "DOCKER-USER", "-j", "RETURN"]);
-            ok(&[
-                "-A",
-                "DOCKER-ISOLATION-STAGE-1",
-                "-i",
-                "docker0",
-                "!",
-                "-o",
-                "docker0",
-                "-j",
-                "DOCKER-ISOLATION-STAGE-2",
-            ]);
-            ok(&["-A", "DOCKER-ISOLATION-STAGE-1", "-j", "RETURN"]);
-            ok(&[
-                "-A",
-                "DOCKER-ISOLATION-STAGE-2",
-                "-o",
-                "docker0",
-                "-j",
-                "DROP",
-            ]);
-            ok(&["-A", "DOCKER-ISOLATION-STAGE-2", "-j", "RETURN"]);
+        DockerLayout::V20To27 => ok(&[
+            "-N DOCKER",
+            "-N DOCKER-ISOLATION-STAGE-1",
+            "-N DOCKER-ISOLATION-STAGE-2",
+            "-A DOCKER-USER -j RETURN",
+            "-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2",
+            "-A DOCKER-ISOLATION-STAGE-1 -j RETURN",
+            "-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP",
+            "-A DOCKER-ISOLATION-STAGE-2 -j RETURN",
             // Inserted at the top, bottom rule first, so the final order is dockerd's.
-            ok(&[
-                "-I", "FORWARD", "-i", "docker0", "-o", "docker0", "-j", "ACCEPT",
-            ]);
-            ok(&[
-                "-I", "FORWARD", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT",
-            ]);
-            ok(&["-I", "FORWARD", "-o", "docker0", "-j", "DOCKER"]);
-            ok(&[
-                "-I",
-                "FORWARD",
-                "-o",
-                "docker0",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "ACCEPT",
-            ]);
-            ok(&["-I", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1"]);
-        }
-        DockerLayout::V28 => {
-            ok(&["-N", "DOCKER-FORWARD"]);
-            ok(&[
-                "-A",
-                "DOCKER-FORWARD",
-                "-o",
-                "docker0",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "ACCEPT",
-            ]);
-            ok(&["-A", "DOCKER-FORWARD", "-i", "docker0", "-j", "ACCEPT"]);
-            ok(&["-I", "FORWARD", "-j", "DOCKER-FORWARD"]);
-        }
+            "-I FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "-I FORWARD -i docker0 ! -o docker0 -j ACCEPT",
+            "-I FORWARD -o docker0 -j DOCKER",
+            "-I FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-I FORWARD -j DOCKER-ISOLATION-STAGE-1",
+        ]),
+        DockerLayout::V28 => ok(&[
+            "-N DOCKER-FORWARD",
+            "-A DOCKER-FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A DOCKER-FORWARD -i docker0 -j ACCEPT",
+            "-I FORWARD -j DOCKER-FORWARD",
+        ]),
     }
     // ensureJumpRule: delete when present, insert at the top.
-    let _ = ipt(&["-D", "FORWARD", "-j", "DOCKER-USER"]);
-    ok(&["-I", "FORWARD", "-j", "DOCKER-USER"]);
-    ok(&["-P", "FORWARD", "DROP"]);
+    let _ = ipt("-D FORWARD -j DOCKER-USER");
+    ok(&["-I FORWARD -j DOCKER-USER", "-P FORWARD DROP"]);
 }
 
 #[derive(Debug, Clone, Copy)]
