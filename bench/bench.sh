@@ -6,8 +6,10 @@
 #   sudo bench/bench.sh [PAIRS]        # PAIRS paired runs, default 10 (at least 10)
 # Prints wall times (median, min, max), the ratio ours/theirs pair by pair and its median, peak
 # RSS, IMDS requests and token PUTs per run (from the emulator's log), the fetch step alone,
-# `--help` start-up, the stripped binary size, and PASS/FAIL per target of issue 7. Exits 1
-# when a target fails. The figures also go to target/bench/latest.txt.
+# `--help` start-up, the stripped binary size, the cost of one drift check (`block-imds
+# --drift` where the block is in place: wall time, and the processes it starts, counted with
+# strace), and PASS/FAIL per target of issue 7. Exits 1 when a target fails. The figures also
+# go to target/bench/latest.txt.
 #
 # Method (docs/benchmarks.md says more):
 # - Both sides run in the sandbox's host namespace through `ip netns exec` with a clean
@@ -148,6 +150,21 @@ for ((i = 0; i < pairs; i++)); do
     measure awsversion "${theirs[@]}" aws --version
 done
 
+log "drift check: block-imds --drift where the block is in place ($pairs runs)"
+reset
+drift=("${ours[@]}" block-imds --persist-file "$work/root/etc/sysconfig/iptables")
+"${drift[@]}" >"$work/out" 2>&1 || { cat "$work/out" >&2; echo "FAILED: block-imds" >&2; exit 1; }
+drift+=(--drift)
+for ((i = 0; i < pairs; i++)); do
+    measure drift "${drift[@]}"
+done
+# The programs one drift check starts (execve that succeeded, the binary itself left out).
+ip netns exec "$host" strace -f -qq -z -e trace=execve -e signal=none -o "$work/drift.trace" \
+    "$bin" --root "$work/root" block-imds --drift --persist-file "$work/root/etc/sysconfig/iptables" \
+    >"$work/out" 2>&1 || { cat "$work/out" >&2; echo "FAILED: traced drift check" >&2; exit 1; }
+drift_procs=$(($(grep -c 'execve(' "$work/drift.trace") - 1))
+drift_cmds=$(grep 'execve(' "$work/drift.trace" | tail -n +2 | sed -E 's/.*execve\("([^"]*)".*/\1/' | xargs -r -n1 basename | tr '\n' ' ')
+
 stripped=$work/ecs-bootstrap.stripped
 cp "$bin" "$stripped"
 strip "$stripped"
@@ -159,10 +176,11 @@ size=$(stat -c %s "$stripped")
         "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "ecs-bootstrap $(git describe --always --dirty 2>/dev/null || echo '?')," \
         "$(target/bench-venv/bin/aws --version 2>&1)"
-    python3 - "$work/results.tsv" "$size" "$pairs" <<'EOF'
+    python3 - "$work/results.tsv" "$size" "$pairs" "$drift_procs" "$drift_cmds" <<'EOF'
 import statistics as st, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 size, pairs = int(sys.argv[2]), int(sys.argv[3])
+drift_procs, drift_cmds = int(sys.argv[4]), sys.argv[5].strip()
 by = {}
 for label, us, rss, n, puts in rows:
     by.setdefault(label, []).append((int(us) / 1000, int(rss), int(n), int(puts)))
@@ -180,6 +198,8 @@ line("fetch", "ecs-bootstrap fetch-config")
 line("s3cp", "aws s3 cp (alone)")
 line("help", "ecs-bootstrap --help")
 line("awsversion", "aws --version")
+line("drift", "drift check (block in place)")
+print(f"{'drift check processes':<34} {drift_procs} ({drift_cmds or 'none'}; the IPv4 and IPv6 listings)")
 ours, theirs = col("run", 0), col("documented", 0)
 ratios = [o / t for o, t in zip(ours, theirs)]
 print()
@@ -199,6 +219,8 @@ targets = [
     ("peak RSS <= 10 MiB", rss_ours <= 10240, f"{rss_ours} KiB max"),
     ("exactly one token PUT per run", all(p == 1 for p in puts), f"{min(puts)}..{max(puts)} per run"),
     ("stripped release binary < 7 MiB", size < 7 * 1048576, f"{size / 1048576:.2f} MiB"),
+    ("a drift check that changes nothing starts one iptables -S per family", drift_procs <= 2,
+     f"{drift_procs} processes: {drift_cmds}"),
 ]
 failed = 0
 for what, ok, fig in targets:

@@ -77,6 +77,8 @@ expected_files="/etc/ecs-bootstrap/env -rw-------
 /usr/bin/ecs-bootstrap -rwxr-xr-x
 /usr/lib/systemd/system/docker.service.d/10-ecs-bootstrap.conf -rw-r--r--
 /usr/lib/systemd/system/ecs-bootstrap-config.service -rw-r--r--
+/usr/lib/systemd/system/ecs-bootstrap-drift.service -rw-r--r--
+/usr/lib/systemd/system/ecs-bootstrap-drift.timer -rw-r--r--
 /usr/lib/systemd/system/ecs-bootstrap-firewall.service -rw-r--r--
 /usr/lib/systemd/system/ecs.service.d/10-ecs-bootstrap.conf -rw-r--r--
 /usr/lib/systemd/system/ecs.service.d/20-ecs-bootstrap-first-boot.conf -rw-r--r--
@@ -108,7 +110,8 @@ for s in postinst prerm postrm; do
     [[ -x $tmp/control/$s ]] || fail ".deb has no executable $s"
 done
 expect_contains ".deb postinst" "$(cat "$tmp/control/postinst")" \
-    "deb-systemd-helper enable \"\$unit\"" ecs-bootstrap-firewall.service ecs-bootstrap-config.service
+    "deb-systemd-helper enable \"\$unit\"" ecs-bootstrap-firewall.service ecs-bootstrap-config.service \
+    ecs-bootstrap-drift.timer
 expect_contains ".deb postrm" "$(cat "$tmp/control/postrm")" "deb-systemd-helper purge"
 
 # ---------------------------------------------------------------- .rpm
@@ -150,8 +153,8 @@ check "packaging/ecs-bootstrap.spec parses, version $version" \
     test "$spec_version" = "$version"
 scripts=$(rpm -qp --scripts "$rpm_file")
 expect_contains ".rpm scripts" "$scripts" "postinstall scriptlet" "preuninstall scriptlet" \
-    "postuninstall scriptlet" "systemctl --no-reload preset ecs-bootstrap-firewall.service ecs-bootstrap-config.service" \
-    "systemctl --no-reload disable --now ecs-bootstrap-firewall.service ecs-bootstrap-config.service"
+    "postuninstall scriptlet" "systemctl --no-reload preset ecs-bootstrap-firewall.service ecs-bootstrap-config.service ecs-bootstrap-drift.timer" \
+    "systemctl --no-reload disable --now ecs-bootstrap-drift.timer ecs-bootstrap-firewall.service ecs-bootstrap-config.service"
 rpm_version=$(rpm -qp --qf '%{VERSION}' "$rpm_file")
 check ".rpm version $version" ".rpm version $rpm_version, want $version" test "$rpm_version" = "$version"
 
@@ -196,7 +199,8 @@ else
     diff <(echo "$deb_files") <(echo "$rpm_disk") >&2 || true
 fi
 for link in multi-user.target.wants/ecs-bootstrap-firewall.service docker.service.wants/ecs-bootstrap-firewall.service \
-    multi-user.target.wants/ecs-bootstrap-config.service ecs.service.wants/ecs-bootstrap-config.service; do
+    multi-user.target.wants/ecs-bootstrap-config.service ecs.service.wants/ecs-bootstrap-config.service \
+    timers.target.wants/ecs-bootstrap-drift.timer; do
     check "rpm %post (preset) enabled: $link" "rpm %post did not enable: $link missing" \
         test -L "$scratch/etc/systemd/system/$link"
 done
@@ -233,7 +237,8 @@ got=$(/usr/bin/ecs-bootstrap --version 2>&1 || true)
 check "installed: $got" "ecs-bootstrap --version said: $got" test "$got" = "ecs-bootstrap $version"
 for link in /etc/systemd/system/multi-user.target.wants/ecs-bootstrap-firewall.service \
     /etc/systemd/system/docker.service.wants/ecs-bootstrap-firewall.service \
-    /etc/systemd/system/ecs.service.wants/ecs-bootstrap-config.service; do
+    /etc/systemd/system/ecs.service.wants/ecs-bootstrap-config.service \
+    /etc/systemd/system/timers.target.wants/ecs-bootstrap-drift.timer; do
     check "enabled: $link" "not enabled: $link missing" test -L "$link"
 done
 check "/etc/ecs exists" "/etc/ecs was not created" test -d /etc/ecs

@@ -2,9 +2,11 @@
 # Checks every systemd unit in systemd/ (and the drop-ins for docker.service and ecs.service):
 #   1. `systemd-analyze verify` passes with nothing at all on stderr (no warning either);
 #   2. `systemd-analyze security --offline=true` gives an exposure of MAX_EXPOSURE (3.0) or
-#      lower for each unit;
+#      lower for each unit, and the drift check's service (run every minute) no more than the
+#      firewall unit's, whose job it repeats;
 #   3. our units send stdout (the report) to the journal and the console, stderr (the log
-#      lines) to the journal only.
+#      lines) to the journal only;
+#   4. the drift timer starts the drift service every minute from boot.
 # verify checks that ExecStart binaries exist, so the units are copied to a temporary folder
 # with /usr/bin/ecs-bootstrap rewritten to a built binary: $ECS_BOOTSTRAP_BIN, or
 # ${CARGO_TARGET_DIR:-target}/{release,debug}/ecs-bootstrap (a debug build is made when neither
@@ -52,6 +54,7 @@ if ((${#units[@]} == 0)); then
 fi
 
 failures=0
+declare -A exposure
 fail() {
     echo "FAIL: $*" >&2
     failures=$((failures + 1))
@@ -66,7 +69,17 @@ done < <(grep -HnE '^[[:space:]]*Exec[A-Za-z]*=' "${units[@]}" "$units_dir"/*.se
 
 # Our units send the report (stdout) to the console as well as the journal, where operators
 # who cannot log in look (EC2 console output), and keep the log lines (stderr) in the journal.
+# Not the drift check, which runs every minute: its report would flood the console (and push
+# the boot units' lines out of what get-console-output returns); it drops the report, and its
+# log lines (each drift at priority err) must reach the journal.
 for unit in "$units_dir"/ecs-bootstrap-*.service; do
+    if [[ $(basename "$unit") == ecs-bootstrap-drift.service ]]; then
+        grep -qx 'StandardOutput=null' "$unit" ||
+            fail "ecs-bootstrap-drift.service: no StandardOutput=null (a report every minute)"
+        grep -qx 'StandardError=journal' "$unit" ||
+            fail "ecs-bootstrap-drift.service: no StandardError=journal (the drift lines would follow stdout to /dev/null)"
+        continue
+    fi
     grep -qx 'StandardOutput=journal+console' "$unit" ||
         fail "$(basename "$unit"): no StandardOutput=journal+console (the report would not reach the console)"
     grep -qx 'StandardError=journal' "$unit" ||
@@ -125,7 +138,32 @@ for unit in "${units[@]}"; do
     else
         echo "ok: exposure $name $figure (max $MAX_EXPOSURE)"
     fi
+    exposure[$name]=${figure:-99}
 done
+
+drift=ecs-bootstrap-drift.service firewall=ecs-bootstrap-firewall.service
+if [[ -z ${exposure[$drift]:-} || -z ${exposure[$firewall]:-} ]]; then
+    fail "no exposure figure for $drift or $firewall"
+elif awk -v a="${exposure[$drift]}" -v b="${exposure[$firewall]}" 'BEGIN { exit !(a > b) }'; then
+    fail "$drift exposure ${exposure[$drift]} is above $firewall's ${exposure[$firewall]}"
+else
+    echo "ok: exposure $drift ${exposure[$drift]} <= $firewall ${exposure[$firewall]}"
+fi
+
+# The timer: every minute from boot, enabled through timers.target, starting the drift service.
+timer=$units_dir/ecs-bootstrap-drift.timer
+for want in OnBootSec=1min OnUnitActiveSec=1min WantedBy=timers.target; do
+    if grep -qx "$want" "$timer"; then
+        echo "ok: ecs-bootstrap-drift.timer has $want"
+    else
+        fail "ecs-bootstrap-drift.timer lacks $want"
+    fi
+done
+if grep -qE '^ExecStart=/usr/bin/ecs-bootstrap .*block-imds --drift$' "$units_dir/$drift"; then
+    echo "ok: $drift runs block-imds --drift"
+else
+    fail "$drift does not run /usr/bin/ecs-bootstrap ... block-imds --drift"
+fi
 
 if ((failures > 0)); then
     echo "check-units: $failures failure(s)" >&2

@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn trust_policy_is_ec2_assume_role() {
-        let input = PolicyInput::from_request(&args("s3://b/k", None, Format::Json)).unwrap();
+        let input = PolicyInput::from_request(&args("s3://bkt/k", None, Format::Json)).unwrap();
         let t = &json_document(&input)["TrustPolicy"];
         assert_eq!(
             t["Statement"][0]["Principal"]["Service"],

@@ -6,14 +6,14 @@
 //! removes or renames a field, or changes a value's meaning, needs a new [`SCHEMA_VERSION`].
 
 use crate::error::{Exit, Step};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The version of the JSON report's schema (`schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The command a report is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Command {
@@ -101,7 +101,7 @@ pub struct Failure {
     pub exit: Option<Exit>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {

@@ -9,8 +9,9 @@ wanted=(iptables:iptables-legacy iproute2:ip curl:curl python3-venv:- util-linux
 if [[ ${1:-} == --tests ]]; then
     # docker.io: the real-dockerd firewall test; nftables (nft): the firewall test that emulates
     # Docker 29's nftables backend; rpm: package queries; time and binutils (strip): the
-    # benchmark scripts under bench/, which use this list too.
-    wanted+=(shellcheck:shellcheck docker.io:/usr/sbin/dockerd nftables:/usr/sbin/nft rpm:rpm time:/usr/bin/time binutils:strip)
+    # benchmark scripts under bench/, which use this list too; strace: the processes a drift
+    # check starts (the firewall test and the benchmark count them).
+    wanted+=(shellcheck:shellcheck docker.io:/usr/sbin/dockerd nftables:/usr/sbin/nft rpm:rpm time:/usr/bin/time binutils:strip strace:strace)
     # systemd: systemd-analyze for packaging/check-units.sh; systemd-journald, systemd-cat and
     # journalctl for the test that reads log priorities back from a journald of its own.
     wanted+=(systemd:/lib/systemd/systemd-journald)

@@ -1,6 +1,6 @@
 //! The command-line contract. Users' scripts and AMIs depend on it: keep it stable.
 //!
-//! Every flag but `-v`, `block-imds --remove` and `iam-policy --format` is also read from an
+//! Every flag but `-v`, `block-imds --remove` and `--drift`, and `iam-policy --format` is also read from an
 //! environment variable `ECS_BOOTSTRAP_<FLAG>` and from the settings file
 //! `/etc/ecs-bootstrap/env` (same names). Precedence: flag, then environment,
 //! then file, then the built-in default. [`super::settings`] resolves the environment and the
@@ -22,7 +22,7 @@ pub(crate) const SETTINGS_FILE: &str = "etc/ecs-bootstrap/env";
         (from instance metadata), keeps containers on the Docker bridge away from instance \
         metadata (169.254.169.254, fd00:ec2::254) with iptables, and checks that the host still \
         reaches IMDSv2.\n\n\
-        Every flag but -v, block-imds --remove and iam-policy --format can also be set with an \
+        Every flag but -v, block-imds --remove and --drift, and iam-policy --format can also be set with an \
         environment variable ECS_BOOTSTRAP_<FLAG> (for example ECS_BOOTSTRAP_SOURCE) or in \
         /etc/ecs-bootstrap/env with the same names; a flag beats the environment, which beats \
         the file. Booleans take 1/0, true/false, \
@@ -291,6 +291,13 @@ pub(crate) struct FirewallArgs {
     /// Example: block-imds --remove
     #[arg(long)]
     pub(crate) remove: bool,
+
+    /// Re-check a block asserted at boot (the ecs-bootstrap-drift.timer runs this every
+    /// minute): repairs it, and logs every repair as an error ("drift: ..."). A check that
+    /// finds nothing runs one iptables -S per family and nothing else.
+    /// Example: block-imds --drift
+    #[arg(long, conflicts_with = "remove")]
+    pub(crate) drift: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -367,10 +374,10 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// The flags without a variable are exactly the three README and `--help` name; every
+    /// The flags without a variable are exactly the four README and `--help` name; every
     /// other flag's variable is `ECS_BOOTSTRAP_` and its long name.
     #[test]
-    fn every_flag_but_three_has_its_variable() {
+    fn every_flag_but_four_has_its_variable() {
         fn walk(cmd: &clap::Command, without: &mut std::collections::BTreeSet<String>) {
             for a in cmd.get_arguments() {
                 let Some(long) = a.get_long() else { continue };
@@ -403,9 +410,11 @@ mod tests {
         assert_eq!(
             without,
             [
+                "block-imds --drift",
                 "block-imds --remove",
                 "ecs-bootstrap --verbose",
                 "iam-policy --format",
+                "run --drift",
                 "run --remove",
             ]
         );

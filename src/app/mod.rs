@@ -9,7 +9,7 @@ mod settings;
 use crate::error::{Exit, Step};
 use crate::imds::Imds;
 use crate::report::{self, Report, Signal, StepReport, StepResult};
-use crate::sys::{Root, SystemRunner};
+use crate::sys::{self, Root, SystemRunner};
 use crate::{config, firewall, fsutil, imds, logging, posture, prove};
 use clap::{CommandFactory as _, FromArgMatches as _};
 use cli::{Cli, Command, GlobalArgs, LogFormat, OutputFormat};
@@ -369,8 +369,9 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
             Some(opts) => {
                 let opts = opts.clone();
                 timed(Step::Firewall, deadline, finished, async move {
-                    tokio::task::spawn_blocking(move || {
-                        firewall::run(&opts, &SystemRunner::default())
+                    let bound = sys::Deadline::at(deadline.into_std());
+                    sys::run_blocking(&bound, move |d| {
+                        firewall::run(&opts, &SystemRunner::new(d.clone()), d)
                     })
                     .await
                     .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?

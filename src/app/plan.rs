@@ -61,6 +61,11 @@ fn run_plan(r: &RunArgs, root: &Root) -> Result<Plan, UsageError> {
             "--remove undoes the block and belongs to `ecs-bootstrap block-imds --remove`, not to run".into(),
         ));
     }
+    if r.firewall.drift {
+        return Err(UsageError(
+            "--drift is the periodic re-check `ecs-bootstrap block-imds --drift` (the drift timer), not part of run".into(),
+        ));
+    }
     Ok(Plan {
         command: report::Command::Run,
         config: (!r.skip_config)
@@ -209,6 +214,7 @@ fn firewall_options(args: &FirewallArgs, root: &Root) -> Result<firewall::Option
         persist_file6: args.persist_file6.clone(),
         root: root.clone(),
         remove: args.remove,
+        drift: args.drift,
     })
 }
 

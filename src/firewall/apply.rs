@@ -89,6 +89,7 @@ pub(crate) fn apply(ipt: &Ipt, set: &RuleSet, mode: Mode) -> Result<Applied, Ipt
                 });
             }
             Err(e) if e.is_lock_timeout() => return Err(e),
+            Err(e @ IptError::Stopped { .. }) => return Err(e),
             Err(e @ IptError::Missing { .. }) => {
                 tracing::debug!(family = set.family.name(), error = %e, "no iptables-restore; one command at a time");
                 break;
@@ -96,7 +97,7 @@ pub(crate) fn apply(ipt: &Ipt, set: &RuleSet, mode: Mode) -> Result<Applied, Ipt
             Err(e) => {
                 tracing::debug!(family = set.family.name(), attempt, error = %e, "the transaction failed; planning again");
                 if attempt < TRANSACTION_ATTEMPTS {
-                    std::thread::sleep(jitter(attempt));
+                    std::thread::sleep(jitter(attempt).min(ipt.deadline.left()));
                 }
             }
         }
@@ -190,7 +191,7 @@ mod tests {
     use super::*;
     use crate::firewall::plan::{Jump, RuleState};
     use crate::firewall::rules::{Family, Placement};
-    use crate::sys::{CmdOutput, CommandRunner};
+    use crate::sys::{CmdOutput, CommandRunner, Deadline};
     use std::ffi::OsString;
     use std::path::Path;
     use std::sync::Mutex;
@@ -230,6 +231,10 @@ mod tests {
         }
     }
 
+    fn far() -> Deadline {
+        Deadline::after(std::time::Duration::from_secs(3600))
+    }
+
     fn docker_user_set() -> RuleSet {
         RuleSet {
             family: Family::V4,
@@ -247,7 +252,8 @@ mod tests {
             Mutex::new(vec![(0, EMPTY, ""), (0, "", "")]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r, &d);
         let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
         assert!(a.changed() && a.plan.chain_created);
         assert_eq!(a.plan.jump, Some(Jump::Placed));
@@ -284,7 +290,8 @@ mod tests {
             ]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r, &d);
         let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
         assert!(a.changed() && !a.plan.chain_created);
         assert_eq!(a.plan.jump, Some(Jump::Present));
@@ -341,7 +348,8 @@ mod tests {
             Mutex::new(vec![]),
         );
         let nr = NoRestore(&canned, Mutex::new(vec![]));
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), &nr);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &nr, &d);
         let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
         assert_eq!(a.method, Some(Method::OneByOne));
         assert_eq!(a.plan.moved_above, ["-A DOCKER-USER -j RETURN"]);
@@ -379,7 +387,8 @@ mod tests {
         script.push((0, "", ""));
         script.push((0, "", ""));
         let r = Canned(Mutex::new(script), Mutex::new(vec![]));
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r, &d);
         let a = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap();
         assert_eq!(a.method, Some(Method::OneByOne));
         let calls = r.1.lock().unwrap().clone();
@@ -405,7 +414,8 @@ mod tests {
             ]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r, &d);
         let e = apply(&ipt, &docker_user_set(), Mode::Assert).unwrap_err();
         assert!(e.is_lock_timeout(), "{e}");
         let m = e.to_string();

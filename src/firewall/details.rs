@@ -14,7 +14,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 pub(crate) struct Details {
-    pub(crate) backend: Backend,
+    /// Null only in a drift check whose binary's name does not tell (it runs no `-V`).
+    pub(crate) backend: Option<Backend>,
     /// The IPv4 binary.
     pub(crate) iptables: PathBuf,
     pub(crate) chain: Placement,
@@ -157,9 +158,9 @@ pub(crate) fn family(
 
 fn persist_details(p: &Persistence) -> PersistDetails {
     match p {
-        Persistence::Off => PersistDetails::Skipped {
+        Persistence::Off(why) => PersistDetails::Skipped {
             file: None,
-            reason: "--persist none".into(),
+            reason: why.to_string(),
         },
         Persistence::NoFile(e) => PersistDetails::Skipped {
             file: None,
@@ -261,7 +262,7 @@ pub(crate) fn said_persisted(family: Family, p: &Persistence) -> Said {
     let fam = family.name();
     let mut s = Said::default();
     match p {
-        Persistence::Off => {}
+        Persistence::Off(_) => {}
         Persistence::NoFile(e) => s.warnings.push(e.to_string()),
         Persistence::Refused { why, .. } => s.warnings.push(format!(
             "{why}: the {fam} rule is not persisted (ecs-bootstrap re-asserts it at every boot); replace the link with a regular file, or pass --persist-file"
@@ -289,4 +290,61 @@ pub(crate) fn said_persisted(family: Family, p: &Persistence) -> Said {
         }
     }
     s
+}
+
+/// What a drift check found and repaired, one line each: the block was asserted at boot, so
+/// any change now means someone or something removed or bypassed it since.
+pub(crate) fn drift(set: &RuleSet, a: &Applied, persisted: &Persistence) -> Vec<String> {
+    let fam = set.family.name();
+    let chain = set.chain();
+    let p = &a.plan;
+    let mut out = vec![];
+    if p.chain_created {
+        out.push(format!(
+            "drift: {fam}: chain {DOCKER_USER} was missing; created it"
+        ));
+    }
+    for (iface, state) in &p.rules {
+        match state {
+            RuleState::Added => out.push(format!(
+                "drift: {fam}: DROP rule for {iface} missing from {chain}; repaired"
+            )),
+            RuleState::Moved if !p.moved_above.is_empty() => out.push(format!(
+                "drift: {fam}: DROP rule for {iface} was below {} rule(s) that let packets through first ({}); moved back to the top of {chain}",
+                p.moved_above.len(),
+                p.moved_above.join("; ")
+            )),
+            RuleState::Moved => out.push(format!(
+                "drift: {fam}: DROP rule for {iface} was not where it belongs; moved back to the top of {chain}"
+            )),
+            RuleState::Present | RuleState::Removed => {}
+        }
+    }
+    for (line, why) in &p.removed {
+        out.push(format!("drift: {fam}: found {line}; removed it ({why})"));
+    }
+    if p.jump == Some(Jump::Placed) {
+        out.push(format!(
+            "drift: {fam}: -j {DOCKER_USER} was not first in {FORWARD}; placed it first"
+        ));
+    }
+    if p.duplicate_jumps_removed > 0 {
+        out.push(format!(
+            "drift: {fam}: {} more -j {DOCKER_USER} in {FORWARD}; removed them",
+            p.duplicate_jumps_removed
+        ));
+    }
+    // A merged file that had to change lacked our lines (its notes say how); a full save
+    // follows the kernel's repair, already reported.
+    if let Persistence::Done { persisted, .. } = persisted
+        && persisted.outcome == WriteOutcome::Written
+        && !persisted.notes.is_empty()
+    {
+        out.push(format!(
+            "drift: {fam}: the rules file {} did not hold the block ({}); rewrote it",
+            persisted.file.display(),
+            persisted.notes.join("; ")
+        ));
+    }
+    out
 }

@@ -15,7 +15,7 @@
 //! - anything else (exit 2 for a bad argument, 3 for a missing kernel module, ...) is a
 //!   failure whose message names the command line and its stderr.
 
-use crate::sys::{CmdOutput, CommandRunner};
+use crate::sys::{CmdOutput, CommandRunner, Deadline, Stopped};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::io;
@@ -89,6 +89,10 @@ pub enum IptError {
         "{bin} not found: install the package `iptables` (Amazon Linux 2023: `dnf install iptables-nft`; Amazon Linux 2 and RHEL: `yum install iptables`; Debian and Ubuntu: `apt-get install iptables`), or point --iptables at the binary"
     )]
     Missing { bin: String },
+    /// The run was stopped (deadline or signal) before or while the command ran; a command
+    /// running then was killed.
+    #[error("{why}: `{cmdline}` was not run or was killed, and no rule was changed after that")]
+    Stopped { cmdline: String, why: Stopped },
     #[error("`{cmdline}` could not be run: {source}")]
     Spawn {
         cmdline: String,
@@ -107,7 +111,13 @@ pub enum IptError {
 impl IptError {
     /// Another program held the xtables lock for the whole `-w` wait (exit status 4).
     pub(crate) fn is_lock_timeout(&self) -> bool {
-        matches!(self, IptError::Failed { status: Status(Some(4)), .. })
+        matches!(
+            self,
+            IptError::Failed {
+                status: Status(Some(4)),
+                ..
+            }
+        )
     }
 }
 
@@ -115,6 +125,8 @@ impl IptError {
 pub struct Ipt<'a> {
     pub(crate) bin: PathBuf,
     pub(crate) runner: &'a dyn CommandRunner,
+    /// No command starts once this has passed or was stopped.
+    pub(crate) deadline: &'a Deadline,
 }
 
 fn cmdline(bin: &Path, args: &[&str]) -> String {
@@ -128,6 +140,11 @@ fn cmdline(bin: &Path, args: &[&str]) -> String {
         }
     }
     s
+}
+
+/// The stop behind a runner's error, if that is what it is.
+fn stopped_by(e: &io::Error) -> Option<Stopped> {
+    e.get_ref()?.downcast_ref::<Stopped>().copied()
 }
 
 fn first_line(s: &str) -> String {
@@ -144,18 +161,34 @@ fn first_line(s: &str) -> String {
 }
 
 impl<'a> Ipt<'a> {
-    pub fn new(bin: PathBuf, runner: &'a dyn CommandRunner) -> Self {
-        Ipt { bin, runner }
+    pub fn new(bin: PathBuf, runner: &'a dyn CommandRunner, deadline: &'a Deadline) -> Self {
+        Ipt {
+            bin,
+            runner,
+            deadline,
+        }
     }
 
     /// Runs `bin args` as given (no `-w` added) and returns the output whatever the status.
+    /// No command starts once the deadline has passed or was stopped (the runner kills one
+    /// that is running then): after a stop, nothing changes.
     fn raw(&self, bin: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, IptError> {
+        if let Err(why) = self.deadline.check() {
+            return Err(IptError::Stopped {
+                cmdline: cmdline(bin, args),
+                why,
+            });
+        }
         let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
         self.runner
             .run(bin, &argv, stdin)
             .map_err(|source| match source.kind() {
                 io::ErrorKind::NotFound => IptError::Missing {
                     bin: bin.display().to_string(),
+                },
+                _ if let Some(why) = stopped_by(&source) => IptError::Stopped {
+                    cmdline: cmdline(bin, args),
+                    why,
                 },
                 _ => IptError::Spawn {
                     cmdline: cmdline(bin, args),
@@ -201,11 +234,7 @@ impl<'a> Ipt<'a> {
     /// The backend in use: from the binary the path resolves to when that tells
     /// (`xtables-nft-multi`, `xtables-legacy-multi`: no process to start), else `iptables -V`.
     pub fn backend(&self) -> Result<Backend, IptError> {
-        if let Some(b) = std::fs::canonicalize(&self.bin)
-            .ok()
-            .as_deref()
-            .and_then(Backend::from_multi_binary)
-        {
+        if let Some(b) = self.backend_by_name() {
             return Ok(b);
         }
         let out = self.raw(&self.bin, &["-V"], None)?;
@@ -219,6 +248,14 @@ impl<'a> Ipt<'a> {
             stderr: format!("unrecognized version line {:?}", out.stdout.trim()),
             hint: "; is --iptables an iptables binary?",
         })
+    }
+
+    /// The backend when the binary the path resolves to says it by its name; no process.
+    pub(crate) fn backend_by_name(&self) -> Option<Backend> {
+        std::fs::canonicalize(&self.bin)
+            .ok()
+            .as_deref()
+            .and_then(Backend::from_multi_binary)
     }
 
     /// `iptables -t filter -S`: every line of the filter table (policies, `-N` chain
@@ -369,6 +406,7 @@ pub(crate) fn is_executable(p: &Path) -> bool {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// Replays canned outputs: fakes only for faults a real iptables cannot be made to produce
     /// on demand (a lock timeout, a vanished binary).
@@ -384,6 +422,10 @@ mod tests {
             self.1.lock().unwrap().push(line);
             self.0.lock().unwrap().remove(0)
         }
+    }
+
+    fn far() -> Deadline {
+        Deadline::after(Duration::from_secs(3600))
     }
 
     fn out(status: i32, stderr: &str) -> io::Result<CmdOutput> {
@@ -459,7 +501,8 @@ mod tests {
             )]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &r, &d);
         let e = ipt
             .insert("DOCKER-USER", 1, &["-j".into(), "DROP".into()])
             .unwrap_err();
@@ -478,7 +521,8 @@ mod tests {
             Mutex::new(vec![Err(io::Error::from(io::ErrorKind::NotFound))]),
             Mutex::new(vec![]),
         );
-        let ipt = Ipt::new("iptables".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("iptables".into(), &r, &d);
         let m = ipt.backend().unwrap_err().to_string();
         assert!(m.contains("install the package `iptables`"), "{m}");
     }
@@ -486,7 +530,8 @@ mod tests {
     #[test]
     fn siblings_and_ip6tables() {
         let r = Canned(Mutex::new(vec![]), Mutex::new(vec![]));
-        let ipt = Ipt::new("/usr/sbin/iptables-legacy".into(), &r);
+        let d = far();
+        let ipt = Ipt::new("/usr/sbin/iptables-legacy".into(), &r, &d);
         assert_eq!(
             ipt.sibling("-restore"),
             PathBuf::from("/usr/sbin/iptables-legacy-restore")

@@ -35,10 +35,10 @@ pub mod rules;
 mod target;
 
 use crate::report::StepResult;
-use crate::sys::{CommandRunner, Root};
+use crate::sys::{CommandRunner, Deadline, Root};
 use details::{Details, Ipv6, Ipv6Reason, Said};
 use iptables::{Backend, Ipt, IptError};
-use persist::{How, Persistence};
+use persist::{How, Off, Persistence};
 use plan::Mode;
 use rules::{Family, Placement, RuleSet};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,11 @@ pub struct Options {
     pub root: Root,
     /// `--remove`: take out everything of ours instead of asserting the block.
     pub remove: bool,
+    /// `--drift`: a periodic re-check of a block asserted at boot. Every repair is drift,
+    /// logged as an error naming what was found; the steady-state warnings (logged at boot)
+    /// go to debug; the backend is read only from the binary's name (no `iptables -V`), so a
+    /// check that changes nothing runs one `iptables -S` per family and nothing else.
+    pub drift: bool,
 }
 
 impl Options {
@@ -205,8 +210,20 @@ fn choose_ipv6(opts: &Options, bin4: &Path) -> Result<Ipv6Choice, IptError> {
 }
 
 /// The firewall step: asserts the block (or, with `--remove`, takes it out) for IPv4 and, per
-/// `--ipv6`, IPv6, and persists it per `--persist`, all under the firewall lock.
-pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepResult> {
+/// `--ipv6`, IPv6, and persists it per `--persist`, all under the firewall lock. Blocking: run
+/// it on a thread of its own (see [`crate::sys::run_blocking`]).
+///
+/// `deadline` bounds the whole step: the lock wait and every iptables command get the time
+/// left (give `runner` the same deadline, as [`crate::sys::SystemRunner::new`] does, so a
+/// command running at the deadline is killed). Once the deadline has passed or was stopped
+/// ([`Deadline::stop`], e.g. on SIGTERM), no command starts and no file is written, so no rule
+/// changes; the step then fails with an error whose chain holds the [`crate::sys::Stopped`]
+/// (`err.downcast_ref::<Stopped>()`).
+pub fn run(
+    opts: &Options,
+    runner: &dyn CommandRunner,
+    deadline: &Deadline,
+) -> anyhow::Result<StepResult> {
     let bin4 = resolve_binary(opts.iptables.as_deref())?;
     let v6 = choose_ipv6(opts, &bin4)?;
     let mut said = Said::default();
@@ -215,16 +232,15 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
         said.warnings.push(FORWARD_WARNING.into());
     }
 
-    let lock = lock::acquire(&opts.root.join(lock::LOCK_FILE), LOCK_PATIENCE)?;
+    let lock = lock::acquire(&opts.root.join(lock::LOCK_FILE), LOCK_PATIENCE, deadline)?;
     let mut families = vec![(Family::V4, bin4.clone())];
     families.extend(v6.bin.clone().map(|b| (Family::V6, b)));
-    let (backend, outcomes) = run_families(opts, runner, &bin4, families);
+    let (backend, outcomes) = run_families(opts, runner, deadline, &bin4, families);
     let backend = backend?;
-    let mut summary = vec![format!(
-        "iptables {} ({} backend)",
-        bin4.display(),
-        backend.name()
-    )];
+    let mut summary = vec![match &backend {
+        Some(b) => format!("iptables {} ({} backend)", bin4.display(), b.name()),
+        None => format!("iptables {}", bin4.display()),
+    }];
     let mut changed = false;
     let mut fam_details = vec![];
     for outcome in outcomes {
@@ -237,7 +253,11 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
 
     summary.extend(said.summary);
     for w in &said.warnings {
-        tracing::warn!("{w}");
+        if opts.drift {
+            tracing::debug!("{w}");
+        } else {
+            tracing::warn!("{w}");
+        }
         summary.push(format!("warning: {w}"));
     }
     let details = Details {
@@ -276,18 +296,29 @@ pub fn run(opts: &Options, runner: &dyn CommandRunner) -> anyhow::Result<StepRes
 fn run_families(
     opts: &Options,
     runner: &dyn CommandRunner,
+    deadline: &Deadline,
     bin4: &Path,
     families: Vec<(Family, PathBuf)>,
-) -> (anyhow::Result<Backend>, Vec<anyhow::Result<FamilyOutcome>>) {
+) -> (
+    anyhow::Result<Option<Backend>>,
+    Vec<anyhow::Result<FamilyOutcome>>,
+) {
     let distro = (opts.persist != PersistMode::None).then(|| Distro::detect(&opts.root));
     let panicked = || anyhow::anyhow!("a firewall thread panicked");
     std::thread::scope(|scope| {
-        let backend = scope.spawn(|| Ipt::new(bin4.to_owned(), runner).backend());
+        let backend = scope.spawn(|| {
+            let ipt = Ipt::new(bin4.to_owned(), runner, deadline);
+            if opts.drift {
+                Ok(ipt.backend_by_name())
+            } else {
+                ipt.backend().map(Some)
+            }
+        });
         let handles: Vec<_> = families
             .into_iter()
             .map(|(family, bin)| {
                 let distro = distro.as_ref();
-                scope.spawn(move || run_family(opts, distro, runner, family, bin))
+                scope.spawn(move || run_family(opts, distro, runner, deadline, family, bin))
             })
             .collect();
         let outcomes = handles
@@ -336,10 +367,11 @@ fn run_family(
     opts: &Options,
     distro: Option<&Distro>,
     runner: &dyn CommandRunner,
+    deadline: &Deadline,
     family: Family,
     bin: PathBuf,
 ) -> anyhow::Result<FamilyOutcome> {
-    let ipt = Ipt::new(bin.clone(), runner);
+    let ipt = Ipt::new(bin.clone(), runner, deadline);
     let set = opts.rule_set(family);
     let (applied, persisted) = if opts.persist == PersistMode::Merge {
         // A merged file depends only on the file and our rules, not on the kernel's tables, so
@@ -356,10 +388,20 @@ fn run_family(
         })
     } else {
         let applied = apply::apply(&ipt, &set, opts.mode())?;
-        let persisted = persist_family(opts, distro, &ipt, &set);
+        let persisted = if opts.drift && opts.persist == PersistMode::FullSave && !applied.changed()
+        {
+            Ok(Persistence::Off(Off::DriftUnchanged))
+        } else {
+            persist_family(opts, distro, &ipt, &set)
+        };
         (Ok(applied), persisted)
     };
     let (applied, persisted) = (applied?, persisted?);
+    if opts.drift {
+        for d in details::drift(&set, &applied, &persisted) {
+            tracing::error!("{d}");
+        }
+    }
     let mut said = details::said_persisted(family, &persisted);
     let applied_said =
         details::said_applied(&set, opts.mode(), &applied, &bin.display().to_string());
@@ -382,12 +424,12 @@ fn persist_family(
     set: &RuleSet,
 ) -> anyhow::Result<Persistence> {
     let how = match opts.persist {
-        PersistMode::None => return Ok(Persistence::Off),
+        PersistMode::None => return Ok(Persistence::Off(Off::PersistNone)),
         PersistMode::Merge => How::Merge,
         PersistMode::FullSave => How::FullSave,
     };
     let Some(distro) = distro else {
-        return Ok(Persistence::Off);
+        return Ok(Persistence::Off(Off::PersistNone));
     };
     let explicit = match set.family {
         Family::V4 => opts.persist_file.as_deref(),

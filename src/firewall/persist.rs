@@ -38,8 +38,8 @@ pub(crate) enum How {
 /// What became of one family's rules file.
 #[derive(Debug)]
 pub(crate) enum Persistence {
-    /// `--persist none`.
-    Off,
+    /// Nothing to persist.
+    Off(Off),
     /// No rules file is known for this distribution.
     NoFile(NoRulesFile),
     /// The rules file is a link we do not write through.
@@ -57,6 +57,26 @@ impl Persistence {
     /// Whether a file was written.
     pub(crate) fn written(&self) -> bool {
         matches!(self, Persistence::Done { persisted, .. } if persisted.outcome == WriteOutcome::Written)
+    }
+}
+
+/// Why nothing is persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Off {
+    /// `--persist none`.
+    PersistNone,
+    /// `--persist full-save` in a drift check that changed no rule: the tables hold Docker's
+    /// run-time rules, which change with every container, so saving them every minute would
+    /// rewrite the file (and report drift) for nothing.
+    DriftUnchanged,
+}
+
+impl std::fmt::Display for Off {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Off::PersistNone => "--persist none",
+            Off::DriftUnchanged => "full-save: the drift check changed no rule",
+        })
     }
 }
 
@@ -219,7 +239,7 @@ fn validate_and_write(
     // and the tests restore it with both backends. `--test` is for foreign lines, and it is
     // not cheap: the nft backend's dry run is the longest part of the step (docs/benchmarks.md).
     if ours_only {
-        return Ok(fsutil::write_atomic(path, text.as_bytes(), mode)?);
+        return write(ipt, path, text, mode);
     }
     if let Err(e) = ipt.restore_test(text) {
         if !original.trim().is_empty() && ipt.restore_test(original).is_err() {
@@ -232,6 +252,16 @@ fn validate_and_write(
             "the merged rules for {} do not pass iptables-restore --test ({e}); the file was left as it was",
             path.display()
         );
+    }
+    write(ipt, path, text, mode)
+}
+
+/// Writes `text` atomically, unless the run was stopped or its deadline passed: then nothing
+/// changes, and the error's source is the [`crate::sys::Stopped`].
+fn write(ipt: &Ipt, path: &Path, text: &str, mode: u32) -> anyhow::Result<WriteOutcome> {
+    if let Err(why) = ipt.deadline.check() {
+        return Err(anyhow::Error::new(why)
+            .context(format!("{why}: {} was left as it was", path.display())));
     }
     Ok(fsutil::write_atomic(path, text.as_bytes(), mode)?)
 }
@@ -254,7 +284,7 @@ fn merge_into(
 ) -> anyhow::Result<Persisted> {
     let old = read_existing(path)?;
     let mode = mode_of(path);
-    let draft = draft(path, &old, set, run_mode, loader, mode)?;
+    let draft = draft(ipt, path, &old, set, run_mode, loader, mode)?;
     let ours_only = draft.text == minimal(set);
     let outcome = validate_and_write(ipt, path, &draft.text, &old, mode, ours_only)?;
     Ok(Persisted {
@@ -276,6 +306,7 @@ fn merge_into(
 /// keeping its INPUT rules, with only the sample's forwarding REJECT commented out. The backup
 /// of a replaced sample is written here, before the new file.
 fn draft(
+    ipt: &Ipt,
     path: &Path,
     old: &str,
     set: &RuleSet,
@@ -294,7 +325,7 @@ fn draft(
     if sample {
         let b = PathBuf::from(format!("{}{BACKUP_SUFFIX}", path.display()));
         if !b.exists() {
-            fsutil::write_atomic(&b, old.as_bytes(), mode)?;
+            write(ipt, &b, old, mode)?;
         }
         let warning = format!(
             "{} was the iptables-services sample, which rejects all forwarded traffic and all inbound traffic but ssh (restored at boot it would cut every container off); replaced it with a file holding only our rules, so INPUT and FORWARD accept by default as on a host without the file (filter inbound traffic with security groups, or add your own INPUT rules to the file); the sample is kept in {}",

@@ -288,11 +288,20 @@ mod tests {
         assert!(matches!(Distro::from_os_release(""), Distro::Other(_)));
     }
 
-    /// Every folder of a default rules file is writable in the firewall unit's sandbox
-    /// (`ReadWritePaths=`); ARCHITECTURE.md lists the other places that name them.
+    /// Every folder of a default rules file is writable in the sandbox of the units that run
+    /// the firewall step (`ReadWritePaths=`); ARCHITECTURE.md lists the other places that
+    /// name them.
     #[test]
-    fn the_unit_may_write_every_default_rules_folder() {
-        let unit = include_str!("../../systemd/ecs-bootstrap-firewall.service");
+    fn the_units_may_write_every_default_rules_folder() {
+        for unit in [
+            include_str!("../../systemd/ecs-bootstrap-firewall.service"),
+            include_str!("../../systemd/ecs-bootstrap-drift.service"),
+        ] {
+            units_may_write(unit);
+        }
+    }
+
+    fn units_may_write(unit: &str) {
         let writable: Vec<&str> = unit
             .lines()
             .filter_map(|l| l.strip_prefix("ReadWritePaths="))

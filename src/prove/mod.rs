@@ -72,18 +72,12 @@ pub(crate) async fn run(
 ) -> anyhow::Result<StepResult> {
     match tokio::time::timeout_at(deadline, prove(opts, imds, runner, deadline)).await {
         Ok(r) => r,
-        Err(_) => {
-            let none = Details {
-                bridges: vec![],
-                seen: None,
-            };
-            Err(failure(
-                "the deadline passed before the block was proven; raise --deadline".into(),
-                vec![],
-                &none,
-                Some(Exit::NotProven),
-            ))
-        }
+        Err(_) => Err(failure(
+            "the deadline passed before the block was proven; raise --deadline".into(),
+            vec![],
+            &Details::none(),
+            Some(Exit::NotProven),
+        )),
     }
 }
 
@@ -94,13 +88,8 @@ async fn prove(
     deadline: Instant,
 ) -> anyhow::Result<StepResult> {
     netns::sweep_stale(runner);
-    let bridges = bridges_to_probe(opts).map_err(|message| {
-        let none = Details {
-            bridges: vec![],
-            seen: None,
-        };
-        failure(message, vec![], &none, Some(Exit::NotProven))
-    })?;
+    let bridges = bridges_to_probe(opts)
+        .map_err(|message| failure(message, vec![], &Details::none(), Some(Exit::NotProven)))?;
     let mut probed = Vec::with_capacity(bridges.len());
     for (idx, bridge) in bridges.iter().enumerate() {
         probed.push(probe_bridge(opts, runner, bridge, idx, deadline).await?);

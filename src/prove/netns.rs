@@ -73,7 +73,8 @@ const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
 impl Drop for ProbeNs {
     fn drop(&mut self) {
         let r = SystemRunner {
-            timeout: CLEANUP_LIMIT,
+            limit: CLEANUP_LIMIT,
+            ..SystemRunner::default()
         };
         // The veth first: it goes at once, while the namespace lives on as long as the probe
         // thread is still inside it, and with the link gone no packet can renew a neighbour

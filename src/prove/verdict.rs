@@ -101,6 +101,16 @@ pub(crate) struct Details {
     pub(crate) seen: Option<Seen>,
 }
 
+impl Details {
+    /// Nothing probed: no bridge, or stopped before any result.
+    pub(crate) fn none() -> Details {
+        Details {
+            bridges: vec![],
+            seen: None,
+        }
+    }
+}
+
 /// What the probes and the host's own requests showed.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
@@ -264,12 +274,8 @@ mod tests {
         let v = serde_json::to_value(&one).unwrap();
         assert_eq!(v["put_hop_limit"], "1");
         assert_eq!(v["from_host"], "unreachable");
-        let none = Details {
-            bridges: vec![],
-            seen: None,
-        };
         assert_eq!(
-            serde_json::to_value(&none).unwrap(),
+            serde_json::to_value(Details::none()).unwrap(),
             serde_json::json!({"bridges": []})
         );
     }

@@ -367,7 +367,7 @@ fn runner_kinds(bin: &str) {
     let bin = bin.to_owned();
     host.within(move || {
         let runner = SystemRunner::default();
-        let ipt = Ipt::new(bin.clone().into(), &runner);
+        let ipt = Ipt::new(bin.clone().into(), &runner, &runner.deadline);
         let spec: Vec<String> = ["-d", "169.254.169.254/32", "-i", "docker+", "-j", "DROP"]
             .map(String::from)
             .to_vec();
@@ -1499,4 +1499,273 @@ fn docker_nftables_replay(bin: &str) {
         );
         assert!(!again.changed(), "{}", again.text());
     }
+}
+
+/// `--deadline 3`, started now in `ns` with `extra` arguments (IPv4 only, nothing persisted):
+/// the child, for the caller to wait on or signal.
+fn spawn_bounded(ns: &Ns, root: &Path, iptables: &str, deadline: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), BIN, "--output", "json"])
+        .args(["--deadline", deadline, "block-imds", "--root"])
+        .arg(root)
+        .args(["--iptables", iptables, "--ipv6", "off", "--persist", "none"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// An `iptables` and an `iptables-restore` in `dir` that run iptables-nft's, after sleeping
+/// `HANG` when a file `<name>.hang` is beside them: a hung iptables whose hang can be turned
+/// off for the control run.
+fn hanging_iptables(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (name, real) in [
+        ("iptables", "/usr/sbin/iptables-nft"),
+        ("iptables-restore", "/usr/sbin/iptables-nft-restore"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\n[ -e \"$0.hang\" ] && sleep {HANG}\nexec {real} \"$@\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir.join("iptables").to_str().unwrap().to_owned()
+}
+
+/// How long a hung iptables sleeps before it would go on and change the rules.
+const HANG: u64 = 6;
+
+/// The lifetime the deadline allows: at least the deadline (the run waited, it did not give
+/// up early), at most a second more.
+#[track_caller]
+fn assert_lived(lived: Duration, deadline: Duration, r: &Run) {
+    assert!(
+        lived >= deadline - Duration::from_millis(100) && lived < deadline + Duration::from_secs(1),
+        "lived {lived:?} with a deadline of {deadline:?}\n{}",
+        r.text()
+    );
+}
+
+/// The firewall step's report says the deadline ended it.
+#[track_caller]
+fn assert_deadline_reported(r: &Run) {
+    assert_ne!(r.code, 0, "{}", r.text());
+    let err = r.step()["error"].as_str().unwrap_or_default();
+    assert!(err.contains("deadline"), "{}", r.text());
+}
+
+/// Sleeps until `since` + `d`.
+fn sleep_until(since: std::time::Instant, d: Duration) {
+    std::thread::sleep(d.saturating_sub(since.elapsed()));
+}
+
+/// `--deadline 3` while another process holds the firewall lock: the process ends within a
+/// second of the deadline (not after the lock's own patience), says so, and changes nothing;
+/// once the lock is free, the same run adds the rule (the control).
+#[test]
+fn deadline_bounds_the_wait_for_a_held_lock() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let lock = root.path().join("run/ecs-bootstrap/firewall.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let held = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(held, "flock did not take {}", lock.display());
+
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), NFT, "3");
+    let r = parse_run(child.wait_with_output().unwrap());
+    assert_lived(start.elapsed(), Duration::from_secs(3), &r);
+    assert_deadline_reported(&r);
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let r = parse_run(
+        spawn_bounded(&host, root.path(), NFT, "30")
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(count(&host.rules(NFT), RULE4), 1, "{}", r.text());
+}
+
+/// `--deadline 3` while `iptables-restore` hangs with the change in hand: the process ends
+/// within a second of the deadline and says so; the hung command was killed, so even after the
+/// time it would have gone on, no rule changed. Without the hang, the same run adds the rule.
+#[test]
+fn deadline_kills_a_hung_iptables_and_no_rule_changes_after() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = hanging_iptables(root.path());
+    std::fs::write(root.path().join("iptables-restore.hang"), "").unwrap();
+
+    let start = std::time::Instant::now();
+    let r = parse_run(
+        spawn_bounded(&host, root.path(), &ipt, "3")
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_lived(start.elapsed(), Duration::from_secs(3), &r);
+    assert_deadline_reported(&r);
+    sleep_until(start, Duration::from_secs(HANG + 1));
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+
+    std::fs::remove_file(root.path().join("iptables-restore.hang")).unwrap();
+    let r = parse_run(
+        spawn_bounded(&host, root.path(), &ipt, "30")
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(count(&host.rules(NFT), RULE4), 1, "{}", r.text());
+}
+
+/// SIGTERM while `iptables-restore` hangs: the process ends within a second, its report says
+/// it was interrupted, and no rule changed, also after the hung command would have gone on.
+#[test]
+fn sigterm_kills_a_hung_iptables_and_no_rule_changes_after() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = hanging_iptables(root.path());
+    std::fs::write(root.path().join("iptables-restore.hang"), "").unwrap();
+
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), &ipt, "60");
+    // `ip netns exec` execs the binary: the child's pid is ecs-bootstrap's.
+    std::thread::sleep(Duration::from_secs(1));
+    let term = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = parse_run(child.wait_with_output().unwrap());
+    let lived = term.elapsed();
+    assert!(lived < Duration::from_secs(1), "{lived:?}\n{}", r.text());
+    assert_eq!(r.json["interrupted_by"], "SIGTERM", "{}", r.text());
+    sleep_until(start, Duration::from_secs(HANG + 1));
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+}
+
+/// `block-imds --drift` in `ns` under `strace -f`: the run, and the command lines of every
+/// program it started (execve that succeeded), the binary itself left out, in order.
+fn traced_drift(ns: &Ns, root: &Path, extra: &[&str]) -> (Run, Vec<String>) {
+    let trace = root.join("drift.trace");
+    // -z: successful calls only; -s: whole arguments.
+    let mut args = vec!["-f", "-qq", "-z", "-s", "4096", "-e", "trace=execve"];
+    args.extend(["-e", "signal=none", "-o"]);
+    args.push(trace.to_str().unwrap());
+    args.extend([BIN, "--output", "json", "block-imds", "--drift", "--root"]);
+    args.push(root.to_str().unwrap());
+    args.extend(["--iptables", NFT]);
+    args.extend_from_slice(extra);
+    let r = parse_run(ns.exec("strace", &args));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut execs: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("execve(") && l.contains('[') && l.contains(']'))
+        .map(|l| {
+            let argv = &l[l.find('[').unwrap() + 1..l.find(']').unwrap()];
+            argv.split(", ")
+                .map(|a| a.trim_matches('"'))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert!(
+        execs.first().is_some_and(|e| e.starts_with(BIN)),
+        "{execs:#?}"
+    );
+    execs.remove(0);
+    (r, execs)
+}
+
+/// The drift check (the timer's `block-imds --drift`): where the boot run left the block in
+/// place, it starts one `iptables -S` per family and nothing else (no backend probe, no
+/// `iptables-restore --test`, no rules-file rewrite); after someone deleted our rule, the
+/// check puts it back (the container is blocked again) and logs the drift as an error naming
+/// what it found. The count sees the repair's extra process (a control for the counting).
+/// With `--persist full-save`, a check that repairs nothing does not save either.
+#[test]
+fn drift_check_costs_one_listing_per_family_and_repairs_with_an_error() {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, f6) = files(root.path());
+    let args = [
+        "--persist-file",
+        &f4,
+        "--persist-file6",
+        &f6,
+        "--ipv6",
+        "on",
+    ];
+    let r = block(&t.host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_blocked(&t.ctr, IMDS4, "after the boot run");
+
+    let (r, mut execs) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(!r.changed(), "{}", r.text());
+    assert!(!r.stderr.contains("drift:"), "{}", r.text());
+    execs.sort();
+    assert_eq!(
+        execs,
+        [
+            "/usr/sbin/ip6tables-nft -w 10 -t filter -S",
+            "/usr/sbin/iptables-nft -w 10 -t filter -S",
+        ],
+        "{}",
+        r.text()
+    );
+
+    // With --persist full-save too: the tables (Docker's run-time rules with them) are not
+    // saved every minute when nothing was repaired.
+    let mut full = args.to_vec();
+    full.extend(["--persist", "full-save"]);
+    let (r, execs) = traced_drift(&t.host, root.path(), &full);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(!r.changed(), "{}", r.text());
+    assert_eq!(execs.len(), 2, "{execs:#?}");
+
+    let ours: Vec<&str> = RULE4.split_whitespace().skip(2).collect();
+    let mut del = vec!["-w", "10", "-D", "DOCKER-USER"];
+    del.extend(&ours);
+    t.host.exec_ok(NFT, &del);
+    assert_reaches(&t.ctr, IMDS4, "someone deleted the rule");
+
+    let (r, execs) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(r.changed(), "{}", r.text());
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| {
+            l.contains("drift: IPv4: DROP rule for docker+ missing from DOCKER-USER; repaired")
+        })
+        .unwrap_or_else(|| panic!("no drift line in\n{}", r.text()));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(!r.stderr.contains("drift: IPv6"), "{}", r.text());
+    assert!(
+        execs.len() > 2,
+        "the repair's restore is counted: {execs:#?}"
+    );
+    assert_blocked(&t.ctr, IMDS4, "the drift check repaired it");
+    assert_eq!(count(&t.host.rules(NFT), RULE4), 1);
 }
