@@ -8,7 +8,7 @@
 # RSS, IMDS requests and token PUTs per run (from the emulator's log), the fetch step alone,
 # `--help` start-up, the stripped binary size, the cost of one drift check (`block-imds
 # --drift` where the block is in place: wall time, and the processes it starts, counted with
-# strace), and PASS/FAIL per target of issue 7. Exits 1 when a target fails. The figures also
+# strace), and PASS/FAIL per target (docs/benchmarks.md, "Targets"). Exits 1 when a target fails. The figures also
 # go to target/bench/latest.txt.
 #
 # Method (docs/benchmarks.md says more):

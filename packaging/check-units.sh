@@ -159,10 +159,10 @@ for want in OnBootSec=1min OnUnitActiveSec=1min WantedBy=timers.target; do
         fail "ecs-bootstrap-drift.timer lacks $want"
     fi
 done
-if grep -qE '^ExecStart=/usr/bin/ecs-bootstrap .*block-imds --drift$' "$units_dir/$drift"; then
+if grep -qE '^ExecStart=/usr/bin/ecs-bootstrap .*--report /run/ecs-bootstrap/drift\.json block-imds --drift$' "$units_dir/$drift"; then
     echo "ok: $drift runs block-imds --drift"
 else
-    fail "$drift does not run /usr/bin/ecs-bootstrap ... block-imds --drift"
+    fail "$drift does not run /usr/bin/ecs-bootstrap ... --report /run/ecs-bootstrap/drift.json block-imds --drift"
 fi
 
 if ((failures > 0)); then

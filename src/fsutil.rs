@@ -7,11 +7,23 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// What [`write_atomic`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`write_atomic`] did; in reports, `"written"` or `"unchanged"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum WriteOutcome {
     Written,
     Unchanged,
+}
+
+impl WriteOutcome {
+    /// The name reports and logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::Written => "written",
+            WriteOutcome::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// Why a write failed: the step, the path and what to do are in the message.

@@ -1,6 +1,8 @@
 //! ecs-bootstrap: boot agent for Amazon ECS container instances. See ARCHITECTURE.md.
 
 pub mod app;
+mod backoff;
+mod check;
 pub mod config;
 pub(crate) mod error;
 pub mod firewall;

@@ -35,8 +35,8 @@ pub(crate) struct Facts {
     pub(crate) prove: Option<Proof>,
     /// The written ecs.config's text, and its path; None when there is none.
     pub(crate) ecs_config: Option<(String, std::path::PathBuf)>,
-    /// From the check step: whether IMDSv1 (no token) still answers; None when not known.
-    pub(crate) imdsv1_open: Option<bool>,
+    /// From the check step: whether IMDSv1 (no token) still answers, if it was probed.
+    pub(crate) imdsv1: Option<crate::imds::Imdsv1>,
     /// From prove; None when not measured.
     pub(crate) put_hop_limit: Option<HopLimit>,
 }
@@ -189,9 +189,10 @@ fn awsvpc(f: &Facts) -> Line {
     }
 }
 
-/// The instance's metadata options, when the check learned whether IMDSv1 answers.
+/// The instance's metadata options, when the check ran.
 fn metadata_options(f: &Facts) -> Option<Line> {
-    let open = f.imdsv1_open?;
+    use crate::imds::Imdsv1;
+    let v1 = f.imdsv1?;
     let hops = match f.put_hop_limit {
         Some(HopLimit::One) => "PUT response hop limit 1 (tokens do not reach containers)",
         Some(HopLimit::TwoOrMore) => {
@@ -201,11 +202,21 @@ fn metadata_options(f: &Facts) -> Option<Line> {
     };
     Some(Line {
         mode: Mode::MetadataOptions,
-        state: if open { State::Open } else { State::Blocked },
-        detail: if open {
-            format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
-        } else {
-            format!("IMDSv2 only (http-tokens required); {hops}")
+        state: match v1 {
+            Imdsv1::Open => State::Open,
+            Imdsv1::NotProbed => State::Unknown,
+            Imdsv1::Closed | Imdsv1::NoAnswer => State::Blocked,
+        },
+        detail: match v1 {
+            Imdsv1::Open => {
+                format!("IMDSv1 answers without a token (http-tokens optional); {hops}")
+            }
+            Imdsv1::NotProbed => format!(
+                "IMDSv1 not probed (a tokenless request counts in MetadataNoToken; --probe-imdsv1 makes one); {hops}"
+            ),
+            Imdsv1::Closed | Imdsv1::NoAnswer => {
+                format!("IMDSv2 only (http-tokens required); {hops}")
+            }
         },
     })
 }
@@ -233,7 +244,7 @@ mod tests {
             interfaces: vec!["docker+".into()],
             prove: Some(Proof::Proven),
             ecs_config: Some(("ECS_CLUSTER=a\n".into(), "/etc/ecs/ecs.config".into())),
-            imdsv1_open: Some(false),
+            imdsv1: Some(crate::imds::Imdsv1::Closed),
             put_hop_limit: Some(HopLimit::One),
         };
         let l = assess(&f);
@@ -249,5 +260,11 @@ mod tests {
             ..f.clone()
         });
         assert_eq!(l[0].state, State::Open);
+        let l = assess(&Facts {
+            imdsv1: Some(crate::imds::Imdsv1::NotProbed),
+            ..f.clone()
+        });
+        assert_eq!(l[3].state, State::Unknown);
+        assert!(l[3].detail.contains("IMDSv1 not probed"), "{}", l[3].detail);
     }
 }

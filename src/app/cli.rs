@@ -301,7 +301,13 @@ pub(crate) struct FirewallArgs {
 }
 
 #[derive(Debug, Args, Clone, Default)]
-pub(crate) struct CheckArgs {}
+pub(crate) struct CheckArgs {
+    /// Also make one request without a token to learn whether IMDSv1 still answers. Off by
+    /// default: EC2 counts every tokenless request in the CloudWatch metric MetadataNoToken,
+    /// which fleets watch to find IMDSv1 callers. Example: --probe-imdsv1
+    #[arg(long, env = "ECS_BOOTSTRAP_PROBE_IMDSV1")]
+    pub(crate) probe_imdsv1: bool,
+}
 
 #[derive(Debug, Args, Clone)]
 pub(crate) struct RunArgs {

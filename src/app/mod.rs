@@ -293,7 +293,7 @@ fn posture(plan: &Plan, steps: &[StepReport]) -> Vec<posture::Line> {
             .and_then(|d| d.field(name))
             .cloned()
     };
-    let imdsv1_open = field(Step::Check, "imdsv1_open").and_then(|v| v.as_bool());
+    let imdsv1 = field(Step::Check, "imdsv1").and_then(|v| serde_json::from_value(v).ok());
     let put_hop_limit = field(Step::Prove, "put_hop_limit").and_then(|v| match v.as_str() {
         Some("1") => Some(posture::HopLimit::One),
         Some(_) => Some(posture::HopLimit::TwoOrMore),
@@ -308,7 +308,7 @@ fn posture(plan: &Plan, steps: &[StepReport]) -> Vec<posture::Line> {
             .unwrap_or_default(),
         prove,
         ecs_config,
-        imdsv1_open,
+        imdsv1,
         put_hop_limit,
     })
 }
@@ -357,10 +357,10 @@ where
 async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Report {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(global.deadline);
-    if plan.config.is_some() {
-        config::fetch::preload_tls_roots();
+    if let Some(opts) = &plan.config {
+        config::prepare(opts);
     }
-    let imds = (plan.config.is_some() || plan.check || plan.prove.is_some())
+    let imds = (plan.config.is_some() || plan.check.is_some() || plan.prove.is_some())
         .then(|| Imds::new(imds::endpoint_from_env(), deadline));
 
     let firewall = async {
@@ -384,10 +384,8 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
         match (&plan.config, &imds) {
             (Some(opts), Some(imds)) => {
                 timed(Step::Config, deadline, finished, async {
-                    fsutil::sweep_stale_temps(&opts.dest);
                     let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                    let sdk = sdk_config(imds).await?;
-                    config::run(opts, &sdk, imds, deadline).await
+                    config::run(opts, imds, deadline).await
                 })
                 .await
             }
@@ -397,11 +395,11 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
     // The firewall first: its first poll starts its thread, before the config step's first
     // poll does its synchronous set-up (the S3 client's TLS roots).
     let (firewall, config) = tokio::join!(firewall, config);
-    let check = match (&imds, plan.check) {
-        (Some(imds), true) => {
+    let check = match (&imds, &plan.check) {
+        (Some(imds), Some(opts)) => {
             timed(Step::Check, deadline, finished, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                imds::check::run(imds).await
+                crate::check::run(opts, imds).await
             })
             .await
         }
@@ -411,7 +409,8 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
         (Some(imds), Some(opts)) => {
             timed(Step::Prove, deadline, finished, async {
                 let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                prove::run(opts, imds, &SystemRunner::default(), deadline).await
+                let runner = SystemRunner::new(sys::Deadline::at(deadline.into_std()));
+                prove::run(opts, imds, &runner, deadline).await
             })
             .await
         }
@@ -447,58 +446,6 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
     let mut report = Report::new(plan.command, steps, start.elapsed());
     report.imds_posture = posture;
     report
-}
-
-/// The SDK configuration: region from `AWS_REGION` or IMDS, credentials from the instance role
-/// through the shared IMDS client, the S3 endpoint from the standard `AWS_ENDPOINT_URL_S3` /
-/// `AWS_ENDPOINT_URL`. Built by hand rather than with `aws_config::defaults().load()`: the
-/// default chain would read profile files and link the STS, web-identity and container
-/// credential providers, none of which an instance-role agent uses (and the binary is smaller).
-async fn sdk_config(imds: &Imds) -> anyhow::Result<aws_config::SdkConfig> {
-    use anyhow::Context as _;
-    let env = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    let region = match env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
-        Some(r) => r,
-        None => imds
-            .region()
-            .await
-            .context("finding the region in instance metadata (set AWS_REGION to skip this)")?,
-    };
-    let mut sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                imds.credentials_provider(),
-            ),
-        )
-        .sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep().context("no async sleep")?)
-        .time_source(aws_smithy_async::time::SystemTimeSource::new());
-    if let Some(url) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
-        sdk = sdk.endpoint_url(url);
-    }
-    // The standard switches for FIPS and dual-stack (IPv6) endpoints, as the SDK's default
-    // chain reads them.
-    let flag = |name: &str| match env(name).map(|v| v.to_ascii_lowercase()).as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            tracing::warn!("{name} is neither true nor false; it is ignored");
-            false
-        }
-    };
-    if flag("AWS_USE_FIPS_ENDPOINT") {
-        sdk = sdk.use_fips(true);
-    }
-    if flag("AWS_USE_DUALSTACK_ENDPOINT") {
-        sdk = sdk.use_dual_stack(true);
-    }
-    Ok(sdk.build())
 }
 
 /// Writes the `--report` file, then prints the report (which says when the file could not be

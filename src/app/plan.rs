@@ -2,8 +2,8 @@
 //! clap-free `Options`, built here and nowhere else.
 
 use super::cli::{
-    ChainChoice, Cli, Command, ConfigArgs, FirewallArgs, IamPolicyArgs, Ipv6Mode, PersistMode,
-    PolicyFormat, ProveArgs, RunArgs,
+    ChainChoice, CheckArgs, Cli, Command, ConfigArgs, FirewallArgs, IamPolicyArgs, Ipv6Mode,
+    PersistMode, PolicyFormat, ProveArgs, RunArgs,
 };
 use crate::config::{self, parse, source};
 use crate::error::UsageError;
@@ -16,7 +16,7 @@ pub(super) struct Plan {
     pub(super) command: report::Command,
     pub(super) config: Option<config::Options>,
     pub(super) firewall: Option<firewall::Options>,
-    pub(super) check: bool,
+    pub(super) check: Option<crate::check::Options>,
     pub(super) prove: Option<prove::Options>,
 }
 
@@ -27,7 +27,7 @@ impl Plan {
             command,
             config: None,
             firewall: None,
-            check: false,
+            check: None,
             prove: None,
         };
         Ok(match &cli.command {
@@ -44,14 +44,20 @@ impl Plan {
                 prove: Some(prove_options(p)),
                 ..only(report::Command::Prove)
             },
-            Command::CheckImds(_) => Plan {
-                check: true,
+            Command::CheckImds(c) => Plan {
+                check: Some(check_options(c)),
                 ..only(report::Command::CheckImds)
             },
             Command::IamPolicy(_) => {
                 unreachable!("iam-policy only prints, and is handled before planning")
             }
         })
+    }
+}
+
+fn check_options(c: &CheckArgs) -> crate::check::Options {
+    crate::check::Options {
+        probe_imdsv1: c.probe_imdsv1,
     }
 }
 
@@ -74,7 +80,7 @@ fn run_plan(r: &RunArgs, root: &Root) -> Result<Plan, UsageError> {
         firewall: (!r.skip_firewall)
             .then(|| firewall_options(&r.firewall, root))
             .transpose()?,
-        check: !r.skip_check,
+        check: (!r.skip_check).then(|| check_options(&r.check)),
         prove: r.prove.then(|| prove::Options {
             bridge: None,
             interfaces: r.firewall.interfaces.clone(),

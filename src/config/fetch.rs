@@ -2,8 +2,9 @@
 //! off so that every attempt is logged once), per-attempt time limits, the size cap, the region
 //! hint, the expected bucket owner. The decisions are in [`super::retry`].
 
-use super::retry::{Backoff, Decision, Failure, Stop, decide};
+use super::retry::{Decision, Failure, decide};
 use super::source::S3Url;
+use crate::backoff::{Backoff, Stop};
 use crate::imds::Imds;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::{Credentials, ProvideCredentials, Region};
@@ -155,7 +156,7 @@ fn clock_offset_ms(server: std::time::SystemTime) -> i64 {
 /// the S3 client builds its HTTPS connector after the region and credentials come from IMDS.
 /// The SDK reads them once per process (a cached `LazyLock` inside aws-smithy-http-client;
 /// a second reader waits for the first) and building its default connector is what fills the
-/// cache: on Debian that is 147 files, several milliseconds that would otherwise sit on the
+/// cache: on Debian that is over a hundred files, time that would otherwise sit on the
 /// config step's critical path. Best effort: if the thread cannot start, the S3 client loads
 /// them itself.
 pub fn preload_tls_roots() {
@@ -169,6 +170,25 @@ pub fn preload_tls_roots() {
         });
 }
 
+/// What the attempts of one fetch learn and carry to the next.
+struct Session {
+    /// Where the next attempt goes.
+    region: String,
+    /// S3's region hint was followed already (once per fetch).
+    redirected: bool,
+    /// The instance role's credentials, kept until S3 asks for new ones.
+    creds: Option<Credentials>,
+    /// S3's clock, once S3 refused ours.
+    clock: Option<SkewedClock>,
+}
+
+/// The object as one attempt got it.
+struct Object {
+    bytes: Vec<u8>,
+    version_id: Option<String>,
+    etag: Option<String>,
+}
+
 /// Fetches the object, retrying transient failures within `req.deadline`.
 pub async fn fetch(
     req: &Request<'_>,
@@ -177,59 +197,109 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     let url = req.url.to_string();
     let deadline = req.deadline.checked_sub(MARGIN).unwrap_or(req.deadline);
-    let backoff = Backoff::default();
-    // An access point ARN names its region; S3 must be asked there.
-    let mut region = match req.url.access_point() {
-        Some(ap) => ap.region,
-        None => sdk
-            .region()
-            .map(|r| r.as_ref().to_owned())
-            .unwrap_or_else(|| "us-east-1".to_owned()),
+    let mut s = Session {
+        // An access point ARN names its region; S3 must be asked there.
+        region: match req.url.access_point() {
+            Some(ap) => ap.region,
+            None => sdk
+                .region()
+                .map(|r| r.as_ref().to_owned())
+                .unwrap_or_else(|| "us-east-1".to_owned()),
+        },
+        redirected: false,
+        creds: None,
+        clock: None,
     };
-    let mut redirected = false;
-    let mut creds: Option<Credentials> = None;
-    let mut clock: Option<SkewedClock> = None;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let result = one_attempt(req, sdk, &region, &mut creds, clock, deadline).await;
-        let err = match result {
-            Ok(mut f) => {
-                f.region = region;
-                f.attempts = attempt;
-                return Ok(f);
+        let err = match one_attempt(req, sdk, &mut s, deadline).await {
+            Ok(o) => {
+                return Ok(Fetched {
+                    bytes: o.bytes,
+                    region: s.region,
+                    attempts: attempt,
+                    version_id: o.version_id,
+                    etag: o.etag,
+                });
             }
             Err(e) => e,
         };
         let what = format!("{}: {}", err.failure, err.detail);
-        match decide(&err.failure, &region, redirected) {
+        match decide(&err.failure, &s.region, s.redirected) {
             Decision::Redirect(to) => {
                 tracing::warn!(
                     attempt,
                     source = %url,
                     error = %what,
-                    from_region = %region,
+                    from_region = %s.region,
                     to_region = %to,
                     next_delay_ms = 0u64,
                     "the bucket is in another region; retrying there"
                 );
-                region = to;
-                redirected = true;
+                s.region = to;
+                s.redirected = true;
                 continue;
             }
             Decision::Fail => {
                 let kms = match &err.failure {
-                    Failure::Http { status: 403, .. } => {
-                        kms_key_of(req, sdk, &region, creds.clone(), clock, deadline).await
-                    }
+                    Failure::Http { status: 403, .. } => kms_key_of(req, sdk, &s, deadline).await,
                     _ => None,
                 };
-                return Err(fatal(req, err, imds, deadline, &region, kms).await);
+                return Err(fatal(req, err, imds, deadline, &s.region, kms).await);
             }
             Decision::Retry => {}
         }
+        s.learn(&err, attempt, &url);
+        wait_or_give_up(attempt, deadline, &url, what).await?;
+    }
+}
+
+/// Sleeps the backoff's delay after failed attempt `attempt`, or gives up when the deadline
+/// leaves no time for another (`what`: the last failure).
+async fn wait_or_give_up(
+    attempt: u32,
+    deadline: Instant,
+    url: &str,
+    what: String,
+) -> Result<(), FetchError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match Backoff::S3.next(attempt, remaining, fastrand::f64()) {
+        Ok(delay) => {
+            tracing::warn!(
+                attempt,
+                source = %url,
+                error = %what,
+                next_delay_ms = delay.as_millis() as u64,
+                "fetch attempt failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            Ok(())
+        }
+        Err(stop) => {
+            let why = match stop {
+                Stop::Attempts => "no attempts left",
+                Stop::Deadline => {
+                    "the deadline leaves no time for another attempt; raise --deadline"
+                }
+            };
+            tracing::warn!(attempt, source = %url, error = %what, "fetch attempt failed; {why}");
+            Err(FetchError::GaveUp {
+                url: url.to_owned(),
+                attempts: attempt,
+                why,
+                last: what,
+            })
+        }
+    }
+}
+
+impl Session {
+    /// Before the attempt after a retryable failure: drops credentials S3 called stale, and
+    /// takes S3's clock when S3 refused ours.
+    fn learn(&mut self, err: &AttemptError, attempt: u32, url: &str) {
         if super::retry::needs_new_credentials(&err.failure) {
-            creds = None;
+            self.creds = None;
         }
         if let (Failure::Http { code: Some(c), .. }, Some(date)) = (&err.failure, err.server_date)
             && c == "RequestTimeTooSkewed"
@@ -245,35 +315,7 @@ pub async fn fetch(
                 (offset_ms.unsigned_abs() as f64) / 1000.0,
                 if offset_ms >= 0 { "behind" } else { "ahead of" }
             );
-            clock = Some(SkewedClock { offset_ms });
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match backoff.next(attempt, remaining, fastrand::f64()) {
-            Ok(delay) => {
-                tracing::warn!(
-                    attempt,
-                    source = %url,
-                    error = %what,
-                    next_delay_ms = delay.as_millis() as u64,
-                    "fetch attempt failed; retrying"
-                );
-                tokio::time::sleep(delay).await;
-            }
-            Err(stop) => {
-                let why = match stop {
-                    Stop::Attempts => "no attempts left",
-                    Stop::Deadline => {
-                        "the deadline leaves no time for another attempt; raise --deadline"
-                    }
-                };
-                tracing::warn!(attempt, source = %url, error = %what, "fetch attempt failed; {why}");
-                return Err(FetchError::GaveUp {
-                    url,
-                    attempts: attempt,
-                    why,
-                    last: what,
-                });
-            }
+            self.clock = Some(SkewedClock { offset_ms });
         }
     }
 }
@@ -281,11 +323,9 @@ pub async fn fetch(
 async fn one_attempt(
     req: &Request<'_>,
     sdk: &aws_config::SdkConfig,
-    region: &str,
-    creds: &mut Option<Credentials>,
-    clock: Option<SkewedClock>,
+    s: &mut Session,
     deadline: Instant,
-) -> Result<Fetched, AttemptError> {
+) -> Result<Object, AttemptError> {
     let now = Instant::now();
     if now >= deadline {
         return Err(AttemptError::new(
@@ -294,15 +334,15 @@ async fn one_attempt(
         ));
     }
     let attempt_deadline = deadline.min(now + ATTEMPT_TIMEOUT);
-    let c = match creds {
+    let c = match &s.creds {
         Some(c) => c.clone(),
         None => {
             let c = credentials(sdk, attempt_deadline).await?;
-            *creds = Some(c.clone());
+            s.creds = Some(c.clone());
             c
         }
     };
-    let client = s3_client(sdk, region, c, clock, false);
+    let client = s3_client(sdk, &s.region, c, s.clock, false);
     let send = client
         .get_object()
         .bucket(&req.url.bucket)
@@ -328,16 +368,45 @@ async fn one_attempt(
         && n > req.max_size
     {
         return Err(AttemptError::new(
-            Failure::TooLarge,
+            Failure::TooLarge { announced: Some(n) },
             format!("Content-Length {n}"),
         ));
     }
     let version_id = out.version_id().map(str::to_owned);
     let etag = out.e_tag().map(str::to_owned);
-    let mut body = out.body;
-    let mut bytes = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    let limits = BodyLimits {
+        announced,
+        max_size: req.max_size,
+        deadline: attempt_deadline,
+        started: now,
+    };
+    Ok(Object {
+        bytes: read_body(out.body, &limits).await?,
+        version_id,
+        etag,
+    })
+}
+
+/// What a body may be and how long it may take.
+struct BodyLimits {
+    /// Its Content-Length, when S3 sent one.
+    announced: Option<u64>,
+    max_size: u64,
+    /// The attempt's end.
+    deadline: Instant,
+    /// When the attempt started, for the message of a stalled body.
+    started: Instant,
+}
+
+/// Reads the body within `limits`: no pause longer than the read limit, never more than the
+/// size cap, exactly the announced length.
+async fn read_body(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    limits: &BodyLimits,
+) -> Result<Vec<u8>, AttemptError> {
+    let mut bytes = Vec::with_capacity(limits.announced.unwrap_or(0) as usize);
     loop {
-        let chunk_deadline = attempt_deadline.min(Instant::now() + READ_TIMEOUT);
+        let chunk_deadline = limits.deadline.min(Instant::now() + READ_TIMEOUT);
         let next = match tokio::time::timeout_at(chunk_deadline, body.next()).await {
             Err(_) => {
                 return Err(AttemptError::new(
@@ -345,8 +414,8 @@ async fn one_attempt(
                     format!(
                         "the body stalled or was too slow: {} of {} bytes after {:.1}s",
                         bytes.len(),
-                        announced.map_or("?".to_owned(), |n| n.to_string()),
-                        now.elapsed().as_secs_f64()
+                        limits.announced.map_or("?".to_owned(), |n| n.to_string()),
+                        limits.started.elapsed().as_secs_f64()
                     ),
                 ));
             }
@@ -355,10 +424,10 @@ async fn one_attempt(
         match next {
             None => break,
             Some(Ok(chunk)) => {
-                if (bytes.len() + chunk.len()) as u64 > req.max_size {
+                if (bytes.len() + chunk.len()) as u64 > limits.max_size {
                     return Err(AttemptError::new(
-                        Failure::TooLarge,
-                        format!("more than {} bytes in the body", req.max_size),
+                        Failure::TooLarge { announced: None },
+                        format!("more than {} bytes in the body", limits.max_size),
                     ));
                 }
                 bytes.extend_from_slice(&chunk);
@@ -375,21 +444,13 @@ async fn one_attempt(
             }
         }
     }
-    if let Some(n) = announced
-        && n != bytes.len() as u64
-    {
-        return Err(AttemptError::new(
+    match limits.announced {
+        Some(n) if n != bytes.len() as u64 => Err(AttemptError::new(
             Failure::Truncated,
             format!("{} of {n} bytes received", bytes.len()),
-        ));
+        )),
+        _ => Ok(bytes),
     }
-    Ok(Fetched {
-        bytes,
-        region: String::new(),
-        attempts: 0,
-        version_id,
-        etag,
-    })
 }
 
 /// An S3 client for one attempt: our retries, our time limits, the region of the attempt, and
@@ -451,12 +512,10 @@ impl aws_sdk_s3::config::Intercept for HeadInstead {
 async fn kms_key_of(
     req: &Request<'_>,
     sdk: &aws_config::SdkConfig,
-    region: &str,
-    creds: Option<Credentials>,
-    clock: Option<SkewedClock>,
+    s: &Session,
     deadline: Instant,
 ) -> Option<String> {
-    let client = s3_client(sdk, region, creds?, clock, true);
+    let client = s3_client(sdk, &s.region, s.creds.clone()?, s.clock, true);
     let head = client
         .get_object()
         .bucket(&req.url.bucket)
@@ -495,25 +554,27 @@ async fn credentials(
         )),
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => {
-            let detail = DisplayErrorContext(&e).to_string();
-            let fatal = match &e {
-                CredentialsError::CredentialsNotLoaded(_) => {
-                    detail.contains("404") || detail.contains("disabled")
-                }
-                CredentialsError::InvalidConfiguration(_) => true,
-                _ => false,
-            };
-            let failure = if fatal {
-                Failure::CredentialsFatal
-            } else {
-                Failure::CredentialsTransient
-            };
-            let detail = if detail.contains("404") {
-                "the instance has no instance profile (iam/security-credentials/ is 404)".to_owned()
-            } else {
-                format!("credentials from instance metadata: {detail}")
-            };
-            Err(AttemptError::new(failure, detail))
+            // The provider says why the role has no credentials by the error's type; anything
+            // else (metadata slow, 5xx, token refused) may pass.
+            let missing = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<crate::imds::NoCredentials>());
+            Err(match (missing, &e) {
+                (Some(why), _) => AttemptError::new(Failure::CredentialsFatal, why.to_string()),
+                (None, CredentialsError::InvalidConfiguration(_)) => AttemptError::new(
+                    Failure::CredentialsFatal,
+                    format!(
+                        "credentials from instance metadata: {}",
+                        DisplayErrorContext(&e)
+                    ),
+                ),
+                (None, _) => AttemptError::new(
+                    Failure::CredentialsTransient,
+                    format!(
+                        "credentials from instance metadata: {}",
+                        DisplayErrorContext(&e)
+                    ),
+                ),
+            })
         }
     }
 }
@@ -601,81 +662,84 @@ async fn fatal(
             status: 403, code, ..
         } => {
             let profile = instance_profile(imds, deadline).await;
-            let action = get_action(req);
-            let mut owner_hint = String::new();
-            if let Some(owner) = req.expected_owner {
-                owner_hint = format!(
-                    "; or bucket {} is not owned by account {owner} (--expected-bucket-owner), which S3 also \
-                     answers with 403",
-                    req.url.bucket
-                );
-            }
-            if code.as_deref() == Some("RequestTimeTooSkewed") {
-                owner_hint.push_str("; the instance clock is off: check chrony/NTP");
-            }
-            if let Some(key) = kms_key {
-                return FetchError::KmsDenied {
+            match kms_key {
+                Some(key) => FetchError::KmsDenied {
                     url,
                     key,
                     profile,
                     detail,
-                };
-            }
-            FetchError::AccessDenied {
-                url,
-                resource: super::source::object_arn(req.url, region),
-                action,
-                profile,
-                owner_hint,
-                detail,
+                },
+                None => FetchError::AccessDenied {
+                    url,
+                    resource: super::source::object_arn(req.url, region),
+                    action: get_action(req),
+                    profile,
+                    owner_hint: denial_hints(req, code.as_deref()),
+                    detail,
+                },
             }
         }
         Failure::Http {
             status: 404, code, ..
-        } => {
-            let what = match code.as_deref() {
-                Some("NoSuchBucket") => format!(
-                    "bucket {} does not exist (source {url}): check the bucket name",
-                    req.url.bucket
-                ),
-                Some("NoSuchVersion") => format!(
-                    "bucket {} has no version {} of key {} (source {url}): check the versionId",
-                    req.url.bucket,
-                    req.url.version_id.as_deref().unwrap_or(""),
-                    req.url.key
-                ),
-                _ => format!(
-                    "bucket {} has no key {} (source {url}): upload the object or fix --source",
-                    req.url.bucket, req.url.key
-                ),
-            };
-            FetchError::NotFound {
-                what,
-                detail,
-                action: get_action(req),
-                profile: instance_profile(imds, deadline).await,
-            }
-        }
-        Failure::TooLarge => match err
-            .detail
-            .strip_prefix("Content-Length ")
-            .and_then(|n| n.parse().ok())
-        {
-            Some(size) => FetchError::TooLarge {
-                url,
-                size,
-                max: req.max_size,
-            },
-            None => FetchError::TooLargeStreamed {
-                url,
-                max: req.max_size,
-            },
+        } => FetchError::NotFound {
+            what: missing(req, code.as_deref()),
+            detail,
+            action: get_action(req),
+            profile: instance_profile(imds, deadline).await,
+        },
+        Failure::TooLarge {
+            announced: Some(size),
+        } => FetchError::TooLarge {
+            url,
+            size: *size,
+            max: req.max_size,
+        },
+        Failure::TooLarge { announced: None } => FetchError::TooLargeStreamed {
+            url,
+            max: req.max_size,
         },
         Failure::CredentialsFatal => FetchError::NoCredentials {
             url,
             detail: err.detail,
         },
         _ => FetchError::Failed { url, detail },
+    }
+}
+
+/// The other causes of a 403 than the role's policy: the bucket's owner, the clock.
+fn denial_hints(req: &Request<'_>, code: Option<&str>) -> String {
+    let mut hints = String::new();
+    if let Some(owner) = req.expected_owner {
+        hints = format!(
+            "; or bucket {} is not owned by account {owner} (--expected-bucket-owner), which S3 also \
+             answers with 403",
+            req.url.bucket
+        );
+    }
+    if code == Some("RequestTimeTooSkewed") {
+        hints.push_str("; the instance clock is off: check chrony/NTP");
+    }
+    hints
+}
+
+/// What a 404 says is missing, by S3's error code.
+fn missing(req: &Request<'_>, code: Option<&str>) -> String {
+    let url = req.url;
+    match code {
+        Some("NoSuchBucket") => format!(
+            "bucket {} does not exist (source {url}): check the bucket name",
+            url.bucket
+        ),
+        Some("NoSuchVersion") => format!(
+            "bucket {} has no version {} of key {} (source {url}): check the versionId",
+            url.bucket,
+            url.version_id.as_deref().unwrap_or(""),
+            url.key
+        ),
+        _ => format!(
+            "bucket {} has no key {} (source {url}): upload the object or fix --source",
+            url.bucket, url.key
+        ),
     }
 }
 

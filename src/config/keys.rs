@@ -1,6 +1,9 @@
 //! The keys the ECS agent and ecs-init read from ecs.config (`keys.txt`, a snapshot of
-//! amazon-ecs-agent's code and README), the nearest-key suggestion for a typo, and which keys
-//! hold secrets.
+//! amazon-ecs-agent's code and README) and the nearest-key suggestion for a typo.
+//!
+//! No key decides whether its value may be shown: every value is treated as a secret (a key
+//! nobody listed can hold a password, a proxy URL can hold `user:password@`), so messages,
+//! logs and reports carry key names and line numbers only.
 
 use std::sync::OnceLock;
 
@@ -41,22 +44,6 @@ pub fn suggest(key: &str) -> Option<&'static str> {
         .map(|(_, k)| k)
 }
 
-/// Whether the value of `key` is a secret that must never be logged or reported:
-/// `ECS_ENGINE_AUTH_DATA`, any key naming AUTH, SECRET, PASSWORD, TOKEN or CREDENTIAL, and the
-/// proxy URLs (which may carry `user:password@`).
-pub fn is_secret(key: &str) -> bool {
-    const WORDS: [&str; 6] = [
-        "AUTH",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "TOKEN",
-        "CREDENTIAL",
-    ];
-    let k = key.to_ascii_uppercase();
-    WORDS.iter().any(|w| k.contains(w)) || (k.ends_with("_PROXY") && k != "NO_PROXY")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,24 +73,5 @@ mod tests {
         assert_eq!(suggest("ECS_ENGINE_AUTH_TYP"), Some("ECS_ENGINE_AUTH_TYPE"));
         assert_eq!(suggest("FOO"), None);
         assert_eq!(suggest("TOTALLY_UNRELATED_THING"), None);
-    }
-
-    #[test]
-    fn secrets() {
-        for k in [
-            "ECS_ENGINE_AUTH_DATA",
-            "ECS_ENGINE_AUTH_TYPE",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "MY_SECRET",
-            "DB_PASSWORD",
-            "GITHUB_TOKEN",
-        ] {
-            assert!(is_secret(k), "{k}");
-        }
-        for k in ["ECS_CLUSTER", "NO_PROXY", "ECS_LOGLEVEL"] {
-            assert!(!is_secret(k), "{k}");
-        }
     }
 }

@@ -44,6 +44,13 @@ pub struct Provenance {
     /// SHA-256 (hex) of the whole ecs.config as written.
     #[serde(default)]
     pub file_sha256: String,
+    /// The S3 version of the object the file was written from, when the bucket is versioned.
+    /// Absent from sidecars written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// The object's ETag, as S3 gave it (quoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     pub keys: BTreeMap<String, KeyRecord>,
 }
 
@@ -140,6 +147,7 @@ pub fn merge(
         source: source.to_owned(),
         file_sha256: hex(&Sha256::digest(out.config.render().as_bytes())),
         keys,
+        ..Provenance::default()
     };
     out
 }

@@ -2,37 +2,41 @@
 //! (`--sha256`, syntax, known keys), apply `--set`, and write it atomically to the destination
 //! (mode 0600). On any failure the previous file stays as it was.
 //!
-//! Modules: [`source`] the `s3://` URL, [`keys`] the known keys and secret keys, [`parse`] the
-//! pure parser/validator/normaliser/diff, [`retry`] the pure retry policy, [`fetch`] GetObject.
+//! Modules: [`source`] the `s3://` URL, [`keys`] the known keys, [`parse`] the pure
+//! parser/validator/normaliser/diff, [`readers`] ecs.config's two readers, [`local`] keys that
+//! something else wrote and the sidecar, [`retry`] the pure retry policy, `sdk` the S3 client's
+//! configuration, [`fetch`] GetObject, [`status`] the written file read back.
 
-pub mod fetch;
-pub mod keys;
-pub mod local;
+pub(crate) mod fetch;
+pub(crate) mod keys;
+pub(crate) mod local;
 pub mod parse;
 pub mod readers;
-pub mod retry;
-pub mod source;
+pub(crate) mod retry;
+mod sdk;
+pub(crate) mod source;
+pub mod status;
 
 use crate::fsutil::{self, WriteOutcome};
-use crate::imds::{Imds, MetadataError};
+use crate::imds::Imds;
 use crate::report::StepResult;
 use anyhow::Context as _;
 use parse::{Config, Finding, SetArg, Severity};
-use serde_json::json;
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use source::S3Url;
 use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
 /// Where ecs-init and the ECS agent read their settings.
-pub const DEFAULT_DEST: &str = "/etc/ecs/ecs.config";
+pub(crate) const DEFAULT_DEST: &str = "/etc/ecs/ecs.config";
 
 /// The largest `--max-size` accepted: ecs.config is a few hundred bytes in practice.
-pub const MAX_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Where the source URL comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
+pub(crate) enum SourceSpec {
     Url(S3Url),
     /// The instance tag with this key holds the URL (instance metadata tags).
     Tag(String),
@@ -40,7 +44,7 @@ pub enum SourceSpec {
 
 /// The validated options of the step. `Debug` shows no `--set` value.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub source: SourceSpec,
     pub dest: PathBuf,
     /// Lower-case hex.
@@ -52,8 +56,63 @@ pub struct Options {
     pub sets: Vec<SetArg>,
 }
 
-/// Runs the step; `deadline` is the overall deadline (retries never sleep past it).
-pub async fn run(
+/// The step's set-up that needs no network, to call as soon as the plan says the step will
+/// run: the S3 client's root certificates start loading on a thread of their own (see
+/// [`fetch::preload_tls_roots`]), and temporary files that a killed run left beside the
+/// destination are removed (the step may fail before it writes, and such a file may hold the
+/// secrets of the file it was writing).
+pub(crate) fn prepare(opts: &Options) {
+    fetch::preload_tls_roots();
+    fsutil::sweep_stale_temps(&opts.dest);
+}
+
+/// Runs the step; `deadline` is the overall deadline (retries never sleep past it). Builds the
+/// S3 client's configuration itself, from the environment and `imds` (region, credentials).
+pub(crate) async fn run(
+    opts: &Options,
+    imds: &Imds,
+    deadline: Instant,
+) -> anyhow::Result<StepResult> {
+    // Boxed: the nested futures of the region lookup and the fetch would otherwise exceed the
+    // compiler's layout depth limit in the caller's `select!`.
+    Box::pin(async {
+        let sdk = sdk::build(&sdk::from_env(|n| std::env::var(n).ok()), imds).await?;
+        fetch_and_write(opts, &sdk, imds, deadline).await
+    })
+    .await
+}
+
+/// What the step did: its part of the JSON report.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub(crate) struct Details {
+    pub dest: PathBuf,
+    pub source: String,
+    /// Whether the destination was rewritten.
+    pub file: WriteOutcome,
+    /// SHA-256 (hex) of the object as fetched.
+    pub sha256: String,
+    /// The object's size.
+    pub bytes: usize,
+    /// GetObject attempts it took.
+    pub attempts: u32,
+    /// The region S3 was asked in.
+    pub region: String,
+    pub version_id: Option<String>,
+    pub etag: Option<String>,
+    /// The keys of the written file, in its order (never a value).
+    pub keys: Vec<String>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Keys that something else wrote and the object does not set: kept.
+    pub kept_local: Vec<String>,
+    /// Keys that something else wrote with another value than the object's or `--set`'s.
+    pub replaced_local: Vec<String>,
+}
+
+async fn fetch_and_write(
     opts: &Options,
     sdk: &aws_config::SdkConfig,
     imds: &Imds,
@@ -67,9 +126,80 @@ pub async fn run(
         "nothing was written; {} keeps its previous content",
         opts.dest.display()
     );
+    let (fetched, digest) = fetch_verified(opts, &url, sdk, imds, deadline, &keep).await?;
+    let (config, mut warnings) = check_object(opts, &url, &fetched.bytes, &keep)?;
+    let from_object = warnings.len();
+    let old = read_old_lines(&opts.dest);
+    let side = local::sidecar(&opts.dest);
+    let set_keys: Vec<&str> = opts.sets.iter().map(|s| s.key.as_str()).collect();
+    let mut merged = local::merge(
+        old.as_ref().map(|(c, _)| c),
+        read_provenance(&side).as_ref(),
+        &config,
+        &set_keys,
+        &url.to_string(),
+    );
+    merged.provenance.version_id = fetched.version_id.clone();
+    merged.provenance.etag = fetched.etag.clone();
+    let old_bad = old.as_ref().map_or(&[][..], |(_, bad)| bad.as_slice());
+    warnings.extend(local_warnings(opts, &merged, old_bad, &set_keys));
+    warnings.extend(reader_warnings(&config, &merged));
+    for w in &warnings[from_object..] {
+        tracing::warn!(source = %url, "{w}");
+    }
+    let content = merged.config.render();
+    let outcome = fsutil::write_atomic(&opts.dest, content.as_bytes(), 0o600)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("writing ecs.config from {url}; the previous file is intact"))?;
+    warnings.extend(write_sidecar(opts, &side, &merged.provenance));
+    let d = parse::diff(&old.map(|(c, _)| c).unwrap_or_default(), &merged.config);
+    let details = Details {
+        dest: opts.dest.clone(),
+        source: url.to_string(),
+        file: outcome,
+        sha256: digest,
+        bytes: fetched.bytes.len(),
+        attempts: fetched.attempts,
+        region: fetched.region,
+        version_id: fetched.version_id,
+        etag: fetched.etag,
+        keys: merged.config.keys().map(str::to_owned).collect(),
+        added: d.added,
+        changed: d.changed,
+        removed: d.removed,
+        warnings,
+        kept_local: merged.kept,
+        replaced_local: merged.replaced,
+    };
+    tracing::info!(
+        dest = %opts.dest.display(),
+        file = outcome.as_str(),
+        keys = details.keys.len(),
+        added = ?details.added,
+        changed = ?details.changed,
+        removed = ?details.removed,
+        "ecs.config {}",
+        outcome.as_str()
+    );
+    Ok(StepResult {
+        changed: outcome == WriteOutcome::Written,
+        summary: summary(&details),
+        details: serde_json::to_value(&details)?,
+    })
+}
+
+/// The object, fetched and logged, and its SHA-256, checked against `--sha256`.
+async fn fetch_verified(
+    opts: &Options,
+    url: &S3Url,
+    sdk: &aws_config::SdkConfig,
+    imds: &Imds,
+    deadline: Instant,
+    keep: &str,
+) -> anyhow::Result<(fetch::Fetched, String)> {
     let fetched = fetch::fetch(
         &fetch::Request {
-            url: &url,
+            url,
             expected_owner: opts.expected_owner.as_deref(),
             max_size: opts.max_size,
             deadline,
@@ -78,8 +208,8 @@ pub async fn run(
         imds,
     )
     .await
-    .with_context(|| keep.clone())?;
-    let digest = hex(&Sha256::digest(&fetched.bytes));
+    .with_context(|| keep.to_owned())?;
+    let digest = local::hex(&Sha256::digest(&fetched.bytes));
     tracing::info!(
         source = %url,
         bytes = fetched.bytes.len(),
@@ -96,22 +226,30 @@ pub async fn run(
              (changed or replaced?); upload the expected content or update --sha256; {keep}"
         );
     }
+    Ok((fetched, digest))
+}
 
-    let (config, findings) = validate(&fetched.bytes, &opts.sets, opts.strict, opts.allow_empty);
-    let warnings: Vec<String> = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Warning)
-        .map(ToString::to_string)
-        .collect();
+/// The object's settings with `--set` applied, and its warnings (logged here); an error when
+/// it is not a valid ecs.config.
+fn check_object(
+    opts: &Options,
+    url: &S3Url,
+    bytes: &[u8],
+    keep: &str,
+) -> anyhow::Result<(Config, Vec<String>)> {
+    let (config, findings) = validate(bytes, &opts.sets, opts.strict, opts.allow_empty);
+    let of = |severity: Severity| -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .map(ToString::to_string)
+            .collect()
+    };
+    let warnings = of(Severity::Warning);
     for w in &warnings {
         tracing::warn!(source = %url, "{w}");
     }
-    let warnings_from_object = warnings.len();
-    let errors: Vec<String> = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .map(ToString::to_string)
-        .collect();
+    let errors = of(Severity::Error);
     if !errors.is_empty() {
         anyhow::bail!(
             "{url} is not a valid ecs.config{}: {}; {keep}",
@@ -119,59 +257,58 @@ pub async fn run(
             summarize(&errors)
         );
     }
+    Ok((config, warnings))
+}
 
-    let (old, old_bad) = match read_old_lines(&opts.dest) {
-        Some((c, bad)) => (Some(c), bad),
-        None => (None, Vec::new()),
-    };
-    let side = local::sidecar(&opts.dest);
-    let prov = read_provenance(&side);
-    let set_keys: Vec<&str> = opts.sets.iter().map(|s| s.key.as_str()).collect();
-    let merged = local::merge(
-        old.as_ref(),
-        prov.as_ref(),
-        &config,
-        &set_keys,
-        &url.to_string(),
-    );
-    let mut warnings = warnings;
+/// The warnings about keys something else wrote into the destination: kept, replaced, or
+/// unreadable (`old_bad`: line numbers of the current file).
+fn local_warnings(
+    opts: &Options,
+    merged: &local::Merged,
+    old_bad: &[usize],
+    set_keys: &[&str],
+) -> Vec<String> {
+    let dest = opts.dest.display();
+    let mut out = Vec::new();
     if !merged.newly_kept.is_empty() {
-        warnings.push(format!(
-            "{} kept from the existing {} (written by something other than ecs-bootstrap, such as user \
-             data); the object does not set {}; move {} into the object (or --set) to manage {} here",
+        let it = if merged.newly_kept.len() == 1 {
+            "it"
+        } else {
+            "them"
+        };
+        out.push(format!(
+            "{} kept from the existing {dest} (written by something other than ecs-bootstrap, such as user \
+             data); the object does not set {it}; move {it} into the object (or --set) to manage {it} here",
             merged.newly_kept.join(", "),
-            opts.dest.display(),
-            if merged.newly_kept.len() == 1 { "it" } else { "them" },
-            if merged.newly_kept.len() == 1 { "it" } else { "them" },
-            if merged.newly_kept.len() == 1 { "it" } else { "them" },
         ));
     }
     if !old_bad.is_empty() {
-        warnings.push(format!(
-            "line(s) {} of the existing {} could not be read as KEY=VALUE and are not kept; put what they \
+        let lines: Vec<String> = old_bad.iter().map(ToString::to_string).collect();
+        out.push(format!(
+            "line(s) {} of the existing {dest} could not be read as KEY=VALUE and are not kept; put what they \
              set into the object (or --set)",
-            old_bad
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            opts.dest.display()
+            lines.join(", "),
         ));
     }
     if !merged.replaced.is_empty() {
-        warnings.push(format!(
-            "{} in the existing {} (written by something other than ecs-bootstrap, such as user data) \
+        let by_set = merged
+            .replaced
+            .iter()
+            .all(|k| set_keys.contains(&k.as_str()));
+        out.push(format!(
+            "{} in the existing {dest} (written by something other than ecs-bootstrap, such as user data) \
              replaced by the value from {}: the object and --set win; remove the line from what writes it",
             merged.replaced.join(", "),
-            opts.dest.display(),
-            if merged.replaced.iter().all(|k| set_keys.contains(&k.as_str())) {
-                "--set"
-            } else {
-                "the object"
-            }
+            if by_set { "--set" } else { "the object" }
         ));
     }
-    // The file as written, kept local keys included, must read alike to both readers too.
+    out
+}
+
+/// The warnings about the file as written, kept local keys included: it must read alike to
+/// both readers too. `config` is the object's part, whose own value warnings were given.
+fn reader_warnings(config: &Config, merged: &local::Merged) -> Vec<String> {
+    let mut out = Vec::new();
     let mut named: std::collections::BTreeSet<String> = config
         .keys()
         .filter(|k| !parse::value_warnings(k, config.get(k).unwrap_or_default()).is_empty())
@@ -180,56 +317,48 @@ pub async fn run(
     named.extend(readers::disagreements(&config.render()));
     for k in &merged.kept {
         for w in parse::value_warnings(k, merged.config.get(k).unwrap_or_default()) {
-            warnings.push(format!("kept local key {k}: {w}"));
+            out.push(format!("kept local key {k}: {w}"));
             named.insert(k.clone());
         }
     }
-    for f in parse::reader_findings(&merged.config, &named) {
-        warnings.push(f.to_string());
-    }
-    for w in warnings.iter().skip(warnings_from_object) {
-        tracing::warn!(source = %url, "{w}");
-    }
-    let config = merged.config;
-    let content = config.render();
-    let outcome = fsutil::write_atomic(&opts.dest, content.as_bytes(), 0o600)
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("writing ecs.config from {url}; the previous file is intact"))?;
-    // After ecs.config: a sidecar that describes the file on disk. Should it fail, the next run
-    // takes the keys this run wrote for local ones (kept, with a warning), never loses one.
-    match serde_json::to_vec_pretty(&merged.provenance) {
-        Ok(mut json) => {
-            json.push(b'\n');
-            if let Err(e) = fsutil::write_atomic(&side, &json, 0o600) {
-                let w = format!(
-                    "{} is written, but its record of which keys ecs-bootstrap wrote is not ({e}); the next run \
-                     will keep keys the object dropped",
-                    opts.dest.display()
-                );
-                tracing::warn!("{w}");
-                warnings.push(w);
-            }
-        }
-        Err(e) => tracing::warn!("cannot encode the record of the keys written: {e}"),
-    }
-    let d = parse::diff(&old.unwrap_or_default(), &config);
-    let state = match outcome {
-        WriteOutcome::Written => "written",
-        WriteOutcome::Unchanged => "unchanged",
-    };
-    tracing::info!(
-        dest = %opts.dest.display(),
-        file = state,
-        keys = config.len(),
-        added = ?d.added,
-        changed = ?d.changed,
-        removed = ?d.removed,
-        "ecs.config {state}"
+    out.extend(
+        parse::reader_findings(&merged.config, &named)
+            .iter()
+            .map(ToString::to_string),
     );
-    let mut summary = vec![format!(
-        "{} {state} from {url} ({} keys)",
-        opts.dest.display(),
-        config.len()
+    out
+}
+
+/// Writes the sidecar, after ecs.config: it describes the file on disk. Should it fail, the
+/// next run takes the keys this run wrote for local ones (kept, with a warning), never loses
+/// one; the warning is returned.
+fn write_sidecar(opts: &Options, side: &Path, prov: &local::Provenance) -> Option<String> {
+    let mut json = match serde_json::to_vec_pretty(prov) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!("cannot encode the record of the keys written: {e}");
+            return None;
+        }
+    };
+    json.push(b'\n');
+    let e = fsutil::write_atomic(side, &json, 0o600).err()?;
+    let w = format!(
+        "{} is written, but its record of which keys ecs-bootstrap wrote is not ({e}); the next run \
+         will keep keys the object dropped",
+        opts.dest.display()
+    );
+    tracing::warn!("{w}");
+    Some(w)
+}
+
+/// The text report's lines.
+fn summary(d: &Details) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{} {} from {} ({} keys)",
+        d.dest.display(),
+        d.file.as_str(),
+        d.source,
+        d.keys.len()
     )];
     for (label, keys) in [
         ("added", &d.added),
@@ -237,34 +366,11 @@ pub async fn run(
         ("removed", &d.removed),
     ] {
         if !keys.is_empty() {
-            summary.push(format!("{label}: {}", keys.join(", ")));
+            lines.push(format!("{label}: {}", keys.join(", ")));
         }
     }
-    for w in &warnings {
-        summary.push(format!("warning: {w}"));
-    }
-    Ok(StepResult {
-        changed: outcome == WriteOutcome::Written,
-        summary,
-        details: json!({
-            "dest": opts.dest,
-            "source": url.to_string(),
-            "file": state,
-            "sha256": digest,
-            "bytes": fetched.bytes.len(),
-            "attempts": fetched.attempts,
-            "region": fetched.region,
-            "version_id": fetched.version_id,
-            "etag": fetched.etag,
-            "keys": config.keys().collect::<Vec<_>>(),
-            "added": d.added,
-            "changed": d.changed,
-            "removed": d.removed,
-            "warnings": warnings,
-            "kept_local": merged.kept,
-            "replaced_local": merged.replaced,
-        }),
-    })
+    lines.extend(d.warnings.iter().map(|w| format!("warning: {w}")));
+    lines
 }
 
 /// Parses the fetched bytes, applies `--set`, and escalates warnings under `strict`. A source
@@ -345,37 +451,27 @@ fn read_provenance(path: &Path) -> Option<local::Provenance> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The source URL from instance tag `tag`, with clear errors when tags are off or absent.
 async fn url_from_tag(imds: &Imds, tag: &str) -> anyhow::Result<S3Url> {
-    let raw = match imds
-        .get(&format!("/latest/meta-data/tags/instance/{tag}"))
-        .await
-    {
-        Ok(r) => r,
-        Err(MetadataError::NotFound { .. }) => {
-            return Err(match imds.get("/latest/meta-data/tags/instance").await {
-                Err(MetadataError::NotFound { .. }) => anyhow::anyhow!(
+    let reading = || format!("reading the source URL from instance tag {tag:?}");
+    let raw = match imds.instance_tag(tag).await.with_context(reading)? {
+        Some(r) => r,
+        None => {
+            return Err(match imds.instance_tag_keys().await {
+                Ok(None) => anyhow::anyhow!(
                     "--source-from-tag {tag}: instance metadata tags are off (meta-data/tags/instance is 404); \
                      enable them with `aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled` \
                      (InstanceMetadataTags=enabled in the launch template's MetadataOptions), or give --source"
                 ),
-                Ok(list) => anyhow::anyhow!(
+                Ok(Some(keys)) => anyhow::anyhow!(
                     "--source-from-tag {tag}: the instance has no tag {tag:?} (its tags: {}); tag the instance \
                      (in the launch template's TagSpecifications) or give --source",
-                    list.lines().collect::<Vec<_>>().join(", ")
+                    keys.join(", ")
                 ),
                 Err(e) => anyhow::anyhow!(
                     "--source-from-tag {tag}: the instance has no tag {tag:?} ({e})"
                 ),
             });
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("reading the source URL from instance tag {tag:?}")));
         }
     };
     raw.trim()

@@ -6,7 +6,7 @@
 //! blank lines and comments, and what is written is only plain `KEY=VALUE` lines that both read
 //! alike; values that the two would read differently are flagged.
 //!
-//! No message built here contains a value: values may be secrets (see [`super::keys`]).
+//! No message built here contains a value: any value may be a secret (see [`super::keys`]).
 
 use super::keys;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,10 +21,10 @@ pub fn valid_key(k: &str) -> bool {
         || LOWER_CASE_KEYS.contains(&k)
 }
 
-pub const KEY_SYNTAX: &str = "^[A-Z_][A-Z0-9_]*$ (or http_proxy, https_proxy, no_proxy)";
+pub(crate) const KEY_SYNTAX: &str = "^[A-Z_][A-Z0-9_]*$ (or http_proxy, https_proxy, no_proxy)";
 
 /// Lower-case names that are accepted as they are.
-pub const LOWER_CASE_KEYS: [&str; 3] = ["http_proxy", "https_proxy", "no_proxy"];
+pub(crate) const LOWER_CASE_KEYS: [&str; 3] = ["http_proxy", "https_proxy", "no_proxy"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,20 +139,14 @@ impl Config {
 }
 
 /// Key names added, changed and removed between two configs (never values).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Diff {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Diff {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
 }
 
-impl Diff {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
-    }
-}
-
-pub fn diff(old: &Config, new: &Config) -> Diff {
+pub(crate) fn diff(old: &Config, new: &Config) -> Diff {
     let o: BTreeMap<&str, &str> = old
         .entries
         .iter()
@@ -250,7 +244,7 @@ fn bad_key_message(key: &str) -> String {
 /// Warnings about a value (as written: `KEY=VALUE`, no trailing whitespace) that ecs-init and
 /// systemd would read differently (see [`super::readers`] for both rules). Names the key, never
 /// the value.
-pub fn value_warnings(key: &str, value: &str) -> Vec<String> {
+pub(crate) fn value_warnings(key: &str, value: &str) -> Vec<String> {
     let mut w = Vec::new();
     if value.starts_with([' ', '\t']) {
         w.push(format!(
@@ -282,7 +276,7 @@ pub fn value_warnings(key: &str, value: &str) -> Vec<String> {
 }
 
 /// Warning for a key the agent does not read, with the nearest known key.
-pub fn unknown_key_message(key: &str) -> Option<String> {
+pub(crate) fn unknown_key_message(key: &str) -> Option<String> {
     if keys::is_known(key) {
         return None;
     }
@@ -297,45 +291,93 @@ pub fn unknown_key_message(key: &str) -> Option<String> {
 /// Parses and validates the source. Errors stop the write; warnings do not (unless strict, see
 /// [`escalate`]).
 pub fn parse(bytes: &[u8]) -> Parsed {
-    let mut out = Parsed::default();
+    let mut findings = Vec::new();
+    let Some(text) = decode(bytes, &mut findings) else {
+        return Parsed {
+            entries: Vec::new(),
+            findings,
+        };
+    };
+    let mut lines = Lines {
+        html: text.trim_start().starts_with('<'),
+        seen: BTreeMap::new(),
+        findings,
+        value_findings: Vec::new(),
+    };
+    let entries: Vec<Entry> = text
+        .split('\n')
+        .enumerate()
+        .filter_map(|(i, raw)| lines.line(i + 1, raw))
+        .collect();
+    let last: BTreeSet<usize> = entries
+        .iter()
+        .map(|e| lines.seen.get(&e.key).copied().unwrap_or(e.line))
+        .collect();
+    let mut findings = lines.findings;
+    findings.extend(
+        lines
+            .value_findings
+            .into_iter()
+            .filter(|f| matches!(f.at, At::Line(n) if last.contains(&n))),
+    );
+    findings.sort_by_key(|f| match f.at {
+        At::Line(n) => n,
+        _ => usize::MAX,
+    });
+    Parsed { entries, findings }
+}
+
+/// The source as text, without a BOM; `None` (with the error in `findings`) when it is not
+/// text.
+fn decode<'a>(bytes: &'a [u8], findings: &mut Vec<Finding>) -> Option<&'a str> {
     if let Some(pos) = bytes.iter().position(|b| *b == 0) {
-        out.findings.push(error(
+        findings.push(error(
             At::Line(line_of(bytes, pos)),
             "NUL byte: the object is binary, not ecs.config text (a wrong object uploaded?)",
         ));
-        return out;
+        return None;
     }
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            out.findings.push(error(
+            findings.push(error(
                 At::Line(line_of(bytes, e.valid_up_to())),
                 "not UTF-8 text: ecs.config must be plain UTF-8 (a binary or a file in another encoding?)",
             ));
-            return out;
+            return None;
         }
     };
-    let text = match text.strip_prefix('\u{feff}') {
+    Some(match text.strip_prefix('\u{feff}') {
         Some(t) => {
-            out.findings.push(warning(
+            findings.push(warning(
                 At::Line(1),
                 "a byte order mark (BOM) starts the file; it is removed",
             ));
             t
         }
         None => text,
-    };
-    let html = text.trim_start().starts_with('<');
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    // Warnings about how a value reads; only the value that is written (a key's last line)
-    // keeps them.
-    let mut value_findings: Vec<Finding> = Vec::new();
-    for (i, raw) in text.split('\n').enumerate() {
-        let n = i + 1;
+    })
+}
+
+/// The line-by-line part of [`parse`].
+struct Lines {
+    /// The source looks like an HTML page: errors say so.
+    html: bool,
+    /// Each key's last line.
+    seen: BTreeMap<String, usize>,
+    findings: Vec<Finding>,
+    /// Warnings about how a value reads; only the value that is written (a key's last line)
+    /// keeps them.
+    value_findings: Vec<Finding>,
+}
+
+impl Lines {
+    /// Line `n`: its entry, if it is a valid setting.
+    fn line(&mut self, n: usize, raw: &str) -> Option<Entry> {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
-            continue;
+            return None;
         }
         // As ecs-init reads a line: trimmed (Unicode whitespace), split at the first `=`. So
         // blanks before the key and after the value are not part of either (systemd also skips
@@ -343,41 +385,50 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         let ends_odd = line
             .trim_end_matches([' ', '\t'])
             .ends_with(|c: char| c.is_whitespace());
-        let line = t;
-        let hint = if html {
+        let hint = if self.html {
             format!("; {HTML_HINT}")
         } else {
             String::new()
         };
-        let Some((key, value)) = line.split_once('=') else {
-            out.findings.push(error(
+        let Some((key, value)) = t.split_once('=') else {
+            self.findings.push(error(
                 At::Line(n),
                 format!("no `=`: expected KEY=VALUE{hint}"),
             ));
-            continue;
+            return None;
         };
         if !valid_key(key) {
-            out.findings.push(error(
+            self.findings.push(error(
                 At::Line(n),
                 format!("{}{hint}", bad_key_message(key)),
             ));
-            continue;
+            return None;
         }
         if value.contains('\r') {
             // One CR before the LF is a CRLF line end and is gone by now; another one would be
             // kept by ecs-init but dropped by systemd (and by us when read back): the two
             // parsers would disagree, and every boot would see the value as changed.
-            out.findings.push(error(
+            self.findings.push(error(
                 At::Line(n),
                 format!(
                     "the value of {key} holds a carriage return (CR): ecs-init would keep it and systemd \
                      would not; save the file with LF (or CRLF) line ends and no other CR"
                 ),
             ));
-            continue;
+            return None;
         }
+        self.warn(n, key, value, ends_odd);
+        Some(Entry {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            line: n,
+        })
+    }
+
+    /// The warnings of a valid line `n`.
+    fn warn(&mut self, n: usize, key: &str, value: &str, ends_odd: bool) {
         if ends_odd {
-            value_findings.push(warning(
+            self.value_findings.push(warning(
                 At::Line(n),
                 format!(
                     "the value of {key} ends in whitespace other than spaces and tabs (a vertical tab or a \
@@ -386,44 +437,24 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             ));
         }
         if let Some(m) = unknown_key_message(key) {
-            out.findings.push(warning(At::Line(n), m));
+            self.findings.push(warning(At::Line(n), m));
         }
-        if let Some(first) = seen.insert(key.to_owned(), n) {
-            out.findings.push(warning(
+        if let Some(first) = self.seen.insert(key.to_owned(), n) {
+            self.findings.push(warning(
                 At::Line(n),
                 format!("{key} is also set on line {first}; the last one (line {n}) wins"),
             ));
         }
         for w in value_warnings(key, value) {
-            value_findings.push(warning(At::Line(n), w));
-        }
-        out.entries.push(Entry {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            line: n,
-        });
-    }
-    let last: BTreeSet<usize> = out
-        .entries
-        .iter()
-        .map(|e| seen.get(&e.key).copied().unwrap_or(e.line))
-        .collect();
-    for f in value_findings {
-        if matches!(f.at, At::Line(n) if last.contains(&n)) {
-            out.findings.push(f);
+            self.value_findings.push(warning(At::Line(n), w));
         }
     }
-    out.findings.sort_by_key(|f| match f.at {
-        At::Line(n) => n,
-        _ => usize::MAX,
-    });
-    out
 }
 
 /// The finding for a source without a single setting (0 bytes, or only comments and blank
 /// lines): an error unless `allow_empty`. Written, it would make the ECS agent start with its
 /// defaults (cluster `default`, no registry authentication, no task roles).
-pub fn no_settings(allow_empty: bool) -> Finding {
+pub(crate) fn no_settings(allow_empty: bool) -> Finding {
     if allow_empty {
         warning(
             At::File,
@@ -440,7 +471,7 @@ pub fn no_settings(allow_empty: bool) -> Finding {
 }
 
 /// Under `--strict`, warnings become errors.
-pub fn escalate(findings: &mut [Finding], strict: bool) {
+pub(crate) fn escalate(findings: &mut [Finding], strict: bool) {
     if strict {
         for f in findings {
             f.severity = Severity::Error;
@@ -462,7 +493,7 @@ impl fmt::Debug for SetArg {
 }
 
 /// Parses a `--set` argument; the error never echoes the value.
-pub fn parse_set(arg: &str) -> Result<SetArg, String> {
+pub(crate) fn parse_set(arg: &str) -> Result<SetArg, String> {
     let Some((key, value)) = arg.split_once('=') else {
         return Err(format!(
             "--set expects KEY=VALUE (no `=` in the argument), for example --set ECS_CLUSTER=prod; keys must match {KEY_SYNTAX}"
@@ -483,7 +514,7 @@ pub fn parse_set(arg: &str) -> Result<SetArg, String> {
 }
 
 /// Applies `--set` arguments over `cfg`, returning findings (unknown keys, odd values).
-pub fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
+pub(crate) fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut warned = BTreeSet::new();
     for s in sets {
@@ -509,7 +540,7 @@ pub fn apply_sets(cfg: &mut Config, sets: &[SetArg]) -> Vec<Finding> {
 /// (as ported in [`super::readers`]) and that no per-value warning names yet: the keys whose
 /// line systemd reads as part of an earlier value (an unclosed quote or a trailing backslash
 /// there takes the following lines). Every key affected is named, never a value.
-pub fn reader_findings(cfg: &Config, already: &BTreeSet<String>) -> Vec<Finding> {
+pub(crate) fn reader_findings(cfg: &Config, already: &BTreeSet<String>) -> Vec<Finding> {
     let text = cfg.render();
     let mut out = Vec::new();
     let order: Vec<&str> = cfg.keys().collect();
@@ -547,8 +578,7 @@ mod cr_tests {
 
     #[test]
     fn a_cr_left_in_a_value_is_an_error_naming_the_line() {
-        // The fuzzer's finding: a line ending in CR CR LF. Both readers drop the CR at the end
-        // of the value (ecs-init trims it, systemd ends the line there), and so do we.
+        // A line ending in CR CR LF: both readers drop the CR at the end of the value (ecs-init trims it, systemd ends the line there), and so do we.
         let p = parse(b"ECS_CLUSTER=a\r\nR=&\r\r\n");
         assert!(!p.has_errors(), "{:?}", p.findings);
         assert_eq!(Config::from_entries(&p.entries).get("R"), Some("&"));
@@ -785,7 +815,7 @@ mod tests {
         assert_eq!(d.added, vec!["D_"]);
         assert_eq!(d.changed, vec!["C_"]);
         assert_eq!(d.removed, vec!["A_"]);
-        assert!(diff(&new, &new).is_empty());
+        assert_eq!(diff(&new, &new), Diff::default());
     }
 
     fn key() -> impl Strategy<Value = String> {

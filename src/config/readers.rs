@@ -37,6 +37,9 @@ pub fn ecs_init(text: &str) -> BTreeMap<String, String> {
 /// (`src/basic/env-util.c`: letters, digits and `_`, not starting with a digit).
 /// `WHITESPACE` is `" \t\n\r"`, `NEWLINE` `"\n\r"`, `COMMENTS` `"#;"`, `SHELL_NEED_ESCAPE`
 /// `"\"\\`$"`.
+// Long because it follows systemd's state machine state by state, so that the two can be read
+// side by side; split, it would no longer match its source.
+#[allow(clippy::too_many_lines)]
 pub fn systemd(text: &str) -> BTreeMap<String, String> {
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum S {
@@ -204,7 +207,7 @@ pub fn systemd(text: &str) -> BTreeMap<String, String> {
 }
 
 /// systemd's `env_name_is_valid`: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn name_is_valid(k: &str) -> bool {
+pub(crate) fn name_is_valid(k: &str) -> bool {
     let mut b = k.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
@@ -212,7 +215,7 @@ pub fn name_is_valid(k: &str) -> bool {
 
 /// Keys whose value the two readers see differently in `text` (present in one and not the
 /// other, or with different values), in name order.
-pub fn disagreements(text: &str) -> Vec<String> {
+pub(crate) fn disagreements(text: &str) -> Vec<String> {
     let a = ecs_init(text);
     let b = systemd(text);
     let mut keys: Vec<String> = a

@@ -1,10 +1,7 @@
-//! The retry policy of the fetch, pure: what kind of failure an attempt had, whether it is worth
-//! another attempt, and how long to wait (exponential backoff with full jitter, capped, never
-//! past the deadline). The deadline bounds the retries, not a count: a boot whose network comes
-//! up late still gets its config while time is left (the count is only a safety net).
+//! The retry policy of the fetch, pure: what kind of failure an attempt had and whether it is
+//! worth another attempt. How long to wait is [`crate::backoff`]'s.
 
 use std::fmt;
-use std::time::Duration;
 
 /// How one attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +23,9 @@ pub enum Failure {
     CredentialsTransient,
     /// The instance role's credentials cannot be had at all (no instance profile).
     CredentialsFatal,
-    /// The object is larger than `--max-size`.
-    TooLarge,
+    /// The object is larger than `--max-size`: by its Content-Length (`announced`), or by what
+    /// came of a body without one.
+    TooLarge { announced: Option<u64> },
     /// Anything else: a bug or a misconfiguration that another attempt will not fix.
     Other,
 }
@@ -44,7 +42,7 @@ impl fmt::Display for Failure {
             Failure::Truncated => f.write_str("answer cut off"),
             Failure::CredentialsTransient => f.write_str("instance role credentials not available"),
             Failure::CredentialsFatal => f.write_str("no instance role credentials"),
-            Failure::TooLarge => f.write_str("object too large"),
+            Failure::TooLarge { .. } => f.write_str("object too large"),
             Failure::Other => f.write_str("request failed"),
         }
     }
@@ -118,65 +116,13 @@ pub fn decide(f: &Failure, region: &str, redirected: bool) -> Decision {
         | Failure::Connection
         | Failure::Truncated
         | Failure::CredentialsTransient => Decision::Retry,
-        Failure::CredentialsFatal | Failure::TooLarge | Failure::Other => Decision::Fail,
-    }
-}
-
-/// Exponential backoff with full jitter: attempt n waits a uniform random time in
-/// `[0, min(cap, base * 2^(n-1))]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-    pub max_attempts: u32,
-    /// Time an attempt needs at least; no retry is started with less time left.
-    pub min_attempt: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(5),
-            // A safety net: the deadline (120 s by default) ends the retries long before.
-            max_attempts: 1000,
-            min_attempt: Duration::from_millis(500),
-        }
-    }
-}
-
-/// Why no further attempt is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    Attempts,
-    Deadline,
-}
-
-impl Backoff {
-    /// The ceiling of the delay after attempt `attempt` (1-based).
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(20);
-        self.base.saturating_mul(1u32 << exp).min(self.cap)
-    }
-
-    /// The delay before the next attempt after attempt `attempt` failed, with `unit` a random
-    /// number in [0, 1) and `remaining` the time left before the deadline; or why to stop.
-    pub fn next(&self, attempt: u32, remaining: Duration, unit: f64) -> Result<Duration, Stop> {
-        if attempt >= self.max_attempts {
-            return Err(Stop::Attempts);
-        }
-        let delay = self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0));
-        if delay + self.min_attempt > remaining {
-            return Err(Stop::Deadline);
-        }
-        Ok(delay)
+        Failure::CredentialsFatal | Failure::TooLarge { .. } | Failure::Other => Decision::Fail,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     fn http(status: u16, code: &str) -> Failure {
         Failure::Http {
@@ -207,7 +153,7 @@ mod tests {
             (Failure::Truncated, Decision::Retry),
             (Failure::CredentialsTransient, Decision::Retry),
             (Failure::CredentialsFatal, Decision::Fail),
-            (Failure::TooLarge, Decision::Fail),
+            (Failure::TooLarge { announced: None }, Decision::Fail),
             (Failure::Other, Decision::Fail),
         ] {
             assert_eq!(decide(&f, "us-east-1", false), d, "{f:?}");
@@ -243,41 +189,5 @@ mod tests {
             region_hint: Some("ap-south-1".into()),
         };
         assert_eq!(decide(&f, "us-east-1", false), Decision::Fail);
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_stops() {
-        let b = Backoff::default();
-        assert_eq!(b.ceiling(1), Duration::from_millis(200));
-        assert_eq!(b.ceiling(2), Duration::from_millis(400));
-        assert_eq!(b.ceiling(5), Duration::from_millis(3200));
-        assert_eq!(b.ceiling(6), Duration::from_secs(5));
-        assert_eq!(b.ceiling(60), Duration::from_secs(5));
-        let lots = Duration::from_secs(100);
-        assert_eq!(b.next(3, lots, 0.5), Ok(Duration::from_millis(400)));
-        assert_eq!(b.next(3, lots, 0.0), Ok(Duration::ZERO));
-        assert_eq!(b.next(8, lots, 0.5), Ok(Duration::from_millis(2500)));
-        assert_eq!(b.next(1000, lots, 0.5), Err(Stop::Attempts));
-        assert_eq!(
-            b.next(5, Duration::from_millis(1000), 0.9),
-            Err(Stop::Deadline)
-        );
-        assert_eq!(
-            b.next(1, Duration::from_millis(100), 0.0),
-            Err(Stop::Deadline)
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn delay_within_ceiling_and_deadline(attempt in 1u32..100, rem_ms in 0u64..200_000, unit in 0.0f64..1.0) {
-            let b = Backoff::default();
-            let remaining = Duration::from_millis(rem_ms);
-            if let Ok(d) = b.next(attempt, remaining, unit) {
-                prop_assert!(d <= b.ceiling(attempt));
-                prop_assert!(d + b.min_attempt <= remaining);
-                prop_assert!(attempt < b.max_attempts);
-            }
-        }
     }
 }

@@ -13,13 +13,12 @@ pub struct S3Url {
     pub version_id: Option<String>,
 }
 
-/// The parts of an S3 access point ARN.
+/// What the code needs of an S3 access point ARN: where to send requests and which partition
+/// its ARNs are in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessPoint {
     pub partition: String,
     pub region: String,
-    pub account: String,
-    pub name: String,
 }
 
 /// The partitions ecs-bootstrap knows: name and DNS suffix.
@@ -79,15 +78,13 @@ impl S3Url {
     pub fn access_point(&self) -> Option<AccessPoint> {
         let rest = self.bucket.strip_prefix("arn:")?;
         let parts: Vec<&str> = rest.splitn(5, ':').collect();
-        let [partition, "s3", region, account, resource] = parts[..] else {
+        let [partition, "s3", region, _account, resource] = parts[..] else {
             return None;
         };
-        let name = resource.strip_prefix("accesspoint/")?;
+        resource.strip_prefix("accesspoint/")?;
         Some(AccessPoint {
             partition: partition.to_owned(),
             region: region.to_owned(),
-            account: account.to_owned(),
-            name: name.to_owned(),
         })
     }
 }
@@ -129,13 +126,7 @@ impl FromStr for S3Url {
         if key.is_empty() {
             return Err(bad("the object key is empty"));
         }
-        let version_id = match query {
-            None => None,
-            Some(q) => match q.strip_prefix("versionId=") {
-                Some(v) if !v.is_empty() && !v.contains('&') => Some(v.to_owned()),
-                _ => return Err(bad("the only query parameter allowed is versionId=V")),
-            },
-        };
+        let version_id = parse_version(query).map_err(|why| bad(&why))?;
         Ok(S3Url {
             bucket: bucket.to_owned(),
             key: key.to_owned(),

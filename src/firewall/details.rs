@@ -348,3 +348,61 @@ pub(crate) fn drift(set: &RuleSet, a: &Applied, persisted: &Persistence) -> Vec<
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The report is a public contract: these are the values users read (and alarm on).
+    #[test]
+    fn the_json_users_read() {
+        let skipped = |file: Option<&str>, reason: &str| PersistDetails::Skipped {
+            file: file.map(PathBuf::from),
+            reason: reason.into(),
+        };
+        assert_eq!(
+            serde_json::to_value(skipped(None, "--persist none")).unwrap(),
+            json!({"outcome": "skipped", "reason": "--persist none"})
+        );
+        assert_eq!(
+            serde_json::to_value(skipped(Some("/etc/iptables/rules.v4"), "why")).unwrap(),
+            json!({"file": "/etc/iptables/rules.v4", "outcome": "skipped", "reason": "why"})
+        );
+        let file = FileDetails {
+            file: "/etc/sysconfig/iptables".into(),
+            link: None,
+            backup: None,
+            notes: vec!["added x".into()],
+            loaded_at_boot_by: Some("iptables.service"),
+        };
+        assert_eq!(
+            serde_json::to_value(PersistDetails::Written(file.clone())).unwrap(),
+            json!({"file": "/etc/sysconfig/iptables", "link": null, "outcome": "written",
+                   "backup": null, "notes": ["added x"], "loaded_at_boot_by": "iptables.service"})
+        );
+        assert_eq!(
+            serde_json::to_value(PersistDetails::Unchanged(file)).unwrap()["outcome"],
+            "unchanged"
+        );
+        fn v<T: Serialize>(x: &T) -> serde_json::Value {
+            serde_json::to_value(x).unwrap()
+        }
+        assert_eq!(
+            v(&Method::Transaction { attempt: 2 }),
+            "transaction (attempt 2)"
+        );
+        assert_eq!(v(&Method::OneByOne), "one command at a time");
+        assert_eq!(v(&Jump::Placed), "placed");
+        assert_eq!(v(&RuleState::Added), "added");
+        assert_eq!(
+            v(&Ipv6Reason::AutoIp6tablesMissing),
+            "auto: ip6tables missing"
+        );
+        assert_eq!(v(&Ipv6Reason::Off), "--ipv6 off");
+        assert_eq!(v(&super::super::PersistMode::FullSave), "full-save");
+        assert_eq!(v(&Placement::DockerUser), "DOCKER-USER");
+        assert_eq!(v(&Family::V6), "v6");
+        assert_eq!(v(&Backend::Nft), "nft");
+    }
+}

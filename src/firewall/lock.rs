@@ -54,7 +54,7 @@ pub(crate) fn acquire(
             Err((f, Errno::EWOULDBLOCK)) | Err((f, Errno::EINTR)) => {
                 if let Err(why) = deadline.check() {
                     return Err(anyhow::Error::new(why).context(format!(
-                        "{why} while waiting for the firewall lock {}, which another ecs-bootstrap firewall run holds; no rule was changed; find it with `fuser {}`",
+                        "gave up waiting for the firewall lock {}, which another ecs-bootstrap firewall run holds (no rule was changed; find it with `fuser {}`)",
                         path.display(),
                         path.display()
                     )));

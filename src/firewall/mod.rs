@@ -48,10 +48,10 @@ use target::Distro;
 pub use persist::MAX_RULES_FILE;
 
 /// The warning `--chain FORWARD` prints.
-pub const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start (the docker.service drop-in does, and moves the rule back to the top; between dockerd's start and that rerun, containers reach IMDS).";
+pub(crate) const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start (the docker.service drop-in does, and moves the rule back to the top; between dockerd's start and that rerun, containers reach IMDS).";
 
 /// How long a run waits for another run's lock.
-pub const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Whether the IPv6 rules are asserted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -260,8 +260,9 @@ fn validate_and_write(
 /// changes, and the error's source is the [`crate::sys::Stopped`].
 fn write(ipt: &Ipt, path: &Path, text: &str, mode: u32) -> anyhow::Result<WriteOutcome> {
     if let Err(why) = ipt.deadline.check() {
-        return Err(anyhow::Error::new(why)
-            .context(format!("{why}: {} was left as it was", path.display())));
+        return Err(
+            anyhow::Error::new(why).context(format!("{} was left as it was", path.display()))
+        );
     }
     Ok(fsutil::write_atomic(path, text.as_bytes(), mode)?)
 }
@@ -382,4 +383,33 @@ fn full_save_into(ipt: &Ipt, path: &Path) -> anyhow::Result<Persisted> {
         notes: vec![],
         warnings: vec![],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Deadline, Stopped, SystemRunner};
+
+    /// Once the run is stopped (or its deadline passed), the rules file is left as it was.
+    #[test]
+    fn a_stopped_run_writes_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rules.v4");
+        std::fs::write(&path, "before\n").unwrap();
+        let runner = SystemRunner::default();
+        let deadline = Deadline::after(std::time::Duration::from_secs(60));
+        let ipt = Ipt::new("/usr/sbin/iptables".into(), &runner, &deadline);
+        assert_eq!(
+            write(&ipt, &path, "after\n", 0o600).unwrap(),
+            WriteOutcome::Written
+        );
+        deadline.stop();
+        let e = write(&ipt, &path, "stopped\n", 0o600).unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<Stopped>(),
+            Some(&Stopped::Interrupted),
+            "{e:#}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+    }
 }

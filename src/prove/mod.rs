@@ -99,9 +99,9 @@ async fn prove(
         .flat_map(|b| b.each().map(|(f, p)| p.line(&b.bridge, f)))
         .collect();
 
-    let host = imds.get("/latest/meta-data/instance-id").await;
+    let host = imds.instance_id().await;
     summary.push(match &host {
-        Ok(id) => format!("from the host: IMDS answers (instance {})", id.trim()),
+        Ok(id) => format!("from the host: IMDS answers (instance {id})"),
         Err(e) => format!("from the host: IMDS does not answer: {e}"),
     });
     let hop_limit = match &host {

@@ -4,7 +4,7 @@
 
 use crate::harness::sandbox::*;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RETRY_LINE: &str = "instance metadata did not answer; retrying";
 
@@ -21,15 +21,17 @@ fn assert_names_the_causes(r: &Run) {
 fn check_prints_identity_in_text_and_json_with_one_token() {
     let sb = Sandbox::up();
     let before = sb.token_puts();
+    let logged = sb.imds_requests().len();
     let r = sb.run(&["check-imds"]);
     r.assert_code(0)
         .assert_contains(&sb.s("instance_id"))
         .assert_contains(&sb.s("region"))
         .assert_contains(&sb.s("instance_profile_arn"))
-        .assert_contains(&format!("role {}", sb.s("role_name")));
+        .assert_contains(&format!("role {}", sb.s("role_name")))
+        .assert_contains("IMDSv1: not probed");
     assert!(
         !r.all().contains("HttpTokens=required"),
-        "no IMDSv1 warning when IMDSv1 is closed:\n{}",
+        "no IMDSv1 warning without a probe:\n{}",
         r.all()
     );
     assert_eq!(sb.token_puts() - before, 1, "one token PUT per run");
@@ -51,32 +53,55 @@ fn check_prints_identity_in_text_and_json_with_one_token() {
         sb.s("instance_profile_arn").as_str()
     );
     assert_eq!(d["role_name"], sb.s("role_name").as_str());
-    assert_eq!(d["imdsv1_open"], false);
-    // Every request of the check carried a token: IMDSv2 only (the v1 probe is the one GET
-    // without a token, and it is refused).
-    let tokenless: Vec<_> = sb
-        .imds_requests()
-        .into_iter()
-        .filter(|q| q["method"] == "GET" && q["token"] == false)
-        .collect();
-    assert!(
-        tokenless
-            .iter()
-            .all(|q| q["path"] == "/latest/meta-data/instance-id" && q["status"] == 401),
-        "only the IMDSv1 probe goes without a token: {tokenless:?}"
+    assert_eq!(d["imdsv1"], "not_probed");
+    assert!(d["imdsv1_open"].is_null(), "{d}");
+    // By default every request carries a token: nothing for MetadataNoToken to count.
+    let tokenless = sb.tokenless_requests(logged);
+    assert!(tokenless.is_empty(), "no IMDSv1 request: {tokenless:?}");
+
+    // --probe-imdsv1 makes exactly one tokenless GET, which IMDSv2-only metadata refuses.
+    let logged = sb.imds_requests().len();
+    let r = sb.run(&["check-imds", "--probe-imdsv1", "--output", "json"]);
+    r.assert_code(0);
+    let d = &r.json()["steps"][0]["details"];
+    assert_eq!(
+        (d["imdsv1"].as_str(), d["imdsv1_open"].as_bool()),
+        (Some("closed"), Some(false))
     );
+    let tokenless = sb.tokenless_requests(logged);
+    assert_eq!(tokenless.len(), 1, "one probe: {tokenless:?}");
+    assert_eq!(tokenless[0]["path"], "/latest/meta-data/instance-id");
+    assert_eq!(tokenless[0]["status"], 401);
 }
 
 #[test]
 fn imdsv1_open_is_warned_about_with_the_fix() {
     let sb = Sandbox::up_with(&["--imdsv1"]);
+    // The control: without the probe, an open IMDSv1 is neither asked nor claimed.
+    let logged = sb.imds_requests().len();
     let r = sb.run(&["check-imds", "--output", "json"]);
+    r.assert_code(0);
+    assert!(!r.all().contains("IMDSv1 is still open"), "{}", r.all());
+    assert_eq!(r.json()["steps"][0]["details"]["imdsv1"], "not_probed");
+    assert!(sb.tokenless_requests(logged).is_empty());
+
+    let logged = sb.imds_requests().len();
+    let r = sb.run(&["check-imds", "--probe-imdsv1", "--output", "json"]);
     r.assert_code(0)
         .assert_contains("IMDSv1 is still open")
         .assert_contains("HttpTokens=required")
         .assert_contains("hop limit of 1");
-    assert_eq!(r.json()["steps"][0]["details"]["imdsv1_open"], true);
-    let text = sb.run(&["check-imds"]);
+    let d = &r.json()["steps"][0]["details"];
+    assert_eq!(
+        (d["imdsv1"].as_str(), d["imdsv1_open"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    assert_eq!(sb.tokenless_requests(logged).len(), 1);
+    // The environment variable does the same.
+    let mut c = sb.cmd();
+    c.env("ECS_BOOTSTRAP_PROBE_IMDSV1", "true")
+        .arg("check-imds");
+    let text = Sandbox::run_cmd(c);
     text.assert_code(0)
         .assert_contains("warning: IMDSv1 is open");
 }
@@ -130,9 +155,7 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
     let sb = Sandbox::up();
     // IMDS closes every connection without an answer.
     sb.imds_control(json!({"unavailable_until": now_epoch() + 3600}));
-    let t = Instant::now();
-    let r = sb.run(&["check-imds", "--deadline", "4"]);
-    let took = t.elapsed();
+    let (r, took) = timed(|| sb.run(&["check-imds", "--deadline", "4"]));
     r.assert_code(7);
     assert_names_the_causes(&r);
     assert!(
@@ -153,20 +176,20 @@ fn unreachable_imds_fails_within_the_deadline_and_names_the_causes() {
     sb.cut_host_from_imds();
     assert!(!sb.reaches_imds(Ns::Host, false));
     let pf = sb.persist_file();
-    let t = Instant::now();
-    let r = sb.run(&[
-        "run",
-        "--skip-config",
-        "--persist-file",
-        pf.to_str().unwrap(),
-        "--ipv6",
-        "off",
-        "--deadline",
-        "5",
-        "--output",
-        "json",
-    ]);
-    let took = t.elapsed();
+    let (r, took) = timed(|| {
+        sb.run(&[
+            "run",
+            "--skip-config",
+            "--persist-file",
+            pf.to_str().unwrap(),
+            "--ipv6",
+            "off",
+            "--deadline",
+            "5",
+            "--output",
+            "json",
+        ])
+    });
     r.assert_code(7);
     assert_names_the_causes(&r);
     let v = r.json();

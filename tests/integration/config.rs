@@ -5,7 +5,7 @@
 use crate::harness::sandbox::*;
 use serde_json::json;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const OLD: &str = "ECS_CLUSTER=old\n";
 
@@ -15,18 +15,9 @@ fn fetch(sb: &Sandbox, s3: Option<&str>, extra: &[&str]) -> Run {
 }
 
 fn fetch_src(sb: &Sandbox, s3: Option<&str>, src: &str, extra: &[&str]) -> Run {
-    let mut c = match s3 {
-        Some(e) => sb.cmd_s3(e),
-        None => sb.cmd(),
-    };
-    c.args(["fetch-config", "--source", src]).args(extra);
-    Sandbox::run_cmd(c)
-}
-
-fn write_old(sb: &Sandbox) {
-    let d = sb.dest();
-    std::fs::create_dir_all(d.parent().unwrap()).unwrap();
-    std::fs::write(&d, OLD).unwrap();
+    let mut args = vec!["fetch-config", "--source", src];
+    args.extend(extra);
+    sb.run_s3(s3.unwrap_or(&sb.s("s3_endpoint")), &args)
 }
 
 #[track_caller]
@@ -42,10 +33,6 @@ fn assert_old_intact(sb: &Sandbox) {
         "temp files left: {:?}",
         temp_files(d.parent().unwrap())
     );
-}
-
-fn attempts_logged(r: &Run) -> usize {
-    r.stderr.matches("fetch attempt failed").count()
 }
 
 #[test]
@@ -80,6 +67,15 @@ fn fetch_writes_validates_owner_sha_version_and_reports_diff() {
         d["added"],
         json!(["ECS_CLUSTER", "ECS_ENABLE_TASK_IAM_ROLE", "ECS_LOGLEVEL"])
     );
+    // The sidecar records the object's version and ETag (for `status`), as S3 gave them.
+    let side: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.with_file_name("ecs.config.ecs-bootstrap")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(side["version_id"], sb.s("version_id").as_str(), "{side}");
+    assert_eq!(side["version_id"], d["version_id"]);
+    assert!(side["etag"].as_str().is_some_and(|e| e.len() > 2), "{side}");
+    assert_eq!(side["etag"], d["etag"]);
 
     // Same content again: unchanged, not rewritten.
     let again = fetch(&sb, None, &["--output", "json"]);
@@ -114,7 +110,7 @@ fn fetch_writes_validates_owner_sha_version_and_reports_diff() {
 #[test]
 fn refusals_fail_at_once_and_keep_the_old_file() {
     let sb = Sandbox::up();
-    write_old(&sb);
+    sb.write_dest(OLD);
     let fault = sb.s("s3_fault_endpoint");
     let bucket = sb.s("bucket");
     let profile = sb.s("instance_profile_arn");
@@ -155,7 +151,7 @@ fn refusals_fail_at_once_and_keep_the_old_file() {
         ],
     )
     .assert_code(0);
-    write_old(&sb);
+    sb.write_dest(OLD);
 
     // A key the role's policy does not allow: 403 names bucket, key, action, profile.
     let forbidden = format!("s3://{bucket}/{}", sb.s("forbidden_key"));
@@ -164,14 +160,14 @@ fn refusals_fail_at_once_and_keep_the_old_file() {
         .assert_contains(&format!("arn:aws:s3:::{bucket}/other.config"))
         .assert_contains("s3:GetObject")
         .assert_contains(&profile);
-    assert_eq!(attempts_logged(&r), 0, "{}", r.stderr);
+    assert_eq!(r.fetch_attempts_failed(), 0, "{}", r.stderr);
     assert_old_intact(&sb);
 
     // A version that does not exist: 404 (allowed by s3:GetObjectVersion), no retry.
     let bogus = format!("{}?versionId=doesnotexist0000", sb.source());
     let r = fetch_src(&sb, None, &bogus, &[]);
     r.assert_code(3).assert_contains("doesnotexist0000");
-    assert_eq!(attempts_logged(&r), 0, "{}", r.stderr);
+    assert_eq!(r.fetch_attempts_failed(), 0, "{}", r.stderr);
     assert_old_intact(&sb);
 
     // sha256 mismatch: nothing written.
@@ -227,7 +223,7 @@ fn refusals_fail_at_once_and_keep_the_old_file() {
 #[test]
 fn transient_faults_are_retried_within_the_deadline() {
     let sb = Sandbox::up();
-    write_old(&sb);
+    sb.write_dest(OLD);
     let fault = sb.s("s3_fault_endpoint");
 
     // A 5xx burst, a reset and a truncated body, then success.
@@ -243,7 +239,7 @@ fn transient_faults_are_retried_within_the_deadline() {
         .assert_contains("InternalError")
         .assert_contains("next_delay_ms");
     assert_eq!(
-        attempts_logged(&r),
+        r.fetch_attempts_failed(),
         4,
         "one line per failed attempt:\n{}",
         r.stderr
@@ -254,7 +250,7 @@ fn transient_faults_are_retried_within_the_deadline() {
     );
 
     // A bucket in another region: S3's hint is followed once, at once.
-    write_old(&sb);
+    sb.write_dest(OLD);
     sb.proxy_control(json!({"plan": [{"status": 301, "code": "PermanentRedirect",
         "message": "The bucket you are attempting to access must be addressed using the specified endpoint.",
         "headers": {"x-amz-bucket-region": "eu-west-1"}}], "then": "pass"}));
@@ -265,11 +261,11 @@ fn transient_faults_are_retried_within_the_deadline() {
     assert_eq!(r.json()["steps"][0]["details"]["attempts"], 2);
 
     // Persistent resets: bounded, then a clear failure; old file intact.
-    write_old(&sb);
+    sb.write_dest(OLD);
     sb.proxy_control(json!({"plan": [], "then": "reset"}));
     let r = fetch(&sb, Some(&fault), &["--deadline", "6"]);
     r.assert_code(3).assert_contains("giving up");
-    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    assert!(r.fetch_attempts_failed() >= 2, "{}", r.stderr);
     assert_old_intact(&sb);
 
     // Persistent truncation.
@@ -294,65 +290,39 @@ fn transient_faults_are_retried_within_the_deadline() {
 
     // A body slower than the deadline: the step stops by the deadline with its own message.
     sb.proxy_control(json!({"plan": [], "then": {"slow_bytes_per_sec": 2}}));
-    let start = Instant::now();
-    let r = fetch(&sb, Some(&fault), &["--deadline", "4"]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| fetch(&sb, Some(&fault), &["--deadline", "4"]));
     r.assert_code(3).assert_contains("too slow");
     assert!(took < Duration::from_secs(12), "took {took:?}");
     assert_old_intact(&sb);
 }
 
-/// Runs the binary in the sandbox's host namespace with the destination folder on a small
-/// tmpfs mounted only inside that namespace's private mount namespace (`ip netns exec` makes
-/// one), after `prepare` (shell) ran there; prints the file and the folder after the run.
-fn run_on_tmpfs(sb: &Sandbox, prepare: &str) -> Run {
-    let dir = sb.root.path().join("etc/ecs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = format!(
-        "set -e; D={d}; mount -t tmpfs -o size=16k,mode=0755 ebs-test \"$D\"; printf '{OLD}' > \"$D/ecs.config\"; \
-         {prepare}; set +e; \"$BIN\" fetch-config --source \"$SRC\"; rc=$?; echo \"--- file\"; cat \"$D/ecs.config\"; \
-         echo \"--- ls\"; ls -A \"$D\"; exit $rc",
-        d = dir.display()
-    );
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", sb.ns(Ns::Host), "sh", "-c", &script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("BIN", BIN)
-        .env("SRC", sb.source())
-        .env("AWS_ENDPOINT_URL_S3", sb.s("s3_endpoint"))
-        .env("ECS_BOOTSTRAP_ROOT", sb.root.path())
-        .stdin(Stdio::null());
-    Sandbox::run_cmd(c)
-}
-
 #[test]
 fn full_and_read_only_filesystems_keep_the_old_file() {
     let sb = Sandbox::up();
-    let full = run_on_tmpfs(
-        &sb,
+    let args = "fetch-config --source \"$SRC\"";
+    let full = sb.run_on_tmpfs(
+        OLD,
         "dd if=/dev/zero of=\"$D/fill\" bs=1k 2>/dev/null || true",
+        args,
     );
-    full.assert_code(3)
+    full.run
+        .assert_code(3)
         .assert_contains("No space left on device")
         .assert_contains("the previous file is intact");
-    let after = full.stdout.split("--- file\n").nth(1).unwrap();
-    assert!(after.starts_with(&format!("{OLD}--- ls\n")), "{after}");
-    assert_eq!(
-        after.split("--- ls\n").nth(1).unwrap(),
-        "ecs.config\nfill\n"
-    );
+    assert_eq!(full.file, OLD);
+    assert_eq!(full.ls, "ecs.config\nfill\n");
 
-    let ro = run_on_tmpfs(&sb, "mount -o remount,ro \"$D\"");
-    ro.assert_code(3).assert_contains("Read-only file system");
-    let after = ro.stdout.split("--- file\n").nth(1).unwrap();
-    assert_eq!(after, format!("{OLD}--- ls\necs.config\n"));
+    let ro = sb.run_on_tmpfs(OLD, "mount -o remount,ro \"$D\"", args);
+    ro.run
+        .assert_code(3)
+        .assert_contains("Read-only file system");
+    assert_eq!((ro.file.as_str(), ro.ls.as_str()), (OLD, "ecs.config\n"));
 }
 
 #[test]
 fn killed_runs_leave_the_old_file_and_the_next_run_cleans_up() {
     let sb = Sandbox::up();
-    write_old(&sb);
+    sb.write_dest(OLD);
     let dir = sb.dest().parent().unwrap().to_owned();
 
     // SIGKILL mid-fetch (a slow body keeps it busy).

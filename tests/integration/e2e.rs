@@ -22,12 +22,18 @@ fn run_writes_config_blocks_containers_and_keeps_host_on_imds() {
         "off",
     ];
     let puts_before = sb.token_puts();
+    let logged = sb.imds_requests().len();
     let r = sb.run(&args);
     r.assert_code(0);
     assert_eq!(
         sb.token_puts() - puts_before,
         1,
         "exactly one token PUT for the whole run"
+    );
+    let tokenless = sb.tokenless_requests(logged);
+    assert!(
+        tokenless.is_empty(),
+        "no IMDSv1 request at boot (MetadataNoToken stays at 0): {tokenless:?}"
     );
 
     let dest = sb.dest();

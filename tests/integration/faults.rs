@@ -1,4 +1,4 @@
-//! The fault matrix (issue 7): one test per injected fault. Each runs the real binary in its own
+//! The fault matrix: one test per injected fault. Each runs the real binary in its own
 //! sandbox of real peers (moto with authentication on, the IMDSv2 emulator, real iptables in
 //! network namespaces), with a previous ecs.config in place, and asserts
 //! - the exit code (0 ok, 2 usage, 3 config, 4 firewall, 5 check; 128+N on a signal),
@@ -14,7 +14,7 @@
 use crate::harness::sandbox::*;
 use serde_json::json;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The previous ecs.config every case starts from.
 const OLD: &str = "ECS_CLUSTER=previous\nECS_LOGLEVEL=warn\n";
@@ -27,9 +27,7 @@ const LEGACY_PATH: &str = "/usr/sbin/iptables-legacy";
 /// (else a "blocked" assertion would prove nothing).
 fn setup_with(flags: &[&str]) -> Sandbox {
     let sb = Sandbox::up_with(flags);
-    let d = sb.dest();
-    std::fs::create_dir_all(d.parent().unwrap()).unwrap();
-    std::fs::write(&d, OLD).unwrap();
+    sb.write_dest(OLD);
     assert!(sb.reaches_imds(Ns::Ctr, false), "no rule before the run");
     sb
 }
@@ -67,9 +65,7 @@ fn run_args(sb: &Sandbox, deadline: u64, extra: &[&str]) -> Vec<String> {
 
 /// `run` with S3 at `s3`.
 fn run_via(sb: &Sandbox, s3: &str, deadline: u64, extra: &[&str]) -> Run {
-    let mut c = sb.cmd_s3(s3);
-    c.args(run_args(sb, deadline, extra));
-    Sandbox::run_cmd(c)
+    sb.run_s3(s3, &run_args(sb, deadline, extra))
 }
 
 /// `run` with S3 behind the fault proxy.
@@ -80,10 +76,6 @@ fn run_fault(sb: &Sandbox, deadline: u64, extra: &[&str]) -> Run {
 /// `run` straight against moto.
 fn run_moto(sb: &Sandbox, deadline: u64, extra: &[&str]) -> Run {
     run_via(sb, &sb.s("s3_endpoint"), deadline, extra)
-}
-
-fn attempts_logged(r: &Run) -> usize {
-    r.stderr.matches("fetch attempt failed").count()
 }
 
 /// What ecs.config must hold after the case.
@@ -178,7 +170,7 @@ fn s3_5xx_burst_then_success() {
         .assert_contains("InternalError")
         .assert_contains("ServiceUnavailable")
         .assert_contains("written from");
-    assert_eq!(attempts_logged(&r), 3, "{}", r.stderr);
+    assert_eq!(r.fetch_attempts_failed(), 3, "{}", r.stderr);
     assert_eq!(
         sb.proxy_requests().len() - before,
         4,
@@ -193,14 +185,12 @@ fn s3_503_slowdown_until_the_deadline() {
     let sb = setup();
     sb.proxy_control(json!({"plan": [], "then":
         {"status": 503, "code": "SlowDown", "message": "Please reduce your request rate."}}));
-    let start = Instant::now();
-    let r = run_fault(&sb, 6, &[]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| run_fault(&sb, 6, &[]));
     r.assert_code(3)
         .assert_contains("SlowDown")
         .assert_contains("giving up")
         .assert_contains("keeps its previous content");
-    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    assert!(r.fetch_attempts_failed() >= 2, "{}", r.stderr);
     assert!(
         took < Duration::from_secs(10),
         "bounded by --deadline 6: {took:?}"
@@ -221,7 +211,12 @@ fn s3_403_access_denied() {
         .assert_contains("s3:GetObject")
         .assert_contains(&sb.s("instance_profile_arn"))
         .assert_contains("check that the key exists");
-    assert_eq!(attempts_logged(&r), 0, "no retry on 403: {}", r.stderr);
+    assert_eq!(
+        r.fetch_attempts_failed(),
+        0,
+        "no retry on 403: {}",
+        r.stderr
+    );
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -265,9 +260,7 @@ fn s3_no_such_bucket() {
 fn s3_slow_body_past_the_deadline() {
     let sb = setup();
     sb.proxy_control(json!({"plan": [], "then": {"slow_bytes_per_sec": 2}}));
-    let start = Instant::now();
-    let r = run_fault(&sb, 4, &[]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| run_fault(&sb, 4, &[]));
     // The fetch used the time up to its margin, past IMDS's: the check, which runs after,
     // says it had no time rather than blaming IMDS (which would make the code 7).
     r.assert_code(3)
@@ -284,13 +277,11 @@ fn s3_slow_body_past_the_deadline() {
 fn s3_connection_reset() {
     let sb = setup();
     sb.proxy_control(json!({"plan": [], "then": "reset"}));
-    let start = Instant::now();
-    let r = run_fault(&sb, 6, &[]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| run_fault(&sb, 6, &[]));
     r.assert_code(3)
         .assert_contains("connection failed")
         .assert_contains("giving up");
-    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    assert!(r.fetch_attempts_failed() >= 2, "{}", r.stderr);
     assert!(took < Duration::from_secs(10), "{took:?}");
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
@@ -303,7 +294,7 @@ fn s3_truncated_body() {
     r.assert_code(3)
         .assert_contains("answer cut off")
         .assert_contains("giving up");
-    assert!(attempts_logged(&r) >= 2, "{}", r.stderr);
+    assert!(r.fetch_attempts_failed() >= 2, "{}", r.stderr);
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -414,7 +405,7 @@ fn s3_rejects_the_role_credentials() {
     r.assert_code(3)
         .assert_contains("access denied")
         .assert_contains("SignatureDoesNotMatch");
-    assert_eq!(attempts_logged(&r), 0, "{}", r.stderr);
+    assert_eq!(r.fetch_attempts_failed(), 0, "{}", r.stderr);
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -429,9 +420,7 @@ fn imds_down() {
     let sb = setup();
     let never = now_epoch() + 3600;
     sb.imds_control(json!({"unavailable_until": never}));
-    let start = Instant::now();
-    let r = run_moto(&sb, 5, &[]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| run_moto(&sb, 5, &[]));
     // The check fails too; the code is that of an unreachable IMDS, whichever step saw it.
     r.assert_code(7);
     for needle in [
@@ -460,10 +449,9 @@ fn imds_slow_at_boot() {
     let sb = setup();
     let soon = now_epoch_f64() + 3.0;
     sb.imds_control(json!({"unavailable_until": soon}));
-    let start = Instant::now();
-    let r = run_moto(&sb, 30, &[]);
+    let (r, took) = timed(|| run_moto(&sb, 30, &[]));
     r.assert_code(0).assert_contains("written from");
-    assert!(start.elapsed() >= Duration::from_millis(2500), "it waited");
+    assert!(took >= Duration::from_millis(2500), "it waited");
     assert!(
         sb.imds_requests().iter().any(|q| q["status"].is_null()),
         "some requests were dropped"
@@ -491,12 +479,13 @@ fn imds_503_then_success() {
 }
 
 /// HttpTokens=optional (IMDSv1 still open, as on real EC2 where IMDSv2 cannot be turned off):
-/// everything goes through IMDSv2, with one token for the whole run, and the check warns.
+/// everything goes through IMDSv2, with one token for the whole run, and the check, asked to
+/// probe, warns.
 #[test]
 fn imds_v1_open() {
     let sb = setup_with(&["--imdsv1"]);
     let before = sb.imds_requests().len();
-    let r = run_moto(&sb, 30, &[]);
+    let r = run_moto(&sb, 30, &["--probe-imdsv1"]);
     r.assert_code(0)
         .assert_contains("IMDSv1 is still open")
         .assert_contains("--http-tokens required");
@@ -525,9 +514,7 @@ fn imds_v1_open() {
 fn imds_v1_only() {
     let sb = setup_with(&["--imdsv1"]);
     sb.imds_control(json!({"imdsv1": true, "v2_disabled": true}));
-    let start = Instant::now();
-    let r = run_moto(&sb, 30, &[]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| run_moto(&sb, 30, &[]));
     r.assert_code(3)
         .assert_contains("instance metadata answered HTTP 404 for /latest/api/token")
         .assert_contains("does not issue IMDSv2 session tokens");
@@ -558,7 +545,7 @@ fn imds_no_instance_profile() {
         .assert_contains("attach an instance profile with the ECS container instance role")
         .assert_contains("the instance has no instance profile (iam/info is 404)")
         .assert_contains("keeps its previous content");
-    assert_eq!(attempts_logged(&r), 0, "no retry: {}", r.stderr);
+    assert_eq!(r.fetch_attempts_failed(), 0, "no retry: {}", r.stderr);
     nothing_lost(&sb, File::Old, ONE_RULE);
 }
 
@@ -602,16 +589,12 @@ fn iptables_flag_points_nowhere() {
 #[test]
 fn xtables_lock_held_by_another_process() {
     let sb = setup();
-    let start = Instant::now();
-    let r = sb.host_script(
-        &sb.s("s3_endpoint"),
-        &format!(
-            "set -e; mount -t tmpfs ebs-run /run; exec 9>/run/xtables.lock; flock -x 9; \
-             \"$BIN\" {} 9>&-",
-            run_args(&sb, 60, &["--iptables", LEGACY_PATH]).join(" ")
-        ),
+    let script = format!(
+        "set -e; mount -t tmpfs ebs-run /run; exec 9>/run/xtables.lock; flock -x 9; \
+         \"$BIN\" {} 9>&-",
+        run_args(&sb, 60, &["--iptables", LEGACY_PATH]).join(" ")
     );
-    let took = start.elapsed();
+    let (r, took) = timed(|| sb.host_script(&sb.s("s3_endpoint"), &script));
     r.assert_code(4)
         .assert_contains("Another app is currently holding the xtables lock")
         .assert_contains("find it with `fuser /run/xtables.lock` and retry");
@@ -655,10 +638,9 @@ fn firewall_lock_held_by_another_run() {
             .status()
             .is_ok_and(|s| !s.success())
     });
-    let start = Instant::now();
-    let r = run_moto(&sb, 30, &[]);
+    let (r, took) = timed(|| run_moto(&sb, 30, &[]));
     r.assert_code(0);
-    assert!(start.elapsed() >= Duration::from_millis(500), "it waited");
+    assert!(took >= Duration::from_millis(500), "it waited");
     holder.wait().unwrap();
     nothing_lost(&sb, File::New, ONE_RULE);
 }
@@ -753,30 +735,10 @@ fn rules_file_invalid() {
 // Destination faults
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `run` with the destination folder on a 16 KiB tmpfs mounted in the run's private mount
-/// namespace, after `prepare`; the script prints the file and the folder listing afterwards
-/// (the tmpfs is not visible from the test).
+/// `run` with the destination folder on a tmpfs (see [`Sandbox::run_on_tmpfs`]).
 fn run_on_tmpfs(sb: &Sandbox, prepare: &str) -> (Run, String, String) {
-    let dir = sb.dest().parent().unwrap().to_owned();
-    let r = sb.host_script(
-        &sb.s("s3_endpoint"),
-        &format!(
-            "set -e; D={d}; mount -t tmpfs -o size=16k,mode=0755 ebs-test \"$D\"; \
-             printf '%s' '{OLD}' > \"$D/ecs.config\"; {prepare}; set +e; \"$BIN\" {args}; rc=$?; \
-             echo '--- file'; cat \"$D/ecs.config\"; echo '--- ls'; ls -A \"$D\"; exit $rc",
-            d = dir.display(),
-            args = run_args(sb, 30, &[]).join(" ")
-        ),
-    );
-    let after = r
-        .stdout
-        .split("--- file\n")
-        .nth(1)
-        .expect("the script printed the file")
-        .to_owned();
-    let (file, ls) = after.split_once("--- ls\n").unwrap();
-    let (file, ls) = (file.to_owned(), ls.to_owned());
-    (r, file, ls)
+    let t = sb.run_on_tmpfs(OLD, prepare, &run_args(sb, 30, &[]).join(" "));
+    (t.run, t.file, t.ls)
 }
 
 #[test]
@@ -1588,8 +1550,8 @@ fn keys_others_wrote_are_kept_or_named() {
 // Retries: bounded by the deadline; skew, token refresh, late instance profile, slow IMDS
 // ---------------------------------------------------------------------------------------------
 
-/// A network that comes up late: 10 connections reset in a row (more than any fixed count of
-/// attempts used to allow), then S3 answers; the deadline, not a count, bounds the retries.
+/// A network that comes up late: 10 connections reset in a row (more than a small fixed count
+/// of attempts would allow), then S3 answers; the deadline, not a count, bounds the retries.
 #[test]
 fn s3_network_late_is_retried_until_the_deadline() {
     let sb = setup();
@@ -1597,7 +1559,7 @@ fn s3_network_late_is_retried_until_the_deadline() {
     sb.proxy_control(json!({"plan": plan, "then": "pass"}));
     let r = run_fault(&sb, 90, &[]);
     r.assert_code(0).assert_contains("written from");
-    assert_eq!(attempts_logged(&r), 10, "{}", r.stderr);
+    assert_eq!(r.fetch_attempts_failed(), 10, "{}", r.stderr);
     // Backoff is capped: no wait above 5 s.
     for l in r.stderr.lines().filter(|l| l.contains("next_delay_ms")) {
         let ms: u64 = l
@@ -1660,9 +1622,7 @@ fn imds_instance_profile_associated_late() {
     let sb = setup();
     let from = now_epoch_f64() + 4.0;
     sb.imds_control(json!({"profile_from": from}));
-    let start = Instant::now();
-    let r = run_moto(&sb, 60, &[]);
-    let took = start.elapsed();
+    let (r, took) = timed(|| run_moto(&sb, 60, &[]));
     r.assert_code(0)
         .assert_contains("no instance profile yet")
         .assert_contains("written from");
@@ -1676,9 +1636,8 @@ fn imds_instance_profile_associated_late() {
 fn imds_too_slow_is_not_unreachable() {
     let sb = setup();
     sb.imds_control(json!({"delay_ms": 3000}));
-    let start = Instant::now();
-    let r = run_moto(&sb, 8, &[]);
-    assert!(start.elapsed() < Duration::from_secs(12));
+    let (r, took) = timed(|| run_moto(&sb, 8, &[]));
+    assert!(took < Duration::from_secs(12));
     r.assert_code(3).assert_contains("too slow");
     assert!(
         !r.all().contains("cannot reach instance metadata"),

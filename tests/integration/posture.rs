@@ -27,7 +27,7 @@ fn run_reports_the_posture_per_mode_and_block_awsvpc_imds_writes_the_key() {
         pf.to_str().unwrap(),
     ];
     let mut args = base.to_vec();
-    args.extend(["--prove", "--output", "json"]);
+    args.extend(["--prove", "--probe-imdsv1", "--output", "json"]);
     let r = sb.run(&args);
     r.assert_code(0);
     let v = r.json();
@@ -86,6 +86,13 @@ fn run_reports_the_posture_per_mode_and_block_awsvpc_imds_writes_the_key() {
     );
     assert!(r.stdout.contains("bridge: blocked"), "{}", r.stdout);
     assert!(r.stdout.contains("add --prove"), "{}", r.stdout);
+    // Without --probe-imdsv1 the line says IMDSv1 was not probed, and claims neither way.
+    assert!(
+        r.stdout
+            .contains("metadata options: unknown (IMDSv1 not probed"),
+        "{}",
+        r.stdout
+    );
 }
 
 /// The PUT response hop limit, measured by prove without IMDSv1: with the emulator answering

@@ -431,6 +431,59 @@ fn prove_waits_for_a_held_xtables_lock_only_until_the_deadline() {
     assert_clean(&sb, pid);
 }
 
+/// A hung iptables (a stand-in that never answers: a real one hangs only on a kernel or lock
+/// fault the test cannot make on purpose): prove's commands are killed at the deadline, not
+/// after their own 30 s. The control: the stand-in does hang (it is still running after 2 s).
+#[test]
+fn prove_with_a_hung_iptables_ends_at_the_deadline() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    block(&sb);
+    let dir = tempfile::tempdir().unwrap();
+    let hung = dir.path().join("iptables");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 120\n").unwrap();
+    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut control = Command::new(&hung).arg("-S").spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        control.try_wait().unwrap().is_none(),
+        "the stand-in hangs (else this test proves nothing)"
+    );
+    let _ = control.kill();
+    let _ = control.wait();
+
+    let t = std::time::Instant::now();
+    let (pid, r) = run_pid(
+        &sb,
+        &[
+            "prove",
+            "--ipv6",
+            "off",
+            "--iptables",
+            hung.to_str().unwrap(),
+            "--deadline",
+            "3",
+        ],
+    );
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(4500),
+        "--deadline 3 with a hung iptables: the process ended after {took:?}\n{}",
+        r.all()
+    );
+    assert!(matches!(r.code, Some(7 | 8)), "{}", r.all());
+    assert_clean(&sb, pid);
+    let left = Command::new("pgrep")
+        .args(["-f", hung.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "a hung iptables outlived the run: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
 #[test]
 fn prove_without_docker0_says_so() {
     let _s = serial();

@@ -12,7 +12,7 @@
 //! 3. name (in a reader warning) every key the two readers read differently from the source;
 //! 4. not warn about a key both readers read alike, in the source and in what is written.
 //!
-//! Plus one run of the real binary against moto with the cases of the issue.
+//! Plus one run of the real binary against moto with the cases that tell the readers apart.
 
 use crate::harness::sandbox::*;
 use ecs_bootstrap::config::parse::{Severity, valid_key};
@@ -143,7 +143,7 @@ proptest! {
     }
 }
 
-/// The real binary on the issue's cases: a trailing blank (both readers drop it: written and
+/// The real binary on the cases that tell the readers apart: a trailing blank (both readers drop it: written and
 /// reported without it, no warning), blanks before a key (accepted), lower-case proxy keys
 /// (accepted), and an unclosed quote that makes systemd swallow the next lines (every key it
 /// takes is named).

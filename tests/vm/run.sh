@@ -313,6 +313,21 @@ check "boot 2: before dockerd started, the kernel held our DROP rules and FORWAR
         [[ $(grep -E -- "-A FORWARD" <<<"$1" | head -n1) == *"-j DOCKER-USER" ]]' _ "$pre"
 block_checks "boot 2" iptables
 
+# Drift: the packages enable the timer; something flushes DOCKER-USER; the timer's next check
+# repairs it within its period and logs the drift at priority err. Control: before the flush
+# the checks (which found the block in place) logged no drift.
+drift=$(vm_ssh 'echo "timer: $(systemctl is-enabled ecs-bootstrap-drift.timer) $(systemctl is-active ecs-bootstrap-drift.timer)"
+    echo "drift lines before: $(journalctl -b -q -o cat -p err -u ecs-bootstrap-drift.service | grep -c "drift:")"
+    iptables -F DOCKER-USER; t0=$(date +%s)
+    for _ in $(seq 1 30); do sleep 5; iptables -S DOCKER-USER | grep -q "comment ecs-bootstrap" && break; done
+    echo "repaired after $(($(date +%s) - t0)) s: $(iptables -S DOCKER-USER | grep -c "comment ecs-bootstrap") rules"
+    sleep 2
+    journalctl -b -q -o cat -p err -u ecs-bootstrap-drift.service | grep "drift:" | tail -n 3' || true)
+check "boot 2: the drift timer (enabled by the package) repairs a flushed DOCKER-USER within its period and logs the drift at priority err" "$drift" \
+    bash -c 'grep -qx "timer: enabled active" <<<"$1" && grep -qx "drift lines before: 0" <<<"$1" &&
+        grep -qE "^repaired after [0-9]+ s: [2-9] rules" <<<"$1" && grep -q "drift: IPv4: " <<<"$1"' _ "$drift"
+block_checks "boot 2 after drift" iptables
+
 # ------------------------------------------------------------------ boot 3: iptables-legacy
 vm_log "boot 3 (iptables-legacy alternative; no netfilter module loaded at boot)"
 vm_ssh 'update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null &&
@@ -344,7 +359,7 @@ guard=$(vm_ssh 'systemctl stop ecs.service
     mv /run/vmtest/sidecar.keep /etc/ecs/ecs.config.ecs-bootstrap && cp -p /run/vmtest/ecs.config.keep /etc/ecs/ecs.config
     systemctl reset-failed ecs.service; systemctl start ecs.service; echo "restored: rc=$? $(systemctl is-active ecs.service)"' || true)
 check "boot 3: the first-boot guard keeps the agent from starting on an ecs.config we never wrote without ECS_CLUSTER; the override and the restored files let it start" "$guard" \
-    bash -c 'grep -qx "no-cluster: rc=1 failed" <<<"$1" && grep -qE "^guard lines: [1-9]" <<<"$1" &&
+    bash -c 'grep -qE "^no-cluster: rc=1 (failed|activating)$" <<<"$1" && grep -qE "^guard lines: [1-9]" <<<"$1" &&
         grep -qx "allowed: rc=0 active" <<<"$1" && grep -qx "restored: rc=0 active" <<<"$1"' _ "$guard"
 
 vm_log "power off"

@@ -95,10 +95,31 @@ impl Run {
         self
     }
 
+    /// How many fetch attempts failed and were logged (one line each).
+    pub fn fetch_attempts_failed(&self) -> usize {
+        self.stderr.matches("fetch attempt failed").count()
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
+}
+
+/// A run on a tmpfs ([`Sandbox::run_on_tmpfs`]): the run, and the destination's content and
+/// folder listing afterwards.
+#[derive(Debug)]
+pub struct OnTmpfs {
+    pub run: Run,
+    pub file: String,
+    pub ls: String,
+}
+
+/// Runs `f` and measures how long it took: for the bound a deadline puts on the process.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = std::time::Instant::now();
+    let out = f();
+    (out, start.elapsed())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +220,49 @@ impl Sandbox {
 
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.cmd().args(args).output().expect("run ecs-bootstrap"))
+    }
+
+    /// As [`Sandbox::run`], with S3 at `s3_endpoint` (moto, or the fault proxy in front of it).
+    pub fn run_s3<S: AsRef<std::ffi::OsStr>>(&self, s3_endpoint: &str, args: &[S]) -> Run {
+        Sandbox::run_cmd({
+            let mut c = self.cmd_s3(s3_endpoint);
+            c.args(args);
+            c
+        })
+    }
+
+    /// Puts `content` at the default destination: the previous ecs.config of a case.
+    pub fn write_dest(&self, content: &str) {
+        let d = self.dest();
+        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+        std::fs::write(&d, content).unwrap();
+    }
+
+    /// Runs the binary with `args` (shell words; `$SRC` is the source) with the destination
+    /// folder on a 16 KiB tmpfs holding `old` as ecs.config, after the shell `prepare` ran
+    /// there (`$D` is the folder). The tmpfs is mounted in the run's private mount namespace,
+    /// invisible to the test: the script prints the file and the folder's listing afterwards.
+    pub fn run_on_tmpfs(&self, old: &str, prepare: &str, args: &str) -> OnTmpfs {
+        let dir = self.dest().parent().unwrap().to_owned();
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = self.host_script(
+            &self.s("s3_endpoint"),
+            &format!(
+                "set -e; D={d}; mount -t tmpfs -o size=16k,mode=0755 ebs-test \"$D\"; \
+                 printf '%s' '{old}' > \"$D/ecs.config\"; {prepare}; set +e; \"$BIN\" {args}; rc=$?; \
+                 echo '--- file'; cat \"$D/ecs.config\"; echo '--- ls'; ls -A \"$D\"; exit $rc",
+                d = dir.display(),
+            ),
+        );
+        let after = run
+            .stdout
+            .split("--- file\n")
+            .nth(1)
+            .expect("the script printed the file")
+            .to_owned();
+        let (file, ls) = after.split_once("--- ls\n").unwrap();
+        let (file, ls) = (file.to_owned(), ls.to_owned());
+        OnTmpfs { run, file, ls }
     }
 
     pub fn run_cmd(mut cmd: Command) -> Run {
@@ -346,6 +410,15 @@ impl Sandbox {
     /// The IMDS emulator's request log, once settled (see [`settled`]).
     pub fn imds_requests(&self) -> Vec<Value> {
         settled(|| read_jsonl(&self.s("imds_log")))
+    }
+
+    /// The IMDS requests made without a token (IMDSv1), after the first `since` of the log.
+    pub fn tokenless_requests(&self, since: usize) -> Vec<Value> {
+        self.imds_requests()
+            .into_iter()
+            .skip(since)
+            .filter(|q| q["method"] == "GET" && q["token"] == false)
+            .collect()
     }
 
     pub fn token_puts(&self) -> usize {
