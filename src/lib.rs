@@ -13,4 +13,5 @@ pub(crate) mod logging;
 pub(crate) mod posture;
 pub(crate) mod prove;
 pub(crate) mod report;
+pub(crate) mod status;
 pub mod sys;

@@ -103,6 +103,11 @@ pub(crate) enum Command {
     Prove(ProveArgs),
     /// Print the least-privilege IAM policies for the instance role and its trust policy.
     IamPolicy(IamPolicyArgs),
+    /// Say whether this instance is protected now: the block in the kernel (read-only: nothing
+    /// is changed), the rules files and who loads them at boot, the last boot's report and the
+    /// written ecs.config. Exit 0 only when the block holds now, 4 when it does not (or cannot
+    /// be confirmed). Writes no file.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -310,6 +315,23 @@ pub(crate) struct CheckArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub(crate) struct StatusArgs {
+    /// The block to check: the same flags (and settings) as block-imds.
+    #[command(flatten)]
+    pub(crate) firewall: FirewallArgs,
+
+    /// The ecs.config to describe [default: /etc/ecs/ecs.config under --root].
+    /// Example: --dest /etc/ecs/ecs.config
+    #[arg(long, env = "ECS_BOOTSTRAP_DEST", value_name = "PATH")]
+    pub(crate) dest: Option<PathBuf>,
+
+    /// The last boot's report, where the config unit writes it [default:
+    /// /run/ecs-bootstrap/report.json under --root]. Example: --boot-report /run/ecs-bootstrap/report.json
+    #[arg(long, env = "ECS_BOOTSTRAP_BOOT_REPORT", value_name = "PATH")]
+    pub(crate) boot_report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
@@ -422,6 +444,8 @@ mod tests {
                 "iam-policy --format",
                 "run --drift",
                 "run --remove",
+                "status --drift",
+                "status --remove",
             ]
         );
     }

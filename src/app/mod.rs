@@ -44,6 +44,9 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
             }
         };
     }
+    if let Command::Status(a) = &parsed.cli.command {
+        return status(a, &root, &parsed.cli.global);
+    }
     let Some(plan) = parsed.plan(&root, &args) else {
         return Exit::Usage.code();
     };
@@ -446,6 +449,31 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
     let mut report = Report::new(plan.command, steps, start.elapsed());
     report.imds_posture = posture;
     report
+}
+
+/// `status`: changes nothing and writes no file (not even `--report`, which may name the boot's
+/// report); prints whether the block holds now and returns 0 only when it does.
+fn status(a: &cli::StatusArgs, root: &Root, global: &GlobalArgs) -> u8 {
+    let req = match plan::status_request(a, root) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Usage.code();
+        }
+    };
+    let deadline = sys::Deadline::after(Duration::from_secs(global.deadline));
+    let runner = SystemRunner::new(deadline.clone());
+    let st = crate::status::gather(&req, &runner, &deadline, std::time::SystemTime::now());
+    if !st.protected {
+        tracing::error!(
+            "this instance is not protected now: the block does not hold (see the status)"
+        );
+    }
+    print_stdout(&match global.output {
+        OutputFormat::Json => format!("{}\n", st.to_json()),
+        OutputFormat::Text => st.to_text(),
+    });
+    st.exit_code
 }
 
 /// Writes the `--report` file, then prints the report (which says when the file could not be

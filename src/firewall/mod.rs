@@ -32,6 +32,7 @@ pub mod merge;
 mod persist;
 mod plan;
 pub mod rules;
+mod state;
 mod target;
 
 use crate::report::StepResult;
@@ -46,6 +47,7 @@ use std::time::Duration;
 use target::Distro;
 
 pub use persist::MAX_RULES_FILE;
+pub(crate) use state::{kernel as kernel_state, rules_files};
 
 /// The warning `--chain FORWARD` prints.
 pub(crate) const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start (the docker.service drop-in does, and moves the rule back to the top; between dockerd's start and that rerun, containers reach IMDS).";
