@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The version of the JSON report's schema (`schema_version`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// The command a report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
-pub enum Command {
+pub(crate) enum Command {
     Run,
     FetchConfig,
     BlockImds,
@@ -27,7 +27,7 @@ pub enum Command {
 /// A signal that ends a run early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub enum Signal {
+pub(crate) enum Signal {
     #[serde(rename = "SIGHUP")]
     Hup,
     #[serde(rename = "SIGINT")]
@@ -37,7 +37,7 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Signal::Hup => "SIGHUP",
             Signal::Int => "SIGINT",
@@ -46,7 +46,7 @@ impl Signal {
     }
 
     /// The shell's convention: 128 + the signal's number.
-    pub fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         128 + match self {
             Signal::Hup => 1,
             Signal::Int => 2,
@@ -55,56 +55,45 @@ impl Signal {
     }
 }
 
-/// A step's structured details in the JSON report: each step's own `Details` type.
+/// A step's structured details in the JSON report: each step's own `Details` type, as the
+/// step's module defines it (untagged: the report's `step` says which it is).
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(untagged)]
-pub enum Details {
-    /// Details not yet typed: any JSON value.
-    Other(serde_json::Value),
-}
-
-impl Details {
-    /// None for JSON null (a step without details).
-    fn from_value(v: serde_json::Value) -> Option<Details> {
-        (!v.is_null()).then_some(Details::Other(v))
-    }
-
-    /// The value of a top-level field, for the posture lines.
-    pub fn field(&self, name: &str) -> Option<&serde_json::Value> {
-        match self {
-            Details::Other(v) => v.get(name),
-        }
-    }
+pub(crate) enum Details {
+    Config(Box<crate::config::Details>),
+    Firewall(Box<crate::firewall::Details>),
+    Check(Box<crate::check::Details>),
+    Prove(Box<crate::prove::Details>),
 }
 
 /// What a step that succeeded did.
 #[derive(Debug, Clone, Default)]
-pub struct StepResult {
+pub(crate) struct StepResult {
     /// Whether the step changed the system (a file written, a rule added).
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// Human lines for the text report. Never secret values.
-    pub summary: Vec<String>,
+    pub(crate) summary: Vec<String>,
     /// Structured details for the JSON report. Never secret values.
-    pub details: serde_json::Value,
+    pub(crate) details: Option<Details>,
 }
 
 /// A step failure that still has something to report (for example what `prove` saw): its
 /// summary and details go into the report next to the error.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct Failure {
-    pub message: String,
-    pub summary: Vec<String>,
-    pub details: serde_json::Value,
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) summary: Vec<String>,
+    pub(crate) details: Option<Details>,
     /// The exit code when it is not the step's own (prove's "not proven", 8).
-    pub exit: Option<Exit>,
+    pub(crate) exit: Option<Exit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Failed,
     Skipped,
@@ -112,27 +101,31 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub struct StepReport {
-    pub step: Step,
-    pub outcome: Outcome,
-    pub duration_ms: u64,
-    pub changed: bool,
+pub(crate) struct StepReport {
+    pub(crate) step: Step,
+    pub(crate) outcome: Outcome,
+    pub(crate) duration_ms: u64,
+    pub(crate) changed: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub summary: Vec<String>,
+    pub(crate) summary: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<Details>,
+    pub(crate) details: Option<Details>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// The step failed because the host cannot reach instance metadata (exit code 7).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub imds_unreachable: bool,
+    pub(crate) imds_unreachable: bool,
     /// The exit code of a failure that is not the step's own (from [`Failure::exit`]).
     #[serde(skip)]
-    pub exit: Option<Exit>,
+    pub(crate) exit: Option<Exit>,
 }
 
 impl StepReport {
-    pub fn from_result(step: Step, elapsed: Duration, result: anyhow::Result<StepResult>) -> Self {
+    pub(crate) fn from_result(
+        step: Step,
+        elapsed: Duration,
+        result: anyhow::Result<StepResult>,
+    ) -> Self {
         let duration_ms = elapsed.as_millis() as u64;
         match result {
             Ok(r) => StepReport {
@@ -141,7 +134,7 @@ impl StepReport {
                 duration_ms,
                 changed: r.changed,
                 summary: r.summary,
-                details: Details::from_value(r.details),
+                details: r.details,
                 error: None,
                 imds_unreachable: false,
                 exit: None,
@@ -149,9 +142,8 @@ impl StepReport {
             Err(e) => {
                 let (summary, details, exit) = match e.downcast_ref::<Failure>() {
                     Some(f) => (f.summary.clone(), f.details.clone(), f.exit),
-                    None => (vec![], serde_json::Value::Null, None),
+                    None => (vec![], None, None),
                 };
-                let details = Details::from_value(details);
                 StepReport {
                     step,
                     outcome: Outcome::Failed,
@@ -167,7 +159,7 @@ impl StepReport {
         }
     }
 
-    pub fn skipped(step: Step) -> Self {
+    pub(crate) fn skipped(step: Step) -> Self {
         StepReport {
             step,
             outcome: Outcome::Skipped,
@@ -184,37 +176,37 @@ impl StepReport {
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub struct Report {
+pub(crate) struct Report {
     /// The version of this schema; it changes only when a field is removed or changes meaning.
-    pub schema_version: u32,
+    pub(crate) schema_version: u32,
     /// The version of ecs-bootstrap that wrote the report.
-    pub version: &'static str,
-    pub command: Command,
-    pub ok: bool,
+    pub(crate) version: &'static str,
+    pub(crate) command: Command,
+    pub(crate) ok: bool,
     /// The exit code of the process.
-    pub exit_code: u8,
-    pub duration_ms: u64,
+    pub(crate) exit_code: u8,
+    pub(crate) duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interrupted_by: Option<Signal>,
-    pub steps: Vec<StepReport>,
+    pub(crate) interrupted_by: Option<Signal>,
+    pub(crate) steps: Vec<StepReport>,
     /// `run`: one line per ECS network mode on what keeps its tasks from IMDS.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub imds_posture: Vec<crate::posture::Line>,
+    pub(crate) imds_posture: Vec<crate::posture::Line>,
     /// The `--report` file could not be written (this report is the printed one).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub report_file_error: Option<ReportFileError>,
+    pub(crate) report_file_error: Option<ReportFileError>,
 }
 
 /// Why the `--report` file could not be written.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
-pub struct ReportFileError {
-    pub path: std::path::PathBuf,
-    pub error: String,
+pub(crate) struct ReportFileError {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) error: String,
 }
 
 impl Report {
-    pub fn new(command: Command, steps: Vec<StepReport>, elapsed: Duration) -> Self {
+    pub(crate) fn new(command: Command, steps: Vec<StepReport>, elapsed: Duration) -> Self {
         let exit = exit_for(&steps);
         Report {
             schema_version: SCHEMA_VERSION,
@@ -232,7 +224,7 @@ impl Report {
 
     /// The report of a run stopped by a signal, with the steps that had finished: exit code
     /// 128 + the signal number.
-    pub fn interrupted(
+    pub(crate) fn interrupted(
         command: Command,
         signal: Signal,
         steps: Vec<StepReport>,
@@ -254,7 +246,7 @@ impl Report {
 
     /// Records that the `--report` file could not be written: the run is not ok, and a run
     /// that was keeps exit code 1 (internal error).
-    pub fn report_file_failed(&mut self, path: &std::path::Path, error: String) {
+    pub(crate) fn report_file_failed(&mut self, path: &std::path::Path, error: String) {
         self.ok = false;
         if self.exit_code == Exit::Success.code() {
             self.exit_code = Exit::Internal.code();
@@ -265,11 +257,11 @@ impl Report {
         });
     }
 
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report serializes")
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = String::new();
         for st in &self.steps {
             let outcome = match st.outcome {
@@ -324,7 +316,7 @@ impl Report {
 
 /// The exit code names the first failed step, in step order; a step that failed on an
 /// unreachable IMDS outranks that order (7).
-pub fn exit_for(steps: &[StepReport]) -> Exit {
+pub(crate) fn exit_for(steps: &[StepReport]) -> Exit {
     if steps
         .iter()
         .any(|s| s.outcome == Outcome::Failed && s.imds_unreachable)
@@ -438,14 +430,17 @@ mod tests {
         let e = anyhow::Error::new(Failure {
             message: "reachable".into(),
             summary: vec!["from docker0: reachable".into()],
-            details: serde_json::json!({"from_bridge": {"ipv4": "reachable"}}),
+            details: Some(Details::Prove(Box::new(crate::prove::Details {
+                bridges: vec![],
+                seen: None,
+            }))),
             exit: None,
         })
         .context("prove");
         let r = StepReport::from_result(Step::Prove, Duration::ZERO, Err(e));
         assert_eq!(r.outcome, Outcome::Failed);
         let details = serde_json::to_value(&r.details).unwrap();
-        assert_eq!(details["from_bridge"]["ipv4"], "reachable");
+        assert_eq!(details, serde_json::json!({"bridges": []}));
         assert_eq!(r.summary, ["from docker0: reachable"]);
         assert_eq!(r.error.as_deref(), Some("prove: reachable"));
     }

@@ -290,17 +290,18 @@ fn posture(plan: &Plan, steps: &[StepReport]) -> Vec<posture::Line> {
             .ok()
             .map(|t| (t, c.dest.clone()))
     });
-    let field = |s: Step, name: &str| {
-        step(s)
-            .and_then(|r| r.details.as_ref())
-            .and_then(|d| d.field(name))
-            .cloned()
+    let details = |s: Step| step(s).and_then(|r| r.details.as_ref());
+    let imdsv1 = match details(Step::Check) {
+        Some(report::Details::Check(d)) => Some(d.imdsv1),
+        _ => None,
     };
-    let imdsv1 = field(Step::Check, "imdsv1").and_then(|v| serde_json::from_value(v).ok());
-    let put_hop_limit = field(Step::Prove, "put_hop_limit").and_then(|v| match v.as_str() {
-        Some("1") => Some(posture::HopLimit::One),
-        Some(_) => Some(posture::HopLimit::TwoOrMore),
-        None => None,
+    let put_hop_limit = match details(Step::Prove) {
+        Some(report::Details::Prove(d)) => d.seen.as_ref().and_then(|s| s.put_hop_limit),
+        _ => None,
+    }
+    .map(|h| match h {
+        prove::HopLimit::One => posture::HopLimit::One,
+        prove::HopLimit::TwoOrMore => posture::HopLimit::TwoOrMore,
     });
     posture::assess(&posture::Facts {
         firewall_ok,

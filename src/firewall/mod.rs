@@ -37,7 +37,8 @@ mod target;
 
 use crate::report::StepResult;
 use crate::sys::{CommandRunner, Deadline, Root};
-use details::{Details, Ipv6, Ipv6Reason, Said};
+pub(crate) use details::Details;
+use details::{Ipv6, Ipv6Reason, Said};
 use iptables::{Backend, Ipt, IptError};
 use persist::{How, Off, Persistence};
 use plan::Mode;
@@ -221,7 +222,7 @@ fn choose_ipv6(opts: &Options, bin4: &Path) -> Result<Ipv6Choice, IptError> {
 /// ([`Deadline::stop`], e.g. on SIGTERM), no command starts and no file is written, so no rule
 /// changes; the step then fails with an error whose chain holds the [`crate::sys::Stopped`]
 /// (`err.downcast_ref::<Stopped>()`).
-pub fn run(
+pub(crate) fn run(
     opts: &Options,
     runner: &dyn CommandRunner,
     deadline: &Deadline,
@@ -275,7 +276,7 @@ pub fn run(
         families: fam_details,
         warnings: said.warnings,
     };
-    let details = serde_json::to_value(&details)?;
+    let details = Some(crate::report::Details::Firewall(Box::new(details)));
     if let Some(message) = v6.error {
         return Err(anyhow::Error::new(crate::report::Failure {
             message,
