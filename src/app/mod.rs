@@ -358,78 +358,97 @@ where
     report
 }
 
+/// The shared IMDS client, when a step needs one (or why it could not be made).
+type SharedImds = Option<anyhow::Result<Imds>>;
+
+/// The IMDS client of a step that needs one.
+fn need(imds: &SharedImds) -> anyhow::Result<&Imds> {
+    match imds {
+        Some(Ok(i)) => Ok(i),
+        Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+        None => Err(anyhow::anyhow!("no metadata client was made for this step")),
+    }
+}
+
 async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Report {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(global.deadline);
     if let Some(opts) = &plan.config {
         config::prepare(opts);
     }
-    let imds = (plan.config.is_some() || plan.check.is_some() || plan.prove.is_some())
+    let imds: SharedImds = (plan.config.is_some() || plan.check.is_some() || plan.prove.is_some())
         .then(|| Imds::new(imds::endpoint_from_env(), deadline));
-
-    let firewall = async {
-        match &plan.firewall {
-            None => StepReport::skipped(Step::Firewall),
-            Some(opts) => {
-                let opts = opts.clone();
-                timed(Step::Firewall, deadline, finished, async move {
-                    let bound = sys::Deadline::at(deadline.into_std());
-                    sys::run_blocking(&bound, move |d| {
-                        firewall::run(&opts, &SystemRunner::new(d.clone()), d)
-                    })
-                    .await
-                    .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?
-                })
-                .await
-            }
-        }
-    };
-    let config = async {
-        match (&plan.config, &imds) {
-            (Some(opts), Some(imds)) => {
-                timed(Step::Config, deadline, finished, async {
-                    let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                    config::run(opts, imds, deadline).await
-                })
-                .await
-            }
-            _ => StepReport::skipped(Step::Config),
-        }
-    };
     // The firewall first: its first poll starts its thread, before the config step's first
     // poll does its synchronous set-up (the S3 client's TLS roots).
-    let (firewall, config) = tokio::join!(firewall, config);
-    let check = match (&imds, &plan.check) {
-        (Some(imds), Some(opts)) => {
+    let (firewall, config) = tokio::join!(
+        firewall_step(plan, deadline, finished),
+        config_step(plan, &imds, deadline, finished)
+    );
+    let check = match &plan.check {
+        Some(opts) => {
             timed(Step::Check, deadline, finished, async {
-                let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                crate::check::run(opts, imds).await
+                crate::check::run(opts, need(&imds)?).await
             })
             .await
         }
-        _ => StepReport::skipped(Step::Check),
+        None => StepReport::skipped(Step::Check),
     };
-    let prove = match (&imds, &plan.prove) {
-        (Some(imds), Some(opts)) => {
+    let prove = match &plan.prove {
+        Some(opts) => {
             timed(Step::Prove, deadline, finished, async {
-                let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 let runner = SystemRunner::new(sys::Deadline::at(deadline.into_std()));
-                prove::run(opts, imds, &runner, deadline).await
+                prove::run(opts, need(&imds)?, &runner, deadline).await
             })
             .await
         }
-        _ => StepReport::skipped(Step::Prove),
+        None => StepReport::skipped(Step::Prove),
     };
-    // A metadata request that gave up on an unreachable IMDS explains every failed step that
-    // needs IMDS, however its error reached the step (as a MetadataError, as the text of the
-    // SDK's credentials error, or as a deadline the wait used up): exit code 7. The shared
-    // handle is the one place that knows.
-    let (mut config, mut check, mut prove) = (config, check, prove);
-    if let Some(Ok(imds)) = &imds
-        && imds.was_unreachable()
-    {
+    let unreachable = matches!(&imds, Some(Ok(i)) if i.was_unreachable());
+    assemble(plan, [config, firewall, check, prove], unreachable, start)
+}
+
+/// The firewall step on a blocking thread bound by the deadline: dropped at the deadline or on
+/// a signal, it is stopped and changes nothing more.
+async fn firewall_step(plan: &Plan, deadline: Instant, finished: &Finished) -> StepReport {
+    let Some(opts) = plan.firewall.clone() else {
+        return StepReport::skipped(Step::Firewall);
+    };
+    timed(Step::Firewall, deadline, finished, async move {
+        let bound = sys::Deadline::at(deadline.into_std());
+        sys::run_blocking(&bound, move |d| {
+            firewall::run(&opts, &SystemRunner::new(d.clone()), d)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?
+    })
+    .await
+}
+
+async fn config_step(
+    plan: &Plan,
+    imds: &SharedImds,
+    deadline: Instant,
+    finished: &Finished,
+) -> StepReport {
+    let Some(opts) = &plan.config else {
+        return StepReport::skipped(Step::Config);
+    };
+    timed(Step::Config, deadline, finished, async {
+        config::run(opts, need(imds)?, deadline).await
+    })
+    .await
+}
+
+/// The report from the steps (in the order config, firewall, check, prove). A metadata request
+/// that gave up on an unreachable IMDS (`unreachable`) explains every failed step that needs
+/// IMDS, however its error reached the step (as a MetadataError, as the text of the SDK's
+/// credentials error, or as a deadline the wait used up): exit code 7. The shared handle is the
+/// one place that knows.
+fn assemble(plan: &Plan, steps: [StepReport; 4], unreachable: bool, start: Instant) -> Report {
+    let [mut config, firewall, mut check, mut prove] = steps;
+    if unreachable {
         for s in [&mut config, &mut check, &mut prove] {
-            if s.outcome == crate::report::Outcome::Failed {
+            if s.outcome == report::Outcome::Failed {
                 s.imds_unreachable = true;
             }
         }
@@ -439,7 +458,7 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
         report::Command::Run => vec![config, firewall, check],
         _ => [config, firewall, check, prove]
             .into_iter()
-            .filter(|s| s.outcome != crate::report::Outcome::Skipped)
+            .filter(|s| s.outcome != report::Outcome::Skipped)
             .collect(),
     };
     let posture = if plan.command == report::Command::Run {
