@@ -20,3 +20,4 @@ mod properties;
 mod prove;
 mod readers;
 mod run_cmd;
+mod status;
