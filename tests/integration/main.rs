@@ -9,6 +9,7 @@ mod harness;
 
 mod check;
 mod config;
+mod docs;
 mod e2e;
 mod faults;
 mod firewall;
