@@ -28,7 +28,11 @@ fn architecture_code_map_names_every_source_file_and_only_existing_ones() {
     assert!(files.len() > 20, "the source tree was not found: {files:?}");
     let mut missing = vec![];
     for f in &files {
-        let rel = f.strip_prefix(repo()).unwrap().to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(repo())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let parts: Vec<&str> = rel.split('/').collect();
         let named = doc.contains(&format!("`{rel}`"))
             || match parts.as_slice() {
