@@ -1890,3 +1890,38 @@ fn a_command_killed_at_the_deadline_leaves_no_process_behind() {
         "the hung command's child still runs after the process ended: pids {left:?}"
     );
 }
+
+/// Red team: the operator saves the tables the way the AWS documentation says
+/// (`iptables-save > /etc/sysconfig/iptables`, or `service iptables save`) after the boot run.
+/// The saved file holds the block (our DROP first in DOCKER-USER, the jump first in FORWARD),
+/// and restoring it in a fresh namespace blocks (the control). A drift check must then find no
+/// drift: no error line claiming the file "did not hold the block", and the operator's file
+/// left as saved (else every save raises an alarm and is rewritten by the next check).
+#[test]
+fn drift_check_accepts_a_file_the_operator_saved_with_iptables_save() {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    let args = ["--persist-file", &f4, "--ipv6", "off"];
+    let r = block(&t.host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let saved = t.host.exec_ok("/usr/sbin/iptables-nft-save", &[]);
+    std::fs::write(&f4, &saved).unwrap();
+
+    // The control: the saved file alone blocks the container.
+    let fresh = Topo::new();
+    let restored = fresh
+        .host
+        .exec_stdin("/usr/sbin/iptables-nft-restore", &[], saved.as_bytes());
+    assert!(restored.status.success(), "{restored:?}");
+    assert_blocked(&fresh.ctr, IMDS4, "the saved file restored");
+
+    let (r, _) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        !r.stderr.contains("drift:"),
+        "a drift check called a saved file that holds the block drift:\n{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
+}
