@@ -1925,3 +1925,44 @@ fn drift_check_accepts_a_file_the_operator_saved_with_iptables_save() {
     );
     assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
 }
+
+/// Red team: SIGHUP (the operator's ssh session drops) while `iptables-restore` hangs ends the
+/// run as SIGTERM does: within a second, a report that says so, the hung command killed (no
+/// rule changed after it would have gone on), and nothing left running.
+#[test]
+fn sighup_kills_a_hung_iptables_and_reports() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = restore_hanging_unread(root.path(), "7.625");
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), &ipt, "60");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !pids_running(&["sleep", "7.625"]).is_empty(),
+        "the restore did not hang"
+    );
+    let hup = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lived = hup.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let left = pids_running(&["sleep", "7.625"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(lived < Duration::from_secs(1), "{lived:?}\n{stderr}");
+    assert_eq!(out.status.code(), Some(129), "SIGHUP: exit 128+1\n{stderr}");
+    let r = parse_run(out);
+    assert_eq!(r.json["interrupted_by"], "SIGHUP", "{}", r.text());
+    assert!(left.is_empty(), "left running: {left:?}");
+    sleep_until(start, Duration::from_secs(9));
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+}
