@@ -432,3 +432,54 @@ fn a_rejected_command_line_is_an_error_in_the_journal() {
         "a command-line error reaches the journal without its priority: {bare:?}\n{err}"
     );
 }
+
+/// Red team: journald ends a stream's line at a NUL byte as at a newline, and reads a
+/// priority prefix at the start of each. Text from outside (here an iptables whose error
+/// output holds `\0<3>...`) must not start an entry of its own: every record on stderr, split
+/// at newlines and NULs, starts with our prefix. Control: the text did reach the log line.
+#[test]
+fn a_nul_in_logged_text_cannot_start_a_journal_entry() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ipt = dir.path().join("iptables");
+    std::fs::write(
+        &ipt,
+        "#!/bin/sh\nprintf 'iptables: bad\\000<3>FORGED entry\\n' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ipt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let argv: Vec<String> = [
+        env!("CARGO_BIN_EXE_ecs-bootstrap"),
+        "block-imds",
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--iptables",
+        ipt.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--persist",
+        "none",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (code, err) = run_stderr(&argv, &[], Stream::Stderr);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("FORGED entry"), "control: {err:?}");
+    let records: Vec<&str> = err.split(['\n', '\0']).filter(|r| !r.is_empty()).collect();
+    let bare: Vec<&&str> = records
+        .iter()
+        .filter(|r| {
+            !["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| r.starts_with(p))
+        })
+        .collect();
+    let forged: Vec<&&str> = records
+        .iter()
+        .filter(|r| r.starts_with("<3>FORGED"))
+        .collect();
+    assert!(
+        bare.is_empty() && forged.is_empty(),
+        "journal entries not ours: {forged:?} {bare:?}\n{err:?}"
+    );
+}
