@@ -185,9 +185,12 @@ fn syslog_prefix(level: Level) -> &'static str {
 }
 
 /// `text` with `prefix` at the start of every line: journald reads each line of a stream as
-/// its own entry, so a message that spans lines keeps its priority on each. The blanks that
-/// right-align the level go: the journal's entries need no alignment (pure).
+/// its own entry, so a message that spans lines keeps its priority on each. journald also ends
+/// a line at a NUL byte, so a NUL (from text logged from outside: a command's error output)
+/// is written as `\0`, and cannot start an entry whose priority the text chooses. The blanks
+/// that right-align the level go: the journal's entries need no alignment (pure).
 fn prefix_lines(text: &str, prefix: &str) -> String {
+    let text = text.replace('\0', "\\0");
     let mut out = String::with_capacity(text.len() + prefix.len());
     for (i, line) in text.split_inclusive('\n').enumerate() {
         out.push_str(prefix);
@@ -261,6 +264,10 @@ mod tests {
             "<3>ERROR a\n<3>  indented second line\n"
         );
         assert_eq!(prefix_lines("no newline", "<6>"), "<6>no newline");
+        assert_eq!(
+            prefix_lines("ERROR bad\0<0>forged\n", "<3>"),
+            "<3>ERROR bad\\0<0>forged\n"
+        );
         assert_eq!(prefix_lines("", "<6>"), "");
     }
 

@@ -250,8 +250,14 @@ impl CommandRunner for SystemRunner {
         let t_out = reader(Box::new(child.stdout.take().expect("piped")), done.clone());
         let t_err = reader(Box::new(child.stderr.take().expect("piped")), done);
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A child that exits without reading its input is reported by its status.
-            let _ = pipe.write_all(data);
+            // On a thread of its own: a child that does not read an input larger than a pipe's
+            // buffer would block the write, and with it the watch on the deadline below. Once
+            // the child is killed the write fails and the thread ends. A child that exits
+            // without reading its input is reported by its status.
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            });
         }
         while let Err(mpsc::RecvTimeoutError::Timeout) = closed.recv_timeout(POLL) {
             if let Some(e) = self.must_stop(program, started) {

@@ -318,3 +318,55 @@ fn an_invalidated_token_is_replaced_once() {
     );
     assert_eq!(sb.token_puts() - before, 2, "{}", r.stderr);
 }
+
+/// Red team: no command falls back to IMDSv1 by itself, whatever the token PUT gets back: an
+/// IMDSv1-only service (token PUTs 404, tokenless GETs served), a token PUT answered with a
+/// proxy's page, IMDS answering 503 at first. For each of check-imds, fetch-config, prove and
+/// run, the emulator logs no GET without a token. Control: `--probe-imdsv1` is seen as one.
+#[test]
+fn no_command_falls_back_to_imdsv1_whatever_the_token_put_gets() {
+    let sb = Sandbox::up();
+    let src = sb.source();
+    let dest = sb.dest();
+    let dest = dest.to_str().unwrap();
+    let pf = sb.persist_file();
+    let pf = pf.to_str().unwrap();
+    let commands: [&[&str]; 4] = [
+        &["check-imds"],
+        &["fetch-config", "--source", &src, "--dest", dest],
+        &["prove", "--ipv6", "off"],
+        &[
+            "run",
+            "--source",
+            &src,
+            "--persist-file",
+            pf,
+            "--ipv6",
+            "off",
+        ],
+    ];
+    let knobs = [
+        json!({"v2_disabled": true, "imdsv1": true}),
+        json!({"token_body": "<html>proxy login</html>", "imdsv1": true}),
+        json!({"fail_first": 2, "imdsv1": true}),
+    ];
+    for k in &knobs {
+        for c in commands {
+            sb.imds_control(k.clone());
+            let logged = sb.imds_requests().len();
+            let mut args = vec!["--deadline", "4"];
+            args.extend_from_slice(c);
+            let r = sb.run(&args);
+            let tokenless = sb.tokenless_requests(logged);
+            assert!(
+                tokenless.is_empty(),
+                "{k} {c:?}: IMDSv1 requests {tokenless:?}\n{}",
+                r.all()
+            );
+        }
+    }
+    sb.imds_control(json!({"imdsv1": true}));
+    let logged = sb.imds_requests().len();
+    sb.run(&["check-imds", "--probe-imdsv1"]).assert_code(0);
+    assert_eq!(sb.tokenless_requests(logged).len(), 1);
+}

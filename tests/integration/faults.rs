@@ -1794,3 +1794,45 @@ fn s3_403_on_a_kms_object_names_the_key() {
     );
     assert!(!r.all().contains("kms:Decrypt on that key"), "{}", r.all());
 }
+
+/// Red team: credentials IMDS serves but the SDK cannot use (an expiry that is not a date, a
+/// secret key of the wrong type, a failure code, a key id in the Token field) make the error
+/// lines that quote or describe the document: at `-vv`, in text and JSON, none of the role's
+/// secret key or session token shows, nor a secret key shorter than the redaction's 16
+/// characters.
+#[test]
+fn no_credential_in_logs_when_the_credentials_document_is_bad() {
+    let sb = setup();
+    let creds = &sb.state["role_credentials"];
+    let secret = creds["secret_access_key"].as_str().unwrap().to_owned();
+    let token = creds["session_token"].as_str().unwrap().to_owned();
+    let short = "sh0rt/Secret+K3y";
+    for (fmt, knobs) in [
+        ("text", json!({"credentials": {"Expiration": "not a date"}})),
+        ("json", json!({"credentials": {"Expiration": "not a date"}})),
+        ("text", json!({"credentials": {"AccessKeyId": 17}})),
+        (
+            "text",
+            json!({"credentials": {"Code": "Failure", "Message": "no"}}),
+        ),
+        ("text", json!({"credentials": {"SecretAccessKey": short}})),
+        (
+            "text",
+            json!({"credentials": {"Expiration": "2001-01-01T00:00:00Z"}}),
+        ),
+    ] {
+        sb.imds_control(knobs.clone());
+        let mut c = sb.cmd();
+        c.env("LOG_SENSITIVE_BODIES", "true")
+            .args(run_args(&sb, 6, &[]))
+            .args(["-vv", "--log-format", fmt]);
+        let r = Sandbox::run_cmd(c);
+        let all = r.all();
+        for s in [secret.as_str(), token.as_str(), short] {
+            assert!(
+                !all.contains(s),
+                "{fmt} {knobs}: a secret leaked ({s}):\n{all}"
+            );
+        }
+    }
+}

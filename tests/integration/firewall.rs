@@ -1769,3 +1769,200 @@ fn drift_check_costs_one_listing_per_family_and_repairs_with_an_error() {
     assert_blocked(&t.ctr, IMDS4, "the drift check repaired it");
     assert_eq!(count(&t.host.rules(NFT), RULE4), 1);
 }
+
+/// An `iptables`, `iptables-restore` in `dir`: the restore sleeps `secs` (a child of the
+/// wrapper shell, marked by its argument) without reading its input, then runs iptables-nft's.
+fn restore_hanging_unread(dir: &Path, secs: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (name, body) in [
+        ("iptables", "exec /usr/sbin/iptables-nft \"$@\"".to_owned()),
+        (
+            "iptables-restore",
+            format!("sleep {secs}\nexec /usr/sbin/iptables-nft-restore \"$@\""),
+        ),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir.join("iptables").to_str().unwrap().to_owned()
+}
+
+/// Pids of the processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let want = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+        })
+        .collect()
+}
+
+/// Red team: `--deadline 3`, `--persist merge` of an existing rules file larger than a pipe's
+/// buffer (another tool's 4000 rules), and an `iptables-restore` that hangs without reading
+/// its input. The input is written to the child before the runner starts watching the
+/// deadline, so the write blocks: the process must still end within a second of the deadline
+/// (it lived until the hung child exited), and change neither the rules nor the file.
+#[test]
+fn deadline_bounds_a_hung_iptables_restore_that_does_not_read_a_large_input() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = restore_hanging_unread(root.path(), "8.125");
+    let file = root.path().join("rules.v4");
+    let mut text = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
+    text.push_str(":OUTPUT ACCEPT [0:0]\n");
+    for i in 0..4000 {
+        text.push_str(&format!(
+            "-A INPUT -s 10.{}.{}.1/32 -m comment --comment other-tool-{i} -j ACCEPT\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    text.push_str("COMMIT\n");
+    assert!(text.len() > 256 * 1024);
+    std::fs::write(&file, &text).unwrap();
+
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "30", "ip", "netns", "exec", host.name(), BIN])
+        .args([
+            "--output",
+            "json",
+            "--deadline",
+            "3",
+            "block-imds",
+            "--root",
+        ])
+        .arg(root.path())
+        .args(["--iptables", &ipt, "--ipv6", "off", "--persist", "merge"])
+        .arg("--persist-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let lived = start.elapsed();
+    let killed = pids_running(&["sleep", "8.125"]);
+    for pid in &killed {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        lived < Duration::from_secs(4),
+        "lived {lived:?} with --deadline 3 (status {:?})\n{stderr}",
+        out.status
+    );
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{stderr}");
+}
+
+/// Red team: a command killed at the deadline takes its children with it. The hung
+/// `iptables-restore` here is a shell running `sleep`; killing the shell alone leaves the
+/// `sleep` running after ecs-bootstrap has exited (under a timer, every minute, another).
+#[test]
+fn a_command_killed_at_the_deadline_leaves_no_process_behind() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = restore_hanging_unread(root.path(), "9.375");
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), &ipt, "2");
+    std::thread::sleep(Duration::from_secs(1));
+    // The control: the hung command's child runs while the run waits (else this proves nothing).
+    let during = pids_running(&["sleep", "9.375"]);
+    let r = parse_run(child.wait_with_output().unwrap());
+    assert!(!during.is_empty(), "no sleep ran\n{}", r.text());
+    assert_lived(start.elapsed(), Duration::from_secs(2), &r);
+    assert_deadline_reported(&r);
+    std::thread::sleep(Duration::from_millis(200));
+    let left = pids_running(&["sleep", "9.375"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        left.is_empty(),
+        "the hung command's child still runs after the process ended: pids {left:?}"
+    );
+}
+
+/// Red team: the operator saves the tables the way the AWS documentation says
+/// (`iptables-save > /etc/sysconfig/iptables`, or `service iptables save`) after the boot run.
+/// The saved file holds the block (our DROP first in DOCKER-USER, the jump first in FORWARD),
+/// and restoring it in a fresh namespace blocks (the control). A drift check must then find no
+/// drift: no error line claiming the file "did not hold the block", and the operator's file
+/// left as saved (else every save raises an alarm and is rewritten by the next check).
+#[test]
+fn drift_check_accepts_a_file_the_operator_saved_with_iptables_save() {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    let args = ["--persist-file", &f4, "--ipv6", "off"];
+    let r = block(&t.host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let saved = t.host.exec_ok("/usr/sbin/iptables-nft-save", &[]);
+    std::fs::write(&f4, &saved).unwrap();
+
+    // The control: the saved file alone blocks the container.
+    let fresh = Topo::new();
+    let restored = fresh
+        .host
+        .exec_stdin("/usr/sbin/iptables-nft-restore", &[], saved.as_bytes());
+    assert!(restored.status.success(), "{restored:?}");
+    assert_blocked(&fresh.ctr, IMDS4, "the saved file restored");
+
+    let (r, _) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        !r.stderr.contains("drift:"),
+        "a drift check called a saved file that holds the block drift:\n{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
+}
+
+/// Red team: SIGHUP (the operator's ssh session drops) while `iptables-restore` hangs ends the
+/// run as SIGTERM does: within a second, a report that says so, the hung command killed (no
+/// rule changed after it would have gone on). (The wrapper's own child, left running, is
+/// `a_command_killed_at_the_deadline_leaves_no_process_behind`'s finding.)
+#[test]
+fn sighup_kills_a_hung_iptables_and_reports() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = restore_hanging_unread(root.path(), "7.625");
+    let start = std::time::Instant::now();
+    let child = spawn_bounded(&host, root.path(), &ipt, "60");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !pids_running(&["sleep", "7.625"]).is_empty(),
+        "the restore did not hang"
+    );
+    let hup = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lived = hup.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let left = pids_running(&["sleep", "7.625"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(lived < Duration::from_secs(1), "{lived:?}\n{stderr}");
+    assert_eq!(out.status.code(), Some(129), "SIGHUP: exit 128+1\n{stderr}");
+    let r = parse_run(out);
+    assert_eq!(r.json["interrupted_by"], "SIGHUP", "{}", r.text());
+    sleep_until(start, Duration::from_secs(9));
+    assert_eq!(count(&host.rules(NFT), RULE4), 0, "{}", r.text());
+}

@@ -162,3 +162,123 @@ fn real_dockerd_bypasses_the_documented_forward_rule() {
         "dockerd inserted its ACCEPT rules above the FORWARD-1 DROP",
     );
 }
+
+/// One `block-imds --drift` in `ns` (IPv4, nothing persisted): its stderr and whether it
+/// changed anything.
+fn drift(ns: &str, root: &Path) -> (String, bool, i32) {
+    let o = sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            BIN,
+            "--output",
+            "json",
+            "--quiet",
+            "block-imds",
+            "--drift",
+            "--root",
+            root.to_str().unwrap(),
+            "--iptables",
+            IPTABLES,
+            "--persist",
+            "none",
+            "--ipv6",
+            "off",
+        ],
+    );
+    let r = parse_run(o.clone());
+    (
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        r.changed(),
+        r.code,
+    )
+}
+
+/// The rules of every chain but ours (DOCKER-USER) and FORWARD's jumps to it: another tool's.
+fn foreign(ns: &Ns) -> Vec<String> {
+    ns.rules(IPTABLES)
+        .into_iter()
+        .filter(|l| !l.contains("DOCKER-USER"))
+        .collect()
+}
+
+/// Red team: the drift timer fires while dockerd starts and restarts (each rewrites FORWARD and
+/// re-inserts its jump to DOCKER-USER). Drift checks back to back through both: none fails,
+/// none removes one of dockerd's rules, and once dockerd is up they stop finding anything
+/// (no fight); the block holds and dockerd's forwarding still works.
+#[test]
+fn drift_checks_during_dockerd_starts_never_fight_or_remove_its_rules() {
+    require_root();
+    let t = Topo::new();
+    let root = tempfile::tempdir().unwrap();
+    let dk = tempfile::tempdir().unwrap();
+    let r = block(
+        &t.host,
+        root.path(),
+        IPTABLES,
+        &["--persist", "none", "--ipv6", "off"],
+    );
+    assert_eq!(r.code, 0, "{}", r.text());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let stop = stop.clone();
+        let host = t.host.name().to_owned();
+        let root = root.path().to_owned();
+        std::thread::spawn(move || {
+            let mut runs = vec![];
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && runs.len() < 3000
+                && start.elapsed() < Duration::from_secs(120)
+            {
+                runs.push(drift(&host, &root));
+            }
+            runs
+        })
+    };
+    let mut d = Dockerd::start(&t.host, dk.path());
+    d.restart(&t.host);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let runs = checker.join().unwrap();
+    assert!(
+        runs.len() > 5,
+        "the drift checks did not overlap dockerd: {}",
+        runs.len()
+    );
+    for (stderr, _, code) in &runs {
+        assert_eq!(
+            *code, 0,
+            "a drift check failed while dockerd started:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("removed it"),
+            "a drift check removed a rule while dockerd started:\n{stderr}"
+        );
+    }
+
+    // dockerd is up: its rules are all there, and drift finds nothing, twice.
+    let before = foreign(&t.host);
+    assert!(
+        before
+            .iter()
+            .any(|l| l == "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT"),
+        "{before:?}"
+    );
+    for _ in 0..2 {
+        let (stderr, changed, code) = drift(t.host.name(), root.path());
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            !changed && stderr.trim().is_empty(),
+            "drift after dockerd is up: {stderr}"
+        );
+    }
+    assert_eq!(foreign(&t.host), before);
+    assert_eq!(forward(&t.host)[0], JUMP);
+    assert_eq!(count(&t.host.rules(IPTABLES), RULE4), 1);
+    assert_blocked(&t.ctr, IMDS4, "after dockerd started under drift checks");
+    assert_reaches(&t.ctr, OTHER4, "dockerd's ACCEPT rules");
+}

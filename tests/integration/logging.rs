@@ -376,3 +376,110 @@ fn the_console_shows_the_report_and_not_the_log_lines() {
         "control: log lines forwarded reach this console:\n{both}"
     );
 }
+
+/// Red team: a command line the parser rejects (an operator's drop-in with `--deadline 1m`, an
+/// unknown flag) under systemd: the error reaches the journal at err like every other error,
+/// not at the stream's default (info), where `journalctl -p err` misses it. Control: the same
+/// error from a setting (the environment) is at `<3>`.
+#[test]
+fn a_rejected_command_line_is_an_error_in_the_journal() {
+    let bin = env!("CARGO_BIN_EXE_ecs-bootstrap").to_owned();
+    let (code, err) = run_stderr(
+        &[
+            bin.clone(),
+            "--deadline".into(),
+            "1m".into(),
+            "check-imds".into(),
+        ],
+        &[],
+        Stream::Stderr,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("1m"), "{err}");
+    let bare: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            !["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    let error_at_err = err
+        .lines()
+        .any(|l| l.starts_with("<3>") && l.contains("1m"));
+    // The control: the same value from the environment is logged at <3>.
+    let mut cmd = command(&[bin, "check-imds".into()]);
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+    let named = writer.metadata().unwrap();
+    cmd.env("ECS_BOOTSTRAP_DEADLINE", "1m")
+        .env("JOURNAL_STREAM", format!("{}:{}", named.dev(), named.ino()))
+        .stderr(Stdio::from(writer));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut control = String::new();
+    reader.read_to_string(&mut control).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(2), "{control}");
+    assert!(
+        control
+            .lines()
+            .any(|l| l.starts_with("<3>") && l.contains("ECS_BOOTSTRAP_DEADLINE")),
+        "control: {control}"
+    );
+    assert!(
+        error_at_err && bare.is_empty(),
+        "a command-line error reaches the journal without its priority: {bare:?}\n{err}"
+    );
+}
+
+/// Red team: journald ends a stream's line at a NUL byte as at a newline, and reads a
+/// priority prefix at the start of each. Text from outside (here an iptables whose error
+/// output holds `\0<3>...`) must not start an entry of its own: every record on stderr, split
+/// at newlines and NULs, starts with our prefix. Control: the text did reach the log line.
+#[test]
+fn a_nul_in_logged_text_cannot_start_a_journal_entry() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ipt = dir.path().join("iptables");
+    std::fs::write(
+        &ipt,
+        "#!/bin/sh\nprintf 'iptables: bad\\000<3>FORGED entry\\n' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ipt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let argv: Vec<String> = [
+        env!("CARGO_BIN_EXE_ecs-bootstrap"),
+        "block-imds",
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--iptables",
+        ipt.to_str().unwrap(),
+        "--ipv6",
+        "off",
+        "--persist",
+        "none",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (code, err) = run_stderr(&argv, &[], Stream::Stderr);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("FORGED entry"), "control: {err:?}");
+    let records: Vec<&str> = err.split(['\n', '\0']).filter(|r| !r.is_empty()).collect();
+    let bare: Vec<&&str> = records
+        .iter()
+        .filter(|r| {
+            !["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| r.starts_with(p))
+        })
+        .collect();
+    let forged: Vec<&&str> = records
+        .iter()
+        .filter(|r| r.starts_with("<3>FORGED"))
+        .collect();
+    assert!(
+        bare.is_empty() && forged.is_empty(),
+        "journal entries not ours: {forged:?} {bare:?}\n{err:?}"
+    );
+}

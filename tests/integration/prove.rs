@@ -814,3 +814,60 @@ fn prove_takes_a_free_probe_address_and_leaves_containers_reachable() {
     assert_clean(&sb, pid);
     containers_reached_from_host(&sb, &c, br);
 }
+
+/// Red team: SIGTERM while prove waits on a hung iptables (its counters): the process ends
+/// within a second of the signal, as it does in the firewall step, not when the command's own
+/// bound (the deadline, here 20 s) kills it; the probe namespace is gone. The control: the
+/// stand-in was running when the signal went.
+#[test]
+fn prove_sigterm_during_a_hung_iptables_ends_within_a_second() {
+    let _s = serial();
+    let sb = Sandbox::up();
+    block(&sb);
+    let dir = tempfile::tempdir().unwrap();
+    let hung = dir.path().join("iptables");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 31.5\n").unwrap();
+    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let child = sb
+        .cmd()
+        .args(["prove", "--ipv6", "off", "--deadline", "20", "--iptables"])
+        .arg(&hung)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let running = || {
+        Command::new("pgrep")
+            .args(["-x", "-f", "sleep 31.5"])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    };
+    wait_for("the hung iptables", Duration::from_secs(15), running);
+    let t = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    // The stand-in, if the run left it: by its pid.
+    let left = Command::new("pgrep")
+        .args(["-x", "-f", "sleep 31.5"])
+        .output()
+        .unwrap();
+    for p in String::from_utf8_lossy(&left.stdout).split_whitespace() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(1),
+        "SIGTERM during a hung iptables in prove: the process ended after {took:?}\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert_clean(&sb, pid);
+}
