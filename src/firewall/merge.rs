@@ -6,8 +6,10 @@
 //! lines go at the end of the last `*filter` table (each one replaces the table) as `-I CHAIN
 //! 1` lines, which no `-A`, `-I`, RETURN or ACCEPT of the file can precede. Only our lines are
 //! ever added, so Docker's and the ECS agent's run-time rules never end up in the file. A
-//! missing or empty file becomes a minimal valid one. CRLF line ends become LF
-//! (iptables-restore rejects `\r`).
+//! missing or empty file becomes a minimal valid one. A file whose restore already yields
+//! the block (an `iptables-save` of a blocked host: our rules as `-A` lines, first in their
+//! chain) is left byte for byte as it is: the file is judged by what it does. CRLF line ends
+//! become LF (iptables-restore rejects `\r`).
 //!
 //! The sample `/etc/sysconfig/iptables` (and `ip6tables`) that Amazon Linux's and RHEL's
 //! `iptables-services` installs REJECTs every forwarded packet and every inbound one but ssh.
@@ -164,7 +166,17 @@ pub(crate) fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged,
     };
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let tables = filter_tables(&lines)?;
-    let Some(&(last_start, last_commit)) = tables.last() else {
+    if mode == Mode::Assert && notes.is_empty() && already_holds(&lines, &tables, set) {
+        // Judged by what a restore does, not by the shape of our lines: a file saved with
+        // iptables-save holds the block as `-A` lines, and rewriting it would only churn the
+        // operator's file (and raise drift at every check).
+        return Ok(Merged {
+            text,
+            notes,
+            warnings: forward_warnings(&lines, &tables),
+        });
+    }
+    let Some(&(last_start, _)) = tables.last() else {
         if mode == Mode::Remove {
             return Ok(Merged::same(text, notes));
         }
@@ -208,21 +220,86 @@ pub(crate) fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged,
     if new_text != text {
         notes.extend(change_notes(set, mode, &tail, &dropped, added));
     }
-    let mut warnings = vec![];
-    if mode == Mode::Assert
-        && lines[last_start..last_commit]
-            .iter()
-            .any(|l| rejects_forward(l))
-    {
-        warnings.push(
-            "the file rejects or drops all forwarded traffic: restored at boot, containers reach nothing until dockerd inserts its own rules".into(),
-        );
-    }
+    let warnings = match mode {
+        Mode::Assert => forward_warnings(&lines, &tables),
+        Mode::Remove => vec![],
+    };
     Ok(Merged {
         text: new_text,
         notes,
         warnings,
     })
+}
+
+/// The warning for a last `*filter` table that rejects or drops every forwarded packet.
+fn forward_warnings(lines: &[String], tables: &[(usize, usize)]) -> Vec<String> {
+    let Some(&(start, commit)) = tables.last() else {
+        return vec![];
+    };
+    if lines[start..commit].iter().any(|l| rejects_forward(l)) {
+        vec!["the file rejects or drops all forwarded traffic: restored at boot, containers reach nothing until dockerd inserts its own rules".into()]
+    } else {
+        vec![]
+    }
+}
+
+/// Whether a restore of the file (its last `*filter` table, as [`replay_filter`] plays it)
+/// already yields the block, so that a merge has nothing to do: our DROP rules first in their
+/// chain, in order, and nothing else of ours in any chain (no copy, no temporary line, no
+/// seed rule for an interface we block, which the merge replaces); in the default placement
+/// DOCKER-USER declared once and the jump first in FORWARD, once. Anything else is merged.
+fn already_holds(lines: &[String], tables: &[(usize, usize)], set: &RuleSet) -> bool {
+    let Some(&(start, commit)) = tables.last() else {
+        return false;
+    };
+    let body = &lines[start + 1..commit];
+    if body.iter().any(|l| {
+        let t = l.trim();
+        // Our own rendering stays in its canonical shape; any command the replay does not
+        // model (-F, -D, -X, -N, -P, ...) could undo the block, so such a file is merged.
+        t == MARKER
+            || !(t.is_empty()
+                || t.starts_with('#')
+                || t.starts_with(':')
+                || super::rules::split_rule(l).is_some())
+    }) {
+        return false;
+    }
+    let chains = replay_body(body);
+    let own = chains.get(set.chain()).map(Vec::as_slice).unwrap_or(&[]);
+    let n = set.interfaces.len();
+    if own.len() < n
+        || set
+            .interfaces
+            .iter()
+            .zip(own)
+            .any(|(i, r)| *r != set.spec(i).join(" "))
+    {
+        return false;
+    }
+    // Every rule that is ours, a copy, a temporary or a seed rule for a wanted interface,
+    // anywhere: exactly the n leading ones.
+    let mut mine = 0;
+    let mut jumps = 0;
+    for (chain, rules) in &chains {
+        for r in rules {
+            match set.classify(&format!("-A {chain} {r}")) {
+                Line::Ours { .. } | Line::Moving { .. } | Line::MovingJump => mine += 1,
+                Line::Plain { iface, .. } if set.wants(&iface) => mine += 1,
+                Line::Jump => jumps += 1,
+                Line::Plain { .. } | Line::Other => {}
+            }
+        }
+    }
+    if mine != n {
+        return false;
+    }
+    if set.jump_line().is_none() {
+        return true;
+    }
+    let decls = body.iter().filter(|l| is_decl(l, DOCKER_USER)).count();
+    let fwd = chains.get(FORWARD).map(Vec::as_slice).unwrap_or(&[]);
+    decls == 1 && jumps == 1 && fwd.first().map(String::as_str) == Some("-j DOCKER-USER")
 }
 
 /// Whether a line of a `*filter` table rejects or drops every forwarded packet.
@@ -365,15 +442,20 @@ fn change_notes(
 pub fn replay_filter(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let mut chains = std::collections::BTreeMap::new();
     let Some(&(start, commit)) = filter_tables(&lines)
         .ok()
         .and_then(|t| t.last().copied())
         .as_ref()
     else {
-        return chains;
+        return std::collections::BTreeMap::new();
     };
-    for l in &lines[start + 1..commit] {
+    replay_body(&lines[start + 1..commit])
+}
+
+/// The chains one `*filter` table body yields: see [`replay_filter`].
+fn replay_body(body: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut chains = std::collections::BTreeMap::new();
+    for l in body {
         if let Some(c) = l
             .trim()
             .strip_prefix(':')
@@ -894,6 +976,60 @@ COMMIT
 
     /// `--remove` takes out every line of ours, and DOCKER-USER with its jump when nothing
     /// else in the table uses them; the minimal file becomes the built-in chains only.
+    /// A file saved with iptables-save after a block (`-A` lines, our rule first in
+    /// DOCKER-USER, the jump first in FORWARD) already holds the block: left byte for byte.
+    /// Anything a restore would not turn into the block is merged as before.
+    #[test]
+    fn a_saved_file_that_holds_the_block_is_left_alone() {
+        let ours = "-A DOCKER-USER -d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP";
+        let saved = DOCKER_SAVE.replace(
+            "-A DOCKER-USER -j RETURN\n",
+            &format!("{ours}\n-A DOCKER-USER -j RETURN\n"),
+        );
+        let m = merge(&saved, &v4()).unwrap();
+        assert_eq!(m.text, saved);
+        assert!(m.notes.is_empty(), "{:?}", m.notes);
+        holds_after_restore(&saved, &v4());
+        // Quoted comment, as iptables-nft-save may print it.
+        let quoted = saved.replace("--comment ecs-bootstrap", "--comment \"ecs-bootstrap\"");
+        assert_eq!(merge(&quoted, &v4()).unwrap().text, quoted);
+        // Warnings still come with a held file.
+        assert_eq!(m.warnings, merge(DOCKER_SAVE, &v4()).unwrap().warnings);
+
+        let not_held = [
+            // Ours after Docker's RETURN: the RETURN comes first.
+            DOCKER_SAVE.replace(
+                "-A DOCKER-USER -j RETURN\n",
+                &format!("-A DOCKER-USER -j RETURN\n{ours}\n"),
+            ),
+            // The jump not first in FORWARD.
+            saved.replace(
+                "-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n",
+                "-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n-A FORWARD -j DOCKER-USER\n",
+            ),
+            // A second copy of ours.
+            saved.replace(
+                "-A DOCKER-USER -j RETURN\n",
+                &format!("-A DOCKER-USER -j RETURN\n{ours}\n"),
+            ),
+            // The documented seed rule for an interface we block: the merge replaces it.
+            saved.replace(
+                "-A FORWARD -j DOCKER-USER\n",
+                "-I FORWARD 1 -i docker+ -d 169.254.169.254/32 -j DROP\n-A FORWARD -j DOCKER-USER\n",
+            ),
+            // A command the replay does not model, which would flush our rule.
+            saved.replace("COMMIT\n# Completed on Mon Jan  8 10:00:00 2024\n", "-F DOCKER-USER\nCOMMIT\n# Completed on Mon Jan  8 10:00:00 2024\n"),
+            // CRLF: iptables-restore rejects it.
+            saved.replace('\n', "\r\n"),
+        ];
+        for old in &not_held {
+            let m = merge(old, &v4()).unwrap();
+            assert_ne!(&m.text, old, "left alone:\n{old}");
+            assert!(!m.notes.is_empty(), "{old}");
+            holds_after_restore(&m.text, &v4());
+        }
+    }
+
     #[test]
     fn remove_takes_our_lines_out() {
         let m = merge_mode(&minimal(&v4()), &v4(), Mode::Remove).unwrap();
