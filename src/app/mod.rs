@@ -396,8 +396,12 @@ async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Repor
     let prove = match &plan.prove {
         Some(opts) => {
             timed(Step::Prove, deadline, finished, async {
-                let runner = SystemRunner::new(sys::Deadline::at(deadline.into_std()));
-                prove::run(opts, need(&imds)?, &runner, deadline).await
+                let bound = sys::Deadline::at(deadline.into_std());
+                let work = prove::Blocking {
+                    runner: std::sync::Arc::new(SystemRunner::new(bound.clone())),
+                    bound,
+                };
+                prove::run(opts, need(&imds)?, &work, deadline).await
             })
             .await
         }

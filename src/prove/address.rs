@@ -2,8 +2,7 @@
 //! must never be a container's (the host's neighbour entry for it would point at the probe's
 //! link-layer address, gone once the probe is).
 
-use super::netns::ip;
-use crate::sys::CommandRunner;
+use super::Blocking;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,11 +21,8 @@ pub(crate) struct BridgeAddrs {
 }
 
 /// The bridge's first address of each family, with its prefix length.
-pub(crate) fn bridge_addrs(
-    runner: &dyn CommandRunner,
-    bridge: &str,
-) -> anyhow::Result<BridgeAddrs> {
-    let out = ip(runner, &["-o", "addr", "show", "dev", bridge])?;
+pub(crate) async fn bridge_addrs(work: &Blocking, bridge: &str) -> anyhow::Result<BridgeAddrs> {
+    let out = work.ip(&["-o", "addr", "show", "dev", bridge]).await?;
     Ok(parse_addrs(&out))
 }
 
@@ -124,7 +120,7 @@ pub(crate) fn all_v4(out: &str) -> Vec<Ipv4Addr> {
 /// the kernel ask for it by ARP; a reset or a handshake, or a link-layer address in the
 /// neighbour table afterwards, means a live host (a container that drops the connection still
 /// answers ARP). When the table cannot be read, the address counts as taken.
-async fn answers(runner: &dyn CommandRunner, bridge: &str, a: Ipv4Addr, wait: Duration) -> bool {
+async fn answers(work: &Blocking, bridge: &str, a: Ipv4Addr, wait: Duration) -> bool {
     let c = tokio::time::timeout(wait, tokio::net::TcpStream::connect((a, 9))).await;
     if let Ok(r) = c
         && r.as_ref().map_or_else(
@@ -134,26 +130,30 @@ async fn answers(runner: &dyn CommandRunner, bridge: &str, a: Ipv4Addr, wait: Du
     {
         return true;
     }
-    ip(
-        runner,
-        &["-4", "neigh", "show", "to", &a.to_string(), "dev", bridge],
-    )
-    .map_or(true, |o| !neigh_in_use(&o).is_empty())
+    work.ip(&["-4", "neigh", "show", "to", &a.to_string(), "dev", bridge])
+        .await
+        .map_or(true, |o| !neigh_in_use(&o).is_empty())
 }
 
 /// A free IPv4 address on the bridge's subnet for the probe: not the bridge's, not in the
 /// host's neighbour table for the bridge, not answering ARP. Each candidate's wait is cut to
 /// the time left until `deadline`, and the search ends there. Err: why none was found.
 pub(crate) async fn free_v4(
-    runner: &dyn CommandRunner,
+    work: &Blocking,
     bridge: &str,
     (gw, prefix): (Ipv4Addr, u8),
     salt: u32,
     deadline: Instant,
 ) -> Result<Ipv4Addr, String> {
-    let mut taken =
-        all_v4(&ip(runner, &["-o", "-4", "addr", "show", "dev", bridge]).unwrap_or_default());
-    let neigh = ip(runner, &["-4", "neigh", "show", "dev", bridge])
+    let mut taken = all_v4(
+        &work
+            .ip(&["-o", "-4", "addr", "show", "dev", bridge])
+            .await
+            .unwrap_or_default(),
+    );
+    let neigh = work
+        .ip(&["-4", "neigh", "show", "dev", bridge])
+        .await
         .map_err(|e| format!("cannot read the host's neighbour table for {bridge}: {e:#}"))?;
     taken.extend(neigh_in_use(&neigh).into_iter().filter_map(|a| match a {
         IpAddr::V4(a) => Some(a),
@@ -167,7 +167,7 @@ pub(crate) async fn free_v4(
                 candidates.len()
             ));
         };
-        if !answers(runner, bridge, c, wait).await {
+        if !answers(work, bridge, c, wait).await {
             return Ok(c);
         }
     }

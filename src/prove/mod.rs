@@ -37,6 +37,7 @@ use crate::sys::CommandRunner;
 use anyhow::Context as _;
 use probe::Probe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use verdict::{BridgeConclusion, BridgeProbes, FromBridge, FromHost, Seen};
@@ -61,6 +62,39 @@ pub(crate) struct Options {
     pub(crate) ipv6: Ipv6Mode,
 }
 
+/// How prove's blocking work (its commands, the token PUT) runs: on tokio's blocking pool,
+/// bound by `bound` ([`crate::sys::run_blocking`]), never on the step's own thread, so that the
+/// run's signal handlers are polled while a command hangs; a dropped wait stops `bound`, which
+/// kills the command. `runner` must be bound by (a clone of) `bound`.
+#[derive(Clone)]
+pub(crate) struct Blocking {
+    pub(crate) runner: Arc<dyn CommandRunner>,
+    pub(crate) bound: crate::sys::Deadline,
+}
+
+impl Blocking {
+    /// Runs `f` with the runner on the blocking pool. Err: `f` panicked.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn CommandRunner) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let runner = self.runner.clone();
+        crate::sys::run_blocking(&self.bound, move |_| f(&*runner))
+            .await
+            .map_err(|e| anyhow::anyhow!("prove's blocking work panicked: {e}"))
+    }
+
+    /// `ip` with `args` ([`netns::ip`]) on the blocking pool.
+    pub(crate) async fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        self.run(move |r| {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            netns::ip(r, &a)
+        })
+        .await?
+    }
+}
+
 /// Every wait of prove takes the time left until `deadline`: the free-address search, the
 /// probes' connections, the iptables lock waits, the token PUT. The process must end by the
 /// deadline, not only the report. A run the deadline stops is "not proven" (8): whatever it
@@ -68,10 +102,10 @@ pub(crate) struct Options {
 pub(crate) async fn run(
     opts: &Options,
     imds: &Imds,
-    runner: &dyn CommandRunner,
+    work: &Blocking,
     deadline: Instant,
 ) -> anyhow::Result<StepResult> {
-    match tokio::time::timeout_at(deadline, prove(opts, imds, runner, deadline)).await {
+    match tokio::time::timeout_at(deadline, prove(opts, imds, work, deadline)).await {
         Ok(r) => r,
         Err(_) => Err(failure(
             "the deadline passed before the block was proven; raise --deadline".into(),
@@ -85,15 +119,15 @@ pub(crate) async fn run(
 async fn prove(
     opts: &Options,
     imds: &Imds,
-    runner: &dyn CommandRunner,
+    work: &Blocking,
     deadline: Instant,
 ) -> anyhow::Result<StepResult> {
-    netns::sweep_stale(runner);
+    work.run(netns::sweep_stale).await?;
     let bridges = bridges_to_probe(opts)
         .map_err(|message| failure(message, vec![], &Details::none(), Some(Exit::NotProven)))?;
     let mut probed = Vec::with_capacity(bridges.len());
     for (idx, bridge) in bridges.iter().enumerate() {
-        probed.push(probe_bridge(opts, runner, bridge, idx, deadline).await?);
+        probed.push(probe_bridge(opts, work, bridge, idx, deadline).await?);
     }
     let mut summary: Vec<String> = probed
         .iter()
@@ -106,8 +140,13 @@ async fn prove(
         Err(e) => format!("from the host: IMDS does not answer: {e}"),
     });
     let hop_limit = match &host {
-        Ok(_) => counters::family_bin(opts.iptables.as_deref(), Family::V4)
-            .and_then(|bin| hop_limit::measure(runner, &bin, deadline)),
+        Ok(_) => match counters::family_bin(opts.iptables.as_deref(), Family::V4) {
+            Ok(bin) => work
+                .run(move |r| hop_limit::measure(r, &bin, deadline))
+                .await
+                .unwrap_or_else(|e| Err(format!("{e:#}"))),
+            Err(e) => Err(e),
+        },
         Err(_) => Err("IMDS does not answer the host".into()),
     };
     summary.push(match &hop_limit {
@@ -264,7 +303,7 @@ fn matching_bridges(patterns: &[String]) -> Vec<String> {
 /// One bridge: a free address, its namespace, both families' probes at once.
 async fn probe_bridge(
     opts: &Options,
-    runner: &dyn CommandRunner,
+    work: &Blocking,
     bridge: &str,
     idx: usize,
     deadline: Instant,
@@ -276,13 +315,13 @@ async fn probe_bridge(
             ipv6,
         })
     };
-    let addrs = address::bridge_addrs(runner, bridge)?;
+    let addrs = address::bridge_addrs(work, bridge).await?;
     let Some((gw4, prefix4)) = addrs.v4 else {
         let why = format!("the bridge {bridge} has no IPv4 address; is Docker running?");
         return done(Probe::not_proven(None, why), None);
     };
     let pid = std::process::id();
-    let addr4 = match address::free_v4(runner, bridge, (gw4, prefix4), pid, deadline).await {
+    let addr4 = match address::free_v4(work, bridge, (gw4, prefix4), pid, deadline).await {
         Ok(a) => a,
         Err(why) => return done(Probe::not_proven(None, why), None),
     };
@@ -308,7 +347,16 @@ async fn probe_bridge(
         prefix: prefix4,
         gw: gw4,
     };
-    let guard = netns::attach(runner, bridge, &netns::Names::new(pid, idx), place4, place6)?;
+    let names = netns::Names::new(pid, idx);
+    // The guard lives here, on the step's side, from before the namespace exists: whether the
+    // attach returns, fails or is dropped (a signal), the namespace is deleted before the run
+    // reports.
+    let guard = netns::ProbeNs::new(bridge, &names, place4, place6);
+    {
+        let (bridge, names) = (bridge.to_owned(), names.clone());
+        work.run(move |r| netns::attach(r, &bridge, &names, place4, place6))
+            .await??;
+    }
     let spec = |family, gw, from| probe::Spec {
         ns: &guard.name,
         bridge,
@@ -320,12 +368,12 @@ async fn probe_bridge(
     };
     // Both families at once: a blocked probe waits for the whole connect timeout.
     let (p4, p6) = tokio::join!(
-        probe::probe_family(runner, spec(Family::V4, gw4.into(), addr4.into())),
+        probe::probe_family(work, spec(Family::V4, gw4.into(), addr4.into())),
         async {
             match place6 {
                 Some(p) => {
                     let s = spec(Family::V6, p.gw.into(), p.addr.into());
-                    Some(probe::probe_family(runner, s).await)
+                    Some(probe::probe_family(work, s).await)
                 }
                 None => None,
             }

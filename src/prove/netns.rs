@@ -87,24 +87,38 @@ impl Drop for ProbeNs {
     }
 }
 
+impl ProbeNs {
+    /// The guard of the namespace [`attach`] creates with `names`, made before it: a failure
+    /// or an interruption on the way removes what was made (removing what was not is a no-op).
+    pub(crate) fn new(
+        bridge: &str,
+        names: &Names,
+        v4: Place<Ipv4Addr>,
+        v6: Option<Place<Ipv6Addr>>,
+    ) -> ProbeNs {
+        let mut addrs = vec![v4.addr.to_string()];
+        addrs.extend(v6.map(|p| p.addr.to_string()));
+        ProbeNs {
+            name: names.ns.clone(),
+            host_if: names.host_if.clone(),
+            bridge: bridge.to_owned(),
+            addrs,
+        }
+    }
+}
+
 /// Creates the namespace `names.ns` and attaches it to `bridge`: a veth whose host side is a
-/// port of the bridge, the probe's addresses, default routes via the bridge. The guard exists
-/// from the moment the namespace does, so a failure on the way removes it.
+/// port of the bridge, the probe's addresses, default routes via the bridge. The caller holds
+/// the [`ProbeNs`] guard made for the same names before, which removes it on every path.
 pub(crate) fn attach(
     runner: &dyn CommandRunner,
     bridge: &str,
     names: &Names,
     v4: Place<Ipv4Addr>,
     v6: Option<Place<Ipv6Addr>>,
-) -> anyhow::Result<ProbeNs> {
+) -> anyhow::Result<()> {
     let ns = names.ns.as_str();
     ip(runner, &["netns", "add", ns])?;
-    let mut guard = ProbeNs {
-        name: ns.to_owned(),
-        host_if: names.host_if.clone(),
-        bridge: bridge.to_owned(),
-        addrs: vec![v4.addr.to_string()],
-    };
     let host_if = names.host_if.as_str();
     ip(
         runner,
@@ -123,7 +137,6 @@ pub(crate) fn attach(
             runner,
             &["-n", ns, "addr", "add", &a6, "dev", "eth0", "nodad"],
         )?;
-        guard.addrs.push(v6.addr.to_string());
     }
     ip(runner, &["-n", ns, "link", "set", "eth0", "up"])?;
     let gw4 = v4.gw.to_string();
@@ -135,7 +148,7 @@ pub(crate) fn attach(
             &["-n", ns, "-6", "route", "add", "default", "via", &gw6],
         )?;
     }
-    Ok(guard)
+    Ok(())
 }
 
 /// Removes probe namespaces left by runs that were killed (their process is gone): named

@@ -129,7 +129,7 @@ pub(crate) struct Spec<'a> {
 
 /// Probes one family from the namespace: the control listener on the bridge's address, then
 /// IMDS, with our rule's counter read before and after.
-pub(crate) async fn probe_family(runner: &dyn crate::sys::CommandRunner, p: Spec<'_>) -> Probe {
+pub(crate) async fn probe_family(work: &super::Blocking, p: Spec<'_>) -> Probe {
     let from = Some(p.from);
     let imds: IpAddr = match p.family {
         Family::V4 => IMDS_V4.into(),
@@ -152,9 +152,18 @@ pub(crate) async fn probe_family(runner: &dyn crate::sys::CommandRunner, p: Spec
             );
         }
     };
-    let before = counters::read(runner, &bin, p.family, p.bridge, p.deadline);
+    let read = || {
+        let (bin, family, bridge, deadline) =
+            (bin.clone(), p.family, p.bridge.to_owned(), p.deadline);
+        async move {
+            work.run(move |r| counters::read(r, &bin, family, &bridge, deadline))
+                .await
+                .unwrap_or_else(|e| Err(format!("{e:#}")))
+        }
+    };
+    let before = read().await;
     let seen = connect_from(p.ns, vec![control, SocketAddr::new(imds, 80)], p.deadline).await;
-    let after = counters::read(runner, &bin, p.family, p.bridge, p.deadline);
+    let after = read().await;
     drop(listener);
     let (control_ok, imds_answered) = match seen.as_deref() {
         Ok([c, i]) => (*c, *i),
