@@ -34,6 +34,8 @@ pub(crate) enum Signal {
     Int,
     #[serde(rename = "SIGTERM")]
     Term,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
 }
 
 impl Signal {
@@ -42,6 +44,7 @@ impl Signal {
             Signal::Hup => "SIGHUP",
             Signal::Int => "SIGINT",
             Signal::Term => "SIGTERM",
+            Signal::Quit => "SIGQUIT",
         }
     }
 
@@ -51,6 +54,7 @@ impl Signal {
             Signal::Hup => 1,
             Signal::Int => 2,
             Signal::Term => 15,
+            Signal::Quit => 3,
         }
     }
 }

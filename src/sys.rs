@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,6 +152,12 @@ impl Drop for StopOnDrop {
 /// The real runner: `std::process::Command`, each command killed after `limit` or at the
 /// deadline, whichever comes first, or as soon as the deadline is stopped. Once the deadline
 /// has passed or was stopped, no command starts.
+///
+/// Each command leads a process group of its own, and a kill takes the whole group, so that
+/// nothing a command started outlives the run. The cost: a terminal's signals go to
+/// ecs-bootstrap's group only, not to the command; the app handles every terminal signal that
+/// ends a process (SIGINT, SIGQUIT, SIGHUP, and SIGTERM) by stopping the run, which kills the
+/// group here. (SIGKILL of ecs-bootstrap leaves a running command to its own bound.)
 #[derive(Debug, Clone)]
 pub struct SystemRunner {
     pub limit: Duration,
@@ -185,8 +192,16 @@ struct TooLong {
     limit: Duration,
 }
 
-/// Kills and reaps a child.
+/// Kills a child and its process group (see [`SystemRunner`]), and reaps it: a wrapper script's
+/// own children (a `sleep`, the real iptables behind a shim) go with it, instead of running on
+/// after ecs-bootstrap has exited.
 fn kill(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -225,6 +240,7 @@ impl CommandRunner for SystemRunner {
         let started = Instant::now();
         let mut child = Command::new(program)
             .args(args)
+            .process_group(0)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -398,6 +414,42 @@ mod tests {
             e.get_ref().and_then(|i| i.downcast_ref::<Stopped>()),
             Some(&Stopped::Interrupted)
         );
+    }
+
+    /// A killed command takes its own children with it: the shell's `sleep` is gone too.
+    #[test]
+    fn a_killed_command_takes_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let r = SystemRunner {
+            limit: Duration::from_millis(300),
+            ..SystemRunner::default()
+        };
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let e = r
+            .run(Path::new("/bin/sh"), &["-c".into(), script.into()], None)
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The control: the pid was a live child while the command ran (it wrote its own pid).
+        assert!(pid > 0);
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            // Reaped by init once killed; a zombie counts as gone.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |st| st.split_whitespace().nth(2) == Some("Z"))
+        });
+        if !gone {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(gone, "the command's child {pid} still runs");
     }
 
     /// The deadline bounds a command below its own limit.

@@ -317,18 +317,23 @@ fn posture(plan: &Plan, steps: &[StepReport]) -> Vec<posture::Line> {
     })
 }
 
-/// Resolves on SIGTERM, SIGINT or SIGHUP (an ssh session that drops ends the run the same way).
+/// Resolves on SIGTERM, SIGINT, SIGHUP (an ssh session that drops ends the run the same way)
+/// or SIGQUIT (a terminal's quit key): the commands the run starts lead process groups of their
+/// own, which a terminal's signals do not reach, so every signal that ends a run must stop it
+/// and with it the command.
 async fn interrupted() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::quit()),
     ) {
-        (Ok(mut term), Ok(mut int), Ok(mut hup)) => tokio::select! {
+        (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit)) => tokio::select! {
             _ = term.recv() => Signal::Term,
             _ = int.recv() => Signal::Int,
             _ = hup.recv() => Signal::Hup,
+            _ = quit.recv() => Signal::Quit,
         },
         _ => std::future::pending().await,
     }
