@@ -73,7 +73,7 @@ pub(crate) async fn run(opts: &Options, imds: &Imds) -> anyhow::Result<StepResul
     Ok(StepResult {
         changed: false,
         summary: summary(&details),
-        details: serde_json::to_value(&details)?,
+        details: Some(crate::report::Details::Check(Box::new(details))),
     })
 }
 

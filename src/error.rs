@@ -1,9 +1,10 @@
 //! Steps and the documented exit codes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One step of a run. The order is the order of the exit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     Config,

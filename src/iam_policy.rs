@@ -13,7 +13,7 @@ use crate::error::UsageError;
 use serde_json::{Value, json};
 
 /// The actions of `AmazonEC2ContainerServiceforEC2Role` that apply to every resource.
-pub const ECS_INSTANCE_ACTIONS: [&str; 15] = [
+pub(crate) const ECS_INSTANCE_ACTIONS: [&str; 15] = [
     "ec2:DescribeTags",
     "ecs:CreateCluster",
     "ecs:DeregisterContainerInstance",
@@ -32,17 +32,14 @@ pub const ECS_INSTANCE_ACTIONS: [&str; 15] = [
 ];
 
 /// The managed policy also lets the agent tag the cluster and the container instance it creates.
-pub const ECS_TAG_ON_CREATE: [&str; 2] = ["CreateCluster", "RegisterContainerInstance"];
-
-/// The service that assumes the instance role.
-pub const EC2_PRINCIPAL: &str = "ec2.amazonaws.com";
+pub(crate) const ECS_TAG_ON_CREATE: [&str; 2] = ["CreateCluster", "RegisterContainerInstance"];
 
 /// A KMS key ARN: `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KmsKeyArn {
-    pub arn: String,
-    pub partition: String,
-    pub region: String,
+pub(crate) struct KmsKeyArn {
+    pub(crate) arn: String,
+    pub(crate) partition: String,
+    pub(crate) region: String,
 }
 
 impl std::str::FromStr for KmsKeyArn {
@@ -97,7 +94,7 @@ impl std::str::FromStr for KmsKeyArn {
 
 /// What `iam-policy` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// The policy documents.
     Json,
     /// A CloudFormation template snippet.
@@ -106,28 +103,28 @@ pub enum Format {
 
 /// The inputs of the policies as given, before validation.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// `s3://BUCKET/KEY[?versionId=V]`.
-    pub source: String,
-    pub kms_key: Option<String>,
-    pub expected_bucket_owner: Option<String>,
-    pub partition: Option<String>,
-    pub format: Format,
+    pub(crate) source: String,
+    pub(crate) kms_key: Option<String>,
+    pub(crate) expected_bucket_owner: Option<String>,
+    pub(crate) partition: Option<String>,
+    pub(crate) format: Format,
 }
 
 /// The inputs of the policies, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyInput {
-    pub source: S3Url,
-    pub kms_key: Option<KmsKeyArn>,
+pub(crate) struct PolicyInput {
+    pub(crate) source: S3Url,
+    pub(crate) kms_key: Option<KmsKeyArn>,
     /// aws, aws-cn or aws-us-gov.
-    pub partition: String,
+    pub(crate) partition: String,
     /// The account that owns the bucket (an `s3:ResourceAccount` condition).
-    pub bucket_account: Option<String>,
+    pub(crate) bucket_account: Option<String>,
 }
 
 impl PolicyInput {
-    pub fn from_request(args: &Request) -> Result<Self, UsageError> {
+    pub(crate) fn from_request(args: &Request) -> Result<Self, UsageError> {
         let source: S3Url = args.source.parse()?;
         let kms_key: Option<KmsKeyArn> = args.kms_key.as_deref().map(str::parse).transpose()?;
         // The partition: given, or the one the access point or the key names; they must agree.
@@ -171,18 +168,18 @@ impl PolicyInput {
     }
 
     /// The partition of the ARNs.
-    pub fn partition(&self) -> &str {
+    pub(crate) fn partition(&self) -> &str {
         &self.partition
     }
 
     /// The partition's DNS suffix (`amazonaws.com.cn` in aws-cn).
-    pub fn dns_suffix(&self) -> &'static str {
+    pub(crate) fn dns_suffix(&self) -> &'static str {
         crate::config::source::dns_suffix(&self.partition)
     }
 
     /// `BUCKET/KEY` as an IAM resource path: IAM reads `*`, `?` and `$` in a resource as
     /// wildcards or variables, so they are written as the literal forms `${*}`, `${?}`, `${$}`.
-    pub fn object_path(&self) -> String {
+    pub(crate) fn object_path(&self) -> String {
         let mut out = format!("{}/", self.source.bucket);
         for c in self.source.key.chars() {
             match c {
@@ -198,7 +195,7 @@ impl PolicyInput {
     }
 
     /// The object's ARN: through an access point `ACCESS_POINT_ARN/object/KEY`.
-    pub fn object_arn(&self) -> String {
+    pub(crate) fn object_arn(&self) -> String {
         match self.source.access_point() {
             Some(_) => format!("{}/object/{}", self.source.bucket, self.key_path()),
             None => format!("arn:{}:s3:::{}", self.partition(), self.object_path()),
@@ -212,7 +209,7 @@ impl PolicyInput {
     }
 
     /// The S3 actions on the object.
-    pub fn s3_actions(&self) -> Vec<&'static str> {
+    pub(crate) fn s3_actions(&self) -> Vec<&'static str> {
         let mut a = vec!["s3:GetObject"];
         if self.source.version_id.is_some() {
             a.push("s3:GetObjectVersion");
@@ -267,7 +264,7 @@ fn role_policy(input: &PolicyInput, object_resource: Value) -> Value {
 
 /// The trust policy: EC2 may assume the role. `principal` is the EC2 service principal
 /// (`ec2.amazonaws.com.cn` in aws-cn).
-pub fn trust_policy_for(principal: Value) -> Value {
+pub(crate) fn trust_policy_for(principal: Value) -> Value {
     json!({
         "Version": "2012-10-17",
         "Statement": [{
@@ -278,13 +275,8 @@ pub fn trust_policy_for(principal: Value) -> Value {
     })
 }
 
-/// The trust policy in the aws partition.
-pub fn trust_policy() -> Value {
-    trust_policy_for(Value::String(EC2_PRINCIPAL.to_owned()))
-}
-
 /// One JSON document holding both policies, named.
-pub fn json_document(input: &PolicyInput) -> Value {
+pub(crate) fn json_document(input: &PolicyInput) -> Value {
     json!({
         "Source": input.source.to_string(),
         "InstanceRolePolicy": role_policy(input, Value::String(input.object_arn())),
@@ -295,7 +287,7 @@ pub fn json_document(input: &PolicyInput) -> Value {
 /// A CloudFormation template (JSON, which YAML templates can paste too) with the role, its
 /// inline policy and the instance profile. The S3 ARN takes its partition from
 /// `AWS::Partition`, so the template works in every partition.
-pub fn cloudformation_document(input: &PolicyInput) -> Value {
+pub(crate) fn cloudformation_document(input: &PolicyInput) -> Value {
     let object = match input.source.access_point() {
         Some(_) => Value::String(input.object_arn()),
         None => json!({
@@ -332,7 +324,7 @@ pub fn cloudformation_document(input: &PolicyInput) -> Value {
 }
 
 /// The text `iam-policy` prints (pretty JSON, no trailing newline).
-pub fn render(request: &Request) -> Result<String, UsageError> {
+pub(crate) fn render(request: &Request) -> Result<String, UsageError> {
     let input = PolicyInput::from_request(request)?;
     let doc = match request.format {
         Format::Json => json_document(&input),
@@ -467,7 +459,8 @@ mod tests {
 
     #[test]
     fn trust_policy_is_ec2_assume_role() {
-        let t = trust_policy();
+        let input = PolicyInput::from_request(&args("s3://bkt/k", None, Format::Json)).unwrap();
+        let t = &json_document(&input)["TrustPolicy"];
         assert_eq!(
             t["Statement"][0]["Principal"]["Service"],
             "ec2.amazonaws.com"

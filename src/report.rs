@@ -1,64 +1,131 @@
 //! The boot report: each step's outcome, duration and what changed, as text or one JSON
 //! document, printed at the end of every run and optionally written to a file.
+//!
+//! The JSON report is a public contract (fleet tooling parses it): its schema is generated from
+//! these types into docs/report.schema.json, and it only ever gains fields. A change that
+//! removes or renames a field, or changes a value's meaning, needs a new [`SCHEMA_VERSION`].
 
 use crate::error::{Exit, Step};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The version of the JSON report's schema (`schema_version`).
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// The command a report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Command {
+    Run,
+    FetchConfig,
+    BlockImds,
+    CheckImds,
+    Prove,
+}
+
+/// A signal that ends a run early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub(crate) enum Signal {
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGTERM")]
+    Term,
+}
+
+impl Signal {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+
+    /// The shell's convention: 128 + the signal's number.
+    pub(crate) fn exit_code(self) -> u8 {
+        128 + match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Term => 15,
+        }
+    }
+}
+
+/// A step's structured details in the JSON report: each step's own `Details` type, as the
+/// step's module defines it (untagged: the report's `step` says which it is).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub(crate) enum Details {
+    Config(Box<crate::config::Details>),
+    Firewall(Box<crate::firewall::Details>),
+    Check(Box<crate::check::Details>),
+    Prove(Box<crate::prove::Details>),
+}
 
 /// What a step that succeeded did.
 #[derive(Debug, Clone, Default)]
-pub struct StepResult {
+pub(crate) struct StepResult {
     /// Whether the step changed the system (a file written, a rule added).
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// Human lines for the text report. Never secret values.
-    pub summary: Vec<String>,
+    pub(crate) summary: Vec<String>,
     /// Structured details for the JSON report. Never secret values.
-    pub details: serde_json::Value,
+    pub(crate) details: Option<Details>,
 }
 
 /// A step failure that still has something to report (for example what `prove` saw): its
 /// summary and details go into the report next to the error.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct Failure {
-    pub message: String,
-    pub summary: Vec<String>,
-    pub details: serde_json::Value,
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) summary: Vec<String>,
+    pub(crate) details: Option<Details>,
     /// The exit code when it is not the step's own (prove's "not proven", 8).
-    pub exit: Option<Exit>,
+    pub(crate) exit: Option<Exit>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Failed,
     Skipped,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    pub step: Step,
-    pub outcome: Outcome,
-    pub duration_ms: u64,
-    pub changed: bool,
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub(crate) struct StepReport {
+    pub(crate) step: Step,
+    pub(crate) outcome: Outcome,
+    pub(crate) duration_ms: u64,
+    pub(crate) changed: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub summary: Vec<String>,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub details: serde_json::Value,
+    pub(crate) summary: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The step failed because the host cannot reach instance metadata (exit code 7). Set by
-    /// `app`, which owns the shared IMDS handle that knows it.
+    pub(crate) details: Option<Details>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+    /// The step failed because the host cannot reach instance metadata (exit code 7).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub imds_unreachable: bool,
+    pub(crate) imds_unreachable: bool,
     /// The exit code of a failure that is not the step's own (from [`Failure::exit`]).
     #[serde(skip)]
-    pub exit: Option<Exit>,
+    pub(crate) exit: Option<Exit>,
 }
 
 impl StepReport {
-    pub fn from_result(step: Step, elapsed: Duration, result: anyhow::Result<StepResult>) -> Self {
+    pub(crate) fn from_result(
+        step: Step,
+        elapsed: Duration,
+        result: anyhow::Result<StepResult>,
+    ) -> Self {
         let duration_ms = elapsed.as_millis() as u64;
         match result {
             Ok(r) => StepReport {
@@ -75,7 +142,7 @@ impl StepReport {
             Err(e) => {
                 let (summary, details, exit) = match e.downcast_ref::<Failure>() {
                     Some(f) => (f.summary.clone(), f.details.clone(), f.exit),
-                    None => (vec![], serde_json::Value::Null, None),
+                    None => (vec![], None, None),
                 };
                 StepReport {
                     step,
@@ -92,14 +159,14 @@ impl StepReport {
         }
     }
 
-    pub fn skipped(step: Step) -> Self {
+    pub(crate) fn skipped(step: Step) -> Self {
         StepReport {
             step,
             outcome: Outcome::Skipped,
             duration_ms: 0,
             changed: false,
             summary: vec![],
-            details: serde_json::Value::Null,
+            details: None,
             error: None,
             imds_unreachable: false,
             exit: None,
@@ -108,24 +175,41 @@ impl StepReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub version: &'static str,
-    pub command: &'static str,
-    pub ok: bool,
-    pub exit_code: u8,
-    pub duration_ms: u64,
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub(crate) struct Report {
+    /// The version of this schema; it changes only when a field is removed or changes meaning.
+    pub(crate) schema_version: u32,
+    /// The version of ecs-bootstrap that wrote the report.
+    pub(crate) version: &'static str,
+    pub(crate) command: Command,
+    pub(crate) ok: bool,
+    /// The exit code of the process.
+    pub(crate) exit_code: u8,
+    pub(crate) duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interrupted_by: Option<&'static str>,
-    pub steps: Vec<StepReport>,
+    pub(crate) interrupted_by: Option<Signal>,
+    pub(crate) steps: Vec<StepReport>,
     /// `run`: one line per ECS network mode on what keeps its tasks from IMDS.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub imds_posture: Vec<crate::posture::Line>,
+    pub(crate) imds_posture: Vec<crate::posture::Line>,
+    /// The `--report` file could not be written (this report is the printed one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) report_file_error: Option<ReportFileError>,
+}
+
+/// Why the `--report` file could not be written.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub(crate) struct ReportFileError {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) error: String,
 }
 
 impl Report {
-    pub fn new(command: &'static str, steps: Vec<StepReport>, elapsed: Duration) -> Self {
+    pub(crate) fn new(command: Command, steps: Vec<StepReport>, elapsed: Duration) -> Self {
         let exit = exit_for(&steps);
         Report {
+            schema_version: SCHEMA_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             command,
             ok: exit == Exit::Success,
@@ -134,29 +218,50 @@ impl Report {
             interrupted_by: None,
             steps,
             imds_posture: vec![],
+            report_file_error: None,
         }
     }
 
-    /// The report of a run stopped by a signal: exit code 128 + the signal number.
-    pub fn interrupted(command: &'static str, signal: &'static str, elapsed: Duration) -> Self {
-        let number = if signal == "SIGINT" { 2 } else { 15 };
+    /// The report of a run stopped by a signal, with the steps that had finished: exit code
+    /// 128 + the signal number.
+    pub(crate) fn interrupted(
+        command: Command,
+        signal: Signal,
+        steps: Vec<StepReport>,
+        elapsed: Duration,
+    ) -> Self {
         Report {
+            schema_version: SCHEMA_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             command,
             ok: false,
-            exit_code: 128 + number,
+            exit_code: signal.exit_code(),
             duration_ms: elapsed.as_millis() as u64,
             interrupted_by: Some(signal),
-            steps: vec![],
+            steps,
             imds_posture: vec![],
+            report_file_error: None,
         }
     }
 
-    pub fn to_json(&self) -> String {
+    /// Records that the `--report` file could not be written: the run is not ok, and a run
+    /// that was keeps exit code 1 (internal error).
+    pub(crate) fn report_file_failed(&mut self, path: &std::path::Path, error: String) {
+        self.ok = false;
+        if self.exit_code == Exit::Success.code() {
+            self.exit_code = Exit::Internal.code();
+        }
+        self.report_file_error = Some(ReportFileError {
+            path: path.to_owned(),
+            error,
+        });
+    }
+
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report serializes")
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = String::new();
         for st in &self.steps {
             let outcome = match st.outcome {
@@ -183,12 +288,21 @@ impl Report {
             for l in &self.imds_posture {
                 s.push_str(&format!(
                     "          {}: {} ({})\n",
-                    l.mode, l.state, l.detail
+                    l.mode.name(),
+                    l.state.name(),
+                    l.detail
                 ));
             }
         }
         if let Some(sig) = self.interrupted_by {
-            s.push_str(&format!("interrupted by {sig}\n"));
+            s.push_str(&format!("interrupted by {}\n", sig.name()));
+        }
+        if let Some(f) = &self.report_file_error {
+            s.push_str(&format!(
+                "the report file {} was not written: {}\n",
+                f.path.display(),
+                f.error
+            ));
         }
         s.push_str(&format!(
             "{} in {} ms (exit {})\n",
@@ -202,7 +316,7 @@ impl Report {
 
 /// The exit code names the first failed step, in step order; a step that failed on an
 /// unreachable IMDS outranks that order (7).
-pub fn exit_for(steps: &[StepReport]) -> Exit {
+pub(crate) fn exit_for(steps: &[StepReport]) -> Exit {
     if steps
         .iter()
         .any(|s| s.outcome == Outcome::Failed && s.imds_unreachable)
@@ -220,6 +334,48 @@ pub fn exit_for(steps: &[StepReport]) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed schema is the schema of these types: a change to the report shows up as a
+    /// diff of docs/report.schema.json, to review against the rule that the report only gains
+    /// fields.
+    #[test]
+    fn the_committed_schema_is_the_report_types_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/report.schema.json");
+        let schema = schemars::schema_for!(Report);
+        let generated = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/report.schema.json differs from the report types' schema; regenerate it with \
+             `UPDATE_SCHEMA=1 cargo test --locked --lib report::` and review the diff (fields may \
+             only be added; anything else needs a new SCHEMA_VERSION)"
+        );
+    }
+
+    /// Every key a report holds is in the schema, with the schema's version.
+    #[test]
+    fn a_report_matches_the_schema() {
+        let schema = serde_json::to_value(schemars::schema_for!(Report)).unwrap();
+        let mut r = Report::new(
+            Command::Run,
+            vec![failed(Step::Check), StepReport::skipped(Step::Prove)],
+            Duration::from_millis(5),
+        );
+        r.interrupted_by = Some(Signal::Hup);
+        r.imds_posture = crate::posture::assess(&crate::posture::Facts::default());
+        let v = serde_json::to_value(&r).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        for k in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(k), "{k} is not in the schema");
+        }
+        assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        assert_eq!(v["interrupted_by"], "SIGHUP");
+        assert_eq!(v["command"], "run");
+        assert_eq!(v["imds_posture"][2]["state"], "not blockable");
+    }
 
     fn failed(step: Step) -> StepReport {
         StepReport::from_result(step, Duration::ZERO, Err(anyhow::anyhow!("boom")))
@@ -274,20 +430,28 @@ mod tests {
         let e = anyhow::Error::new(Failure {
             message: "reachable".into(),
             summary: vec!["from docker0: reachable".into()],
-            details: serde_json::json!({"from_bridge": {"ipv4": "reachable"}}),
+            details: Some(Details::Prove(Box::new(crate::prove::Details {
+                bridges: vec![],
+                seen: None,
+            }))),
             exit: None,
         })
         .context("prove");
         let r = StepReport::from_result(Step::Prove, Duration::ZERO, Err(e));
         assert_eq!(r.outcome, Outcome::Failed);
-        assert_eq!(r.details["from_bridge"]["ipv4"], "reachable");
+        let details = serde_json::to_value(&r.details).unwrap();
+        assert_eq!(details, serde_json::json!({"bridges": []}));
         assert_eq!(r.summary, ["from docker0: reachable"]);
         assert_eq!(r.error.as_deref(), Some("prove: reachable"));
     }
 
     #[test]
     fn json_and_text_render() {
-        let r = Report::new("run", vec![failed(Step::Check)], Duration::from_millis(5));
+        let r = Report::new(
+            Command::Run,
+            vec![failed(Step::Check)],
+            Duration::from_millis(5),
+        );
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["exit_code"], 5);
         assert_eq!(v["steps"][0]["step"], "check");

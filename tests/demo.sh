@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: the main job end to end in a local sandbox (no EC2 needed). As root:
-#   sudo tests/demo.sh
+#   tests/demo.sh          (or `sudo tests/demo.sh` from another user)
 # Builds ecs-bootstrap, starts a sandbox of real peers (network namespaces with a docker0
 # bridge and a "container" on it, moto as S3 with authentication on, an IMDSv2 emulator on
 # 169.254.169.254 inside the sandbox), runs `ecs-bootstrap run --prove` in the sandbox's host
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ $(id -u) -ne 0 ]]; then
-    echo "tests/demo.sh needs root (network namespaces, iptables): run it with sudo" >&2
+    echo "tests/demo.sh needs root (network namespaces, iptables): run it as root, or with sudo" >&2
     exit 2
 fi
 py=$(bash tests/deps.sh)
@@ -26,6 +26,16 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# `--root` stands in for the instance's file system. An empty folder would be an instance
+# without /etc/os-release, where ecs-bootstrap rightly warns that it cannot tell where the
+# distribution keeps its rules file; so the root gets this machine's os-release and an enabled
+# netfilter-persistent (as on a Debian image with iptables-persistent installed).
+mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+cp /etc/os-release "$root/etc/os-release"
+ln -s /lib/systemd/system/netfilter-persistent.service \
+    "$root/etc/systemd/system/multi-user.target.wants/netfilter-persistent.service"
+echo "== --root $root: this machine's /etc/os-release, netfilter-persistent enabled"
 
 echo "== starting the sandbox ($name)"
 state=$("$py" tests/sandbox/sandbox.py up "$name")

@@ -10,9 +10,9 @@
 
 /// A line that could not be read, with its 1-based number. The text is never kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvFileError {
-    pub line: usize,
-    pub reason: &'static str,
+pub(crate) struct EnvFileError {
+    pub(crate) line: usize,
+    pub(crate) reason: &'static str,
 }
 
 impl std::fmt::Display for EnvFileError {
@@ -23,10 +23,10 @@ impl std::fmt::Display for EnvFileError {
 
 /// One `KEY=VALUE` line. `Debug` hides the value (it may be a secret).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub key: String,
-    pub value: String,
-    pub line: usize,
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) line: usize,
 }
 
 impl std::fmt::Debug for Entry {
@@ -37,24 +37,24 @@ impl std::fmt::Debug for Entry {
 
 /// The file's entries in file order (duplicates kept), and the lines that could not be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EnvFile {
-    pub entries: Vec<Entry>,
-    pub bad_lines: Vec<EnvFileError>,
+pub(crate) struct EnvFile {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) bad_lines: Vec<EnvFileError>,
 }
 
 impl EnvFile {
     /// The last entry for `key` (systemd's rule: the last assignment wins).
-    pub fn last(&self, key: &str) -> Option<&Entry> {
+    pub(crate) fn last(&self, key: &str) -> Option<&Entry> {
         self.entries.iter().rev().find(|e| e.key == key)
     }
 
     /// Every entry for `key`, in file order.
-    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+    pub(crate) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries.iter().filter(move |e| e.key == key)
     }
 }
 
-pub fn parse(text: &str) -> EnvFile {
+pub(crate) fn parse(text: &str) -> EnvFile {
     let mut out = EnvFile::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();

@@ -8,9 +8,9 @@ mod settings;
 
 use crate::error::{Exit, Step};
 use crate::imds::Imds;
-use crate::report::{Report, StepReport, StepResult};
+use crate::report::{self, Report, Signal, StepReport, StepResult};
 use crate::sys::{self, Root, SystemRunner};
-use crate::{config, firewall, fsutil, imds, logging, prove};
+use crate::{config, firewall, fsutil, imds, logging, posture, prove};
 use clap::{CommandFactory as _, FromArgMatches as _};
 use cli::{Cli, Command, GlobalArgs, LogFormat, OutputFormat};
 use plan::Plan;
@@ -23,63 +23,19 @@ use tokio::time::Instant;
 /// Everything `main` does, returning the process exit code.
 pub fn main_entry(args: Vec<OsString>) -> u8 {
     let root = Root::new(root_from_args(&args));
-    let file = settings::SettingsFile::load(&root);
-    let prep = settings::prepare(Cli::command(), &file, |n| std::env::var(n).ok());
-    let mut cmd = prep.cmd.clone();
-    let parsed = cmd
-        .try_get_matches_from_mut(args.clone())
-        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (m, c)));
-    let (matches, cli) = match parsed {
+    let parsed = match Parsed::from_args(&args, &root) {
         Ok(p) => p,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            // Help shows the built-in defaults, not the settings' values (which may be secret).
-            let e = match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-                | ErrorKind::DisplayVersion => {
-                    help_command().try_get_matches_from(args).err().unwrap_or(e)
-                }
-                _ => e,
-            };
-            let _ = e.print();
-            return if e.use_stderr() {
-                Exit::Usage.code()
-            } else {
-                Exit::Success.code()
-            };
-        }
+        Err(code) => return code,
     };
-    init_logging(&cli.global);
-    let unused = unused_args(&cli.command);
-    let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
-    let use_ = settings::Use {
-        command: matches.subcommand_name().unwrap_or(""),
-        config_step: match &cli.command {
-            Command::FetchConfig(_) => true,
-            Command::Run(r) => !r.skip_config,
-            _ => false,
-        },
-        unused: &unused,
-    };
-    match settings::judge(&prep, &cmd, &matches, use_) {
-        Ok(notes) => {
-            for n in notes {
-                match n.level {
-                    settings::Level::Warn => tracing::warn!("{}", n.message),
-                    settings::Level::Error => tracing::error!("{}", n.message),
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            return Exit::Usage.code();
-        }
+    init_logging(&parsed.cli.global);
+    if let Err(e) = parsed.judge_settings() {
+        tracing::error!("{e}");
+        return Exit::Usage.code();
     }
-    if let Command::IamPolicy(a) = &cli.command {
+    if let Command::IamPolicy(a) = &parsed.cli.command {
         return match crate::iam_policy::render(&plan::policy_request(a)) {
             Ok(text) => {
-                println!("{text}");
+                print_stdout(&format!("{text}\n"));
                 Exit::Success.code()
             }
             Err(e) => {
@@ -88,40 +44,128 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
             }
         };
     }
-    let plan = match Plan::from_cli(&cli, &root) {
-        Ok(p) => p,
+    if let Command::Status(a) = &parsed.cli.command {
+        return status(a, &root, &parsed.cli.global);
+    }
+    let Some(plan) = parsed.plan(&root, &args) else {
+        return Exit::Usage.code();
+    };
+    let global = &parsed.cli.global;
+    match run(&plan, global) {
+        Ok(report) => emit(report, global),
         Err(e) => {
-            let from = prep.explain(&matches, &e.0);
-            let e = if from.is_empty() {
-                e.0
-            } else {
-                format!("{} ({})", e.0, from.join("; "))
-            };
-            match builtin_block_plan(&cli, &root, &args) {
-                Some(p) if !from.is_empty() => {
-                    tracing::error!(
-                        "{e}; block-imds uses the built-in defaults instead, so that the block is still \
-                         asserted; fix or remove the setting"
-                    );
-                    p
-                }
-                _ => {
-                    tracing::error!("{e}");
-                    return Exit::Usage.code();
-                }
+            tracing::error!("cannot start the async runtime: {e}");
+            Exit::Internal.code()
+        }
+    }
+}
+
+/// The command line, parsed with the environment and the settings file as defaults.
+struct Parsed {
+    cli: Cli,
+    matches: clap::ArgMatches,
+    prep: settings::Prepared,
+    cmd: clap::Command,
+}
+
+impl Parsed {
+    /// Err: the exit code after clap printed the help, the version or a usage error.
+    fn from_args(args: &[OsString], root: &Root) -> Result<Parsed, u8> {
+        let file = settings::SettingsFile::load(root);
+        let prep = settings::prepare(Cli::command(), &file, |n| std::env::var(n).ok());
+        let mut cmd = prep.cmd.clone();
+        let parsed = cmd
+            .try_get_matches_from_mut(args.to_vec())
+            .and_then(|m| Cli::from_arg_matches(&m).map(|c| (m, c)));
+        match parsed {
+            Ok((matches, cli)) => Ok(Parsed {
+                cli,
+                matches,
+                prep,
+                cmd,
+            }),
+            Err(e) => {
+                use clap::error::ErrorKind;
+                // Help shows the built-in defaults, not the settings' values (which may be secret).
+                let e = match e.kind() {
+                    ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    | ErrorKind::DisplayVersion => help_command()
+                        .try_get_matches_from(args.to_vec())
+                        .err()
+                        .unwrap_or(e),
+                    _ => e,
+                };
+                let _ = e.print();
+                Err(if e.use_stderr() {
+                    Exit::Usage.code()
+                } else {
+                    Exit::Success.code()
+                })
             }
         }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ecs-bootstrap: cannot start the async runtime: {e}");
-            return Exit::Internal.code();
+    }
+
+    /// Logs what the settings' values deserve; Err for a value the command cannot do without.
+    fn judge_settings(&self) -> Result<(), crate::error::UsageError> {
+        let unused = unused_args(&self.cli.command);
+        let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
+        let use_ = settings::Use {
+            command: self.matches.subcommand_name().unwrap_or(""),
+            config_step: match &self.cli.command {
+                Command::FetchConfig(_) => true,
+                Command::Run(r) => !r.skip_config,
+                _ => false,
+            },
+            unused: &unused,
+        };
+        for n in settings::judge(&self.prep, &self.cmd, &self.matches, use_)? {
+            match n.level {
+                settings::Level::Warn => tracing::warn!("{}", n.message),
+                settings::Level::Error => tracing::error!("{}", n.message),
+            }
         }
-    };
+        Ok(())
+    }
+
+    /// The plan, or None after logging the usage error. `block-imds` whose settings made a
+    /// value it cannot use falls back to the built-in defaults, so that the block is asserted.
+    fn plan(&self, root: &Root, args: &[OsString]) -> Option<Plan> {
+        let e = match Plan::from_cli(&self.cli, root) {
+            Ok(p) => return Some(p),
+            Err(e) => e,
+        };
+        let from = self.prep.explain(&self.matches, &e.0);
+        let e = if from.is_empty() {
+            e.0
+        } else {
+            format!("{} ({})", e.0, from.join("; "))
+        };
+        match builtin_block_plan(&self.cli, root, args) {
+            Some(p) if !from.is_empty() => {
+                tracing::error!(
+                    "{e}; block-imds uses the built-in defaults instead, so that the block is still \
+                     asserted; fix or remove the setting"
+                );
+                Some(p)
+            }
+            _ => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+}
+
+/// Runs the plan's steps on a current-thread runtime, racing them against the signals that
+/// end a run. The runtime is shut down without waiting for blocking threads: a step's thread
+/// still stuck in a child command or a lock wait past the deadline must not hold the process
+/// (the step is told to stop through its cancel flag, and dies with the process).
+fn run(plan: &Plan, global: &GlobalArgs) -> std::io::Result<Report> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let finished = Finished::default();
     let report = rt.block_on(async {
         let start = Instant::now();
         tokio::select! {
@@ -130,13 +174,14 @@ pub fn main_entry(args: Vec<OsString>) -> u8 {
             signal = interrupted() => {
                 // Dropping `execute` drops every step's guards: temp files and probe
                 // namespaces are removed; a file rename either happened or did not.
-                tracing::error!("interrupted by {signal}; stopped before the steps finished");
-                Report::interrupted(plan.command, signal, start.elapsed())
+                tracing::error!("interrupted by {}; stopped before the steps finished", signal.name());
+                Report::interrupted(plan.command, signal, finished.take(), start.elapsed())
             }
-            report = execute(&plan, &cli.global) => report,
+            report = execute(plan, global, &finished) => report,
         }
     });
-    emit(&report, &cli.global)
+    rt.shutdown_background();
+    Ok(report)
 }
 
 /// The log level from `-q` and `-v`, and the line format.
@@ -226,7 +271,7 @@ fn unused_args(command: &Command) -> Vec<String> {
 }
 
 /// The IMDS posture lines of a `run` (see [`crate::posture`]).
-fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::posture::Line> {
+fn posture(plan: &Plan, steps: &[StepReport]) -> Vec<posture::Line> {
     use crate::report::Outcome;
     let step = |s: Step| steps.iter().find(|r| r.step == s);
     let firewall_ok = step(Step::Firewall)
@@ -235,21 +280,30 @@ fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::postu
     let prove = step(Step::Prove)
         .filter(|r| r.outcome != Outcome::Skipped)
         .map(|r| match r.outcome {
-            Outcome::Ok => 0,
-            _ if r.imds_unreachable => Exit::ImdsUnreachable.code(),
-            _ => r.exit.unwrap_or(Exit::Prove).code(),
+            Outcome::Ok => posture::Proof::Proven,
+            _ if r.imds_unreachable => posture::Proof::Unproven,
+            _ if r.exit.unwrap_or(Exit::Prove) == Exit::Prove => posture::Proof::Leak,
+            _ => posture::Proof::Unproven,
         });
     let ecs_config = plan.config.as_ref().and_then(|c| {
         std::fs::read_to_string(&c.dest)
             .ok()
-            .map(|t| (t, c.dest.display().to_string()))
+            .map(|t| (t, c.dest.clone()))
     });
-    let imdsv1 =
-        step(Step::Check).and_then(|r| serde_json::from_value(r.details["imdsv1"].clone()).ok());
-    let put_hop_limit = step(Step::Prove)
-        .and_then(|r| r.details["put_hop_limit"].as_str())
-        .map(str::to_owned);
-    crate::posture::assess(&crate::posture::Facts {
+    let details = |s: Step| step(s).and_then(|r| r.details.as_ref());
+    let imdsv1 = match details(Step::Check) {
+        Some(report::Details::Check(d)) => Some(d.imdsv1),
+        _ => None,
+    };
+    let put_hop_limit = match details(Step::Prove) {
+        Some(report::Details::Prove(d)) => d.seen.as_ref().and_then(|s| s.put_hop_limit),
+        _ => None,
+    }
+    .map(|h| match h {
+        prove::HopLimit::One => posture::HopLimit::One,
+        prove::HopLimit::TwoOrMore => posture::HopLimit::TwoOrMore,
+    });
+    posture::assess(&posture::Facts {
         firewall_ok,
         interfaces: plan
             .firewall
@@ -263,23 +317,28 @@ fn posture(plan: &Plan, steps: &[crate::report::StepReport]) -> Vec<crate::postu
     })
 }
 
-/// Resolves with the signal's name on SIGTERM or SIGINT.
-async fn interrupted() -> &'static str {
+/// Resolves on SIGTERM, SIGINT or SIGHUP (an ssh session that drops ends the run the same way).
+async fn interrupted() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        (Ok(mut term), Ok(mut int), Ok(mut hup)) => tokio::select! {
+            _ = term.recv() => Signal::Term,
+            _ = int.recv() => Signal::Int,
+            _ = hup.recv() => Signal::Hup,
         },
         _ => std::future::pending().await,
     }
 }
 
-/// Runs `fut` as `step` before `deadline`, timing it.
-async fn timed<F>(step: Step, deadline: Instant, fut: F) -> StepReport
+/// The steps that finished, in the order they did: what a report of an interrupted run lists.
+type Finished = std::cell::RefCell<Vec<StepReport>>;
+
+/// Runs `fut` as `step` before `deadline`, timing it, and records its report in `finished`.
+async fn timed<F>(step: Step, deadline: Instant, finished: &Finished, fut: F) -> StepReport
 where
     F: Future<Output = anyhow::Result<StepResult>>,
 {
@@ -294,94 +353,115 @@ where
     if let Err(e) = &result {
         tracing::error!(step = step.name(), "{e:#}");
     }
-    StepReport::from_result(step, start.elapsed(), result)
+    let report = StepReport::from_result(step, start.elapsed(), result);
+    finished.borrow_mut().push(report.clone());
+    report
 }
 
-async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
+/// The shared IMDS client, when a step needs one (or why it could not be made).
+type SharedImds = Option<anyhow::Result<Imds>>;
+
+/// The IMDS client of a step that needs one.
+fn need(imds: &SharedImds) -> anyhow::Result<&Imds> {
+    match imds {
+        Some(Ok(i)) => Ok(i),
+        Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+        None => Err(anyhow::anyhow!("no metadata client was made for this step")),
+    }
+}
+
+async fn execute(plan: &Plan, global: &GlobalArgs, finished: &Finished) -> Report {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(global.deadline);
     if let Some(opts) = &plan.config {
         config::prepare(opts);
     }
-    let imds = (plan.config.is_some() || plan.check.is_some() || plan.prove.is_some())
+    let imds: SharedImds = (plan.config.is_some() || plan.check.is_some() || plan.prove.is_some())
         .then(|| Imds::new(imds::endpoint_from_env(), deadline));
-
-    let firewall = async {
-        match &plan.firewall {
-            None => StepReport::skipped(Step::Firewall),
-            Some(opts) => {
-                let opts = opts.clone();
-                timed(Step::Firewall, deadline, async move {
-                    let bound = sys::Deadline::at(deadline.into_std());
-                    sys::run_blocking(&bound, move |d| {
-                        firewall::run(&opts, &SystemRunner::new(d.clone()), d)
-                    })
-                    .await
-                    .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?
-                })
-                .await
-            }
-        }
-    };
-    let config = async {
-        match (&plan.config, &imds) {
-            (Some(opts), Some(imds)) => {
-                timed(Step::Config, deadline, async {
-                    let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                    config::run(opts, imds, deadline).await
-                })
-                .await
-            }
-            _ => StepReport::skipped(Step::Config),
-        }
-    };
     // The firewall first: its first poll starts its thread, before the config step's first
     // poll does its synchronous set-up (the S3 client's TLS roots).
-    let (firewall, config) = tokio::join!(firewall, config);
-    let check = match (&imds, &plan.check) {
-        (Some(imds), Some(opts)) => {
-            timed(Step::Check, deadline, async {
-                let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                crate::check::run(opts, imds).await
+    let (firewall, config) = tokio::join!(
+        firewall_step(plan, deadline, finished),
+        config_step(plan, &imds, deadline, finished)
+    );
+    let check = match &plan.check {
+        Some(opts) => {
+            timed(Step::Check, deadline, finished, async {
+                crate::check::run(opts, need(&imds)?).await
             })
             .await
         }
-        _ => StepReport::skipped(Step::Check),
+        None => StepReport::skipped(Step::Check),
     };
-    let prove = match (&imds, &plan.prove) {
-        (Some(imds), Some(opts)) => {
-            timed(Step::Prove, deadline, async {
-                let imds = imds.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let prove = match &plan.prove {
+        Some(opts) => {
+            timed(Step::Prove, deadline, finished, async {
                 let runner = SystemRunner::new(sys::Deadline::at(deadline.into_std()));
-                prove::run(opts, imds, &runner, deadline).await
+                prove::run(opts, need(&imds)?, &runner, deadline).await
             })
             .await
         }
-        _ => StepReport::skipped(Step::Prove),
+        None => StepReport::skipped(Step::Prove),
     };
-    // A metadata request that gave up on an unreachable IMDS explains every failed step that
-    // needs IMDS, however its error reached the step (as a MetadataError, as the text of the
-    // SDK's credentials error, or as a deadline the wait used up): exit code 7. The shared
-    // handle is the one place that knows.
-    let (mut config, mut check, mut prove) = (config, check, prove);
-    if let Some(Ok(imds)) = &imds
-        && imds.was_unreachable()
-    {
+    let unreachable = matches!(&imds, Some(Ok(i)) if i.was_unreachable());
+    assemble(plan, [config, firewall, check, prove], unreachable, start)
+}
+
+/// The firewall step on a blocking thread bound by the deadline: dropped at the deadline or on
+/// a signal, it is stopped and changes nothing more.
+async fn firewall_step(plan: &Plan, deadline: Instant, finished: &Finished) -> StepReport {
+    let Some(opts) = plan.firewall.clone() else {
+        return StepReport::skipped(Step::Firewall);
+    };
+    timed(Step::Firewall, deadline, finished, async move {
+        let bound = sys::Deadline::at(deadline.into_std());
+        sys::run_blocking(&bound, move |d| {
+            firewall::run(&opts, &SystemRunner::new(d.clone()), d)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the firewall step panicked: {e}"))?
+    })
+    .await
+}
+
+async fn config_step(
+    plan: &Plan,
+    imds: &SharedImds,
+    deadline: Instant,
+    finished: &Finished,
+) -> StepReport {
+    let Some(opts) = &plan.config else {
+        return StepReport::skipped(Step::Config);
+    };
+    timed(Step::Config, deadline, finished, async {
+        config::run(opts, need(imds)?, deadline).await
+    })
+    .await
+}
+
+/// The report from the steps (in the order config, firewall, check, prove). A metadata request
+/// that gave up on an unreachable IMDS (`unreachable`) explains every failed step that needs
+/// IMDS, however its error reached the step (as a MetadataError, as the text of the SDK's
+/// credentials error, or as a deadline the wait used up): exit code 7. The shared handle is the
+/// one place that knows.
+fn assemble(plan: &Plan, steps: [StepReport; 4], unreachable: bool, start: Instant) -> Report {
+    let [mut config, firewall, mut check, mut prove] = steps;
+    if unreachable {
         for s in [&mut config, &mut check, &mut prove] {
-            if s.outcome == crate::report::Outcome::Failed {
+            if s.outcome == report::Outcome::Failed {
                 s.imds_unreachable = true;
             }
         }
     }
     let steps = match plan.command {
-        "run" if plan.prove.is_some() => vec![config, firewall, check, prove],
-        "run" => vec![config, firewall, check],
+        report::Command::Run if plan.prove.is_some() => vec![config, firewall, check, prove],
+        report::Command::Run => vec![config, firewall, check],
         _ => [config, firewall, check, prove]
             .into_iter()
-            .filter(|s| s.outcome != crate::report::Outcome::Skipped)
+            .filter(|s| s.outcome != report::Outcome::Skipped)
             .collect(),
     };
-    let posture = if plan.command == "run" {
+    let posture = if plan.command == report::Command::Run {
         posture(plan, &steps)
     } else {
         vec![]
@@ -391,22 +471,58 @@ async fn execute(plan: &Plan, global: &GlobalArgs) -> Report {
     report
 }
 
-fn emit(report: &Report, global: &GlobalArgs) -> u8 {
-    let mut code = report.exit_code;
-    match global.output {
-        OutputFormat::Json => println!("{}", report.to_json()),
-        OutputFormat::Text => print!("{}", report.to_text()),
+/// `status`: changes nothing and writes no file (not even `--report`, which may name the boot's
+/// report); prints whether the block holds now and returns 0 only when it does.
+fn status(a: &cli::StatusArgs, root: &Root, global: &GlobalArgs) -> u8 {
+    let req = match plan::status_request(a, root) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Usage.code();
+        }
+    };
+    let deadline = sys::Deadline::after(Duration::from_secs(global.deadline));
+    let runner = SystemRunner::new(deadline.clone());
+    let st = crate::status::gather(&req, &runner, &deadline, std::time::SystemTime::now());
+    if !st.protected {
+        tracing::error!(
+            "this instance is not protected now: the block does not hold (see the status)"
+        );
     }
+    print_stdout(&match global.output {
+        OutputFormat::Json => format!("{}\n", st.to_json()),
+        OutputFormat::Text => st.to_text(),
+    });
+    st.exit_code
+}
+
+/// Writes the `--report` file, then prints the report (which says when the file could not be
+/// written); returns the exit code the report names.
+fn emit(mut report: Report, global: &GlobalArgs) -> u8 {
     if let Some(path) = &global.report
         && let Err(e) =
             fsutil::write_atomic(path, format!("{}\n", report.to_json()).as_bytes(), 0o644)
     {
-        tracing::error!("cannot write the report: {e}");
-        if code == 0 {
-            code = Exit::Internal.code();
-        }
+        tracing::error!("cannot write the report file {}: {e}", path.display());
+        report.report_file_failed(path, e.to_string());
     }
-    code
+    print_stdout(&match global.output {
+        OutputFormat::Json => format!("{}\n", report.to_json()),
+        OutputFormat::Text => report.to_text(),
+    });
+    report.exit_code
+}
+
+/// Prints to stdout. A reader that went away (`| head -c1`) is not a failure of the run: the
+/// report file is written and the exit code stands.
+fn print_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        tracing::warn!("cannot print the report: {e}");
+    }
 }
 
 #[cfg(test)]

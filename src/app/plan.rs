@@ -3,17 +3,17 @@
 
 use super::cli::{
     ChainChoice, CheckArgs, Cli, Command, ConfigArgs, FirewallArgs, IamPolicyArgs, Ipv6Mode,
-    PersistMode, PolicyFormat, ProveArgs, RunArgs,
+    PersistMode, PolicyFormat, ProveArgs, RunArgs, StatusArgs,
 };
 use crate::config::{self, parse, source};
 use crate::error::UsageError;
 use crate::firewall::{self, iptables, rules};
 use crate::sys::Root;
-use crate::{iam_policy, prove};
+use crate::{iam_policy, prove, report};
 
 /// The validated work of one invocation.
 pub(super) struct Plan {
-    pub(super) command: &'static str,
+    pub(super) command: report::Command,
     pub(super) config: Option<config::Options>,
     pub(super) firewall: Option<firewall::Options>,
     pub(super) check: Option<crate::check::Options>,
@@ -34,22 +34,22 @@ impl Plan {
             Command::Run(r) => run_plan(r, root)?,
             Command::FetchConfig(c) => Plan {
                 config: Some(config_options(&with_awsvpc(c), root)?),
-                ..only("fetch-config")
+                ..only(report::Command::FetchConfig)
             },
             Command::BlockImds(f) => Plan {
                 firewall: Some(firewall_options(f, root)?),
-                ..only("block-imds")
+                ..only(report::Command::BlockImds)
             },
             Command::Prove(p) => Plan {
                 prove: Some(prove_options(p)),
-                ..only("prove")
+                ..only(report::Command::Prove)
             },
             Command::CheckImds(c) => Plan {
                 check: Some(check_options(c)),
-                ..only("check-imds")
+                ..only(report::Command::CheckImds)
             },
-            Command::IamPolicy(_) => {
-                unreachable!("iam-policy only prints, and is handled before planning")
+            Command::IamPolicy(_) | Command::Status(_) => {
+                unreachable!("iam-policy and status run no step, and are handled before planning")
             }
         })
     }
@@ -67,8 +67,13 @@ fn run_plan(r: &RunArgs, root: &Root) -> Result<Plan, UsageError> {
             "--remove undoes the block and belongs to `ecs-bootstrap block-imds --remove`, not to run".into(),
         ));
     }
+    if r.firewall.drift {
+        return Err(UsageError(
+            "--drift is the periodic re-check `ecs-bootstrap block-imds --drift` (the drift timer), not part of run".into(),
+        ));
+    }
     Ok(Plan {
-        command: "run",
+        command: report::Command::Run,
         config: (!r.skip_config)
             .then(|| config_options(&with_awsvpc(&r.config), root))
             .transpose()?,
@@ -236,6 +241,33 @@ fn prove_options(a: &ProveArgs) -> prove::Options {
     }
 }
 
+/// Where the last boot's report is: the config unit's `--report`.
+pub(super) const BOOT_REPORT: &str = "/run/ecs-bootstrap/report.json";
+
+/// What `status` looks at.
+pub(super) fn status_request(
+    a: &StatusArgs,
+    root: &Root,
+) -> Result<crate::status::Request, UsageError> {
+    if a.firewall.remove || a.firewall.drift {
+        return Err(UsageError(
+            "status changes nothing: --remove and --drift belong to `ecs-bootstrap block-imds`"
+                .into(),
+        ));
+    }
+    Ok(crate::status::Request {
+        firewall: firewall_options(&a.firewall, root)?,
+        dest: a
+            .dest
+            .clone()
+            .unwrap_or_else(|| root.join(config::DEFAULT_DEST)),
+        boot_report: a
+            .boot_report
+            .clone()
+            .unwrap_or_else(|| root.join(BOOT_REPORT)),
+    })
+}
+
 /// What `iam-policy` is asked to print.
 pub(super) fn policy_request(a: &IamPolicyArgs) -> iam_policy::Request {
     iam_policy::Request {
@@ -254,6 +286,13 @@ pub(super) fn policy_request(a: &IamPolicyArgs) -> iam_policy::Request {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    /// `status` reads the last boot's report where the config unit writes it.
+    #[test]
+    fn the_boot_report_is_where_the_config_unit_writes_it() {
+        let unit = include_str!("../../systemd/ecs-bootstrap-config.service");
+        assert!(unit.contains(&format!("--report {BOOT_REPORT}")), "{unit}");
+    }
 
     fn args(extra: &[&str]) -> ConfigArgs {
         use clap::Parser;

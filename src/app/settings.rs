@@ -35,7 +35,7 @@ use clap::{Arg, ArgAction, ArgMatches};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-pub use super::cli::SETTINGS_FILE;
+pub(crate) use super::cli::SETTINGS_FILE;
 
 const SET: &str = "ECS_BOOTSTRAP_SET";
 /// Read before the file (the file lives under the root), so the file cannot set it.
@@ -43,7 +43,7 @@ const ROOT: &str = "ECS_BOOTSTRAP_ROOT";
 
 /// The settings file as found on disk.
 #[derive(Debug, Clone)]
-pub enum FileState {
+pub(crate) enum FileState {
     Absent,
     Trusted(EnvFile),
     /// Not used. `raw` is its content when readable: a variable whose name occurs in it may
@@ -56,13 +56,13 @@ pub enum FileState {
 }
 
 #[derive(Debug, Clone)]
-pub struct SettingsFile {
-    pub path: PathBuf,
-    pub state: FileState,
+pub(crate) struct SettingsFile {
+    pub(crate) path: PathBuf,
+    pub(crate) state: FileState,
 }
 
 impl SettingsFile {
-    pub fn load(root: &Root) -> SettingsFile {
+    pub(crate) fn load(root: &Root) -> SettingsFile {
         let path = root.join(SETTINGS_FILE);
         let state = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
@@ -142,7 +142,7 @@ impl SettingsFile {
 }
 
 /// Why a file with this metadata must not be trusted, if it must not.
-pub fn trust_problem(meta: &std::fs::Metadata) -> Option<String> {
+pub(crate) fn trust_problem(meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     if !meta.is_file() {
         return Some("it is not a regular file".into());
@@ -162,7 +162,7 @@ pub fn trust_problem(meta: &std::fs::Metadata) -> Option<String> {
 
 /// Why a folder holding the file must not be trusted: someone other than root may replace
 /// files in it (a sticky folder such as /tmp lets only the owner of a file replace it).
-pub fn folder_trust_problem(meta: &std::fs::Metadata) -> Option<String> {
+pub(crate) fn folder_trust_problem(meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     if meta.uid() != 0 {
         return Some(format!("owned by uid {}, not root", meta.uid()));
@@ -178,7 +178,7 @@ pub fn folder_trust_problem(meta: &std::fs::Metadata) -> Option<String> {
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Env(String),
     File {
         path: PathBuf,
@@ -199,16 +199,16 @@ impl std::fmt::Display for Origin {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Warn,
     Error,
 }
 
 /// A message to log once logging is set up. Never holds a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub level: Level,
-    pub message: String,
+pub(crate) struct Note {
+    pub(crate) level: Level,
+    pub(crate) message: String,
 }
 
 /// A value that the flag it is meant for does not accept.
@@ -221,8 +221,8 @@ struct Invalid {
 
 /// The clap command with the settings applied as defaults, and what is left to judge once the
 /// command line is parsed.
-pub struct Prepared {
-    pub cmd: clap::Command,
+pub(crate) struct Prepared {
+    pub(crate) cmd: clap::Command,
     invalid: Vec<Invalid>,
     notes: Vec<Note>,
     /// Lines of the file that could not be read: which setting they meant is unknown.
@@ -246,78 +246,20 @@ struct Layered {
 /// Builds the command: every argument's environment variable is resolved here (environment,
 /// then trusted file) and applied as the argument's default, so clap's own precedence puts the
 /// command line first; values the argument does not accept are left out and judged later.
-pub fn prepare(
+pub(crate) fn prepare(
     cmd: clap::Command,
     file: &SettingsFile,
     env: impl Fn(&str) -> Option<String>,
 ) -> Prepared {
-    let mut notes = Vec::new();
     let untrusted = match &file.state {
         FileState::Untrusted { reason, fix, .. } => Some((reason.clone(), fix.clone())),
         _ => None,
     };
-    let file_origin = |e: &envfile::Entry| Origin::File {
-        path: file.path.clone(),
-        line: e.line,
-        name: e.key.clone(),
-    };
-
     // Every name some argument reads.
     let mut names = BTreeSet::new();
     collect_env_names(&cmd, &mut names);
-
-    let mut layered: BTreeMap<String, Layered> = BTreeMap::new();
-    for name in &names {
-        if name == ROOT {
-            continue;
-        }
-        let from_env = env(name).filter(|v| !v.is_empty());
-        if from_env.is_some() && file.untrusted_names(name) {
-            notes.push(Note {
-                level: Level::Error,
-                message: format!(
-                    "{name} in the environment is ignored: the untrusted settings file {} names it, and \
-                     systemd passes that file's values on as environment",
-                    file.path.display()
-                ),
-            });
-            continue;
-        }
-        let in_file = file.trusted().and_then(|f| f.last(name));
-        // A variable equal to the file's value came from the file (systemd's EnvironmentFile=).
-        let env_is_file = matches!((&from_env, in_file), (Some(v), Some(e)) if *v == e.value);
-        match from_env {
-            Some(v) if !env_is_file => {
-                layered.insert(
-                    name.clone(),
-                    Layered {
-                        values: vec![v],
-                        origin: Origin::Env(name.clone()),
-                    },
-                );
-            }
-            _ => {
-                let Some(f) = file.trusted() else { continue };
-                let entries: Vec<&envfile::Entry> = if name == SET {
-                    f.all(name).filter(|e| !e.value.is_empty()).collect()
-                } else {
-                    f.last(name)
-                        .filter(|e| !e.value.is_empty())
-                        .into_iter()
-                        .collect()
-                };
-                let Some(last) = entries.last() else { continue };
-                layered.insert(
-                    name.clone(),
-                    Layered {
-                        values: entries.iter().map(|e| e.value.clone()).collect(),
-                        origin: file_origin(last),
-                    },
-                );
-            }
-        }
-    }
-
+    let mut notes = Vec::new();
+    let layered = layer(&names, file, env, &mut notes);
     let bad_lines = file
         .trusted()
         .map(|f| {
@@ -327,46 +269,7 @@ pub fn prepare(
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(f) = file.trusted() {
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in &f.entries {
-            if e.key == ROOT {
-                notes.push(Note {
-                    level: Level::Warn,
-                    message: format!(
-                        "settings file {} line {}: {ROOT} is ignored there (the file is found under the root); \
-                         give --root or set the variable instead",
-                        file.path.display(),
-                        e.line
-                    ),
-                });
-            } else if e.key.starts_with("ECS_BOOTSTRAP_") && !names.contains(&e.key) {
-                notes.push(Note {
-                    level: Level::Warn,
-                    message: format!(
-                        "settings file {} line {}: unknown setting {}; it is ignored (see `ecs-bootstrap --help`)",
-                        file.path.display(),
-                        e.line,
-                        e.key
-                    ),
-                });
-            }
-            if let Some(first) = seen.insert(&e.key, e.line)
-                && e.key != SET
-            {
-                notes.push(Note {
-                    level: Level::Warn,
-                    message: format!(
-                        "settings file {} line {}: {} is also set on line {first}; the last line wins \
-                         (remove the others)",
-                        file.path.display(),
-                        e.line,
-                        e.key
-                    ),
-                });
-            }
-        }
-    }
+    notes.extend(file_notes(file, &names));
 
     let mut invalid: Vec<Invalid> = Vec::new();
     let mut judged = BTreeSet::new();
@@ -424,6 +327,114 @@ pub fn prepare(
         untrusted,
         path: file.path.clone(),
     }
+}
+
+/// Each name's value: the environment's, unless it equals the file's (systemd's
+/// `EnvironmentFile=` copied it) or an untrusted file names it; else the trusted file's.
+fn layer(
+    names: &BTreeSet<String>,
+    file: &SettingsFile,
+    env: impl Fn(&str) -> Option<String>,
+    notes: &mut Vec<Note>,
+) -> BTreeMap<String, Layered> {
+    let mut layered = BTreeMap::new();
+    for name in names {
+        if name == ROOT {
+            continue;
+        }
+        let from_env = env(name).filter(|v| !v.is_empty());
+        if from_env.is_some() && file.untrusted_names(name) {
+            notes.push(Note {
+                level: Level::Error,
+                message: format!(
+                    "{name} in the environment is ignored: the untrusted settings file {} names it, and \
+                     systemd passes that file's values on as environment",
+                    file.path.display()
+                ),
+            });
+            continue;
+        }
+        let in_file = file.trusted().and_then(|f| f.last(name));
+        // A variable equal to the file's value came from the file (systemd's EnvironmentFile=).
+        let env_is_file = matches!((&from_env, in_file), (Some(v), Some(e)) if *v == e.value);
+        match from_env {
+            Some(v) if !env_is_file => {
+                layered.insert(
+                    name.clone(),
+                    Layered {
+                        values: vec![v],
+                        origin: Origin::Env(name.clone()),
+                    },
+                );
+            }
+            _ => {
+                let Some(f) = file.trusted() else { continue };
+                let entries: Vec<&envfile::Entry> = if name == SET {
+                    f.all(name).filter(|e| !e.value.is_empty()).collect()
+                } else {
+                    f.last(name)
+                        .filter(|e| !e.value.is_empty())
+                        .into_iter()
+                        .collect()
+                };
+                let Some(last) = entries.last() else { continue };
+                layered.insert(
+                    name.clone(),
+                    Layered {
+                        values: entries.iter().map(|e| e.value.clone()).collect(),
+                        origin: Origin::File {
+                            path: file.path.clone(),
+                            line: last.line,
+                            name: last.key.clone(),
+                        },
+                    },
+                );
+            }
+        }
+    }
+    layered
+}
+
+/// Warnings about the trusted file's lines: `ECS_BOOTSTRAP_ROOT` (which it cannot set),
+/// unknown settings, and names set twice.
+fn file_notes(file: &SettingsFile, names: &BTreeSet<String>) -> Vec<Note> {
+    let mut notes = Vec::new();
+    let Some(f) = file.trusted() else {
+        return notes;
+    };
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &f.entries {
+        let at = format!("settings file {} line {}", file.path.display(), e.line);
+        if e.key == ROOT {
+            notes.push(Note {
+                level: Level::Warn,
+                message: format!(
+                    "{at}: {ROOT} is ignored there (the file is found under the root); give --root or \
+                     set the variable instead"
+                ),
+            });
+        } else if e.key.starts_with("ECS_BOOTSTRAP_") && !names.contains(&e.key) {
+            notes.push(Note {
+                level: Level::Warn,
+                message: format!(
+                    "{at}: unknown setting {}; it is ignored (see `ecs-bootstrap --help`)",
+                    e.key
+                ),
+            });
+        }
+        if let Some(first) = seen.insert(&e.key, e.line)
+            && e.key != SET
+        {
+            notes.push(Note {
+                level: Level::Warn,
+                message: format!(
+                    "{at}: {} is also set on line {first}; the last line wins (remove the others)",
+                    e.key
+                ),
+            });
+        }
+    }
+    notes
 }
 
 fn collect_env_names(cmd: &clap::Command, names: &mut BTreeSet<String>) {
@@ -491,7 +502,7 @@ fn check_value(arg: &Arg, value: &str) -> Result<Vec<String>, String> {
 }
 
 /// `1/0`, `true/false`, `yes/no`, `on/off`, `y/n`, `t/f`, any case.
-pub fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" | "y" | "t" => Some(true),
         "0" | "false" | "no" | "off" | "n" | "f" => Some(false),
@@ -503,7 +514,7 @@ impl Prepared {
     /// For an error about flags: where each flag it names got its value, when that was a
     /// setting rather than the command line ("--sha256 is ECS_BOOTSTRAP_SHA256 on line 4 of
     /// /etc/ecs-bootstrap/env").
-    pub fn explain(&self, matches: &ArgMatches, message: &str) -> Vec<String> {
+    pub(crate) fn explain(&self, matches: &ArgMatches, message: &str) -> Vec<String> {
         let sub = matches.subcommand().map(|(_, m)| m);
         self.applied
             .iter()
@@ -524,19 +535,19 @@ impl Prepared {
 
 /// What the parsed command does with the settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Use<'a> {
+pub(crate) struct Use<'a> {
     /// The subcommand's name.
-    pub command: &'a str,
+    pub(crate) command: &'a str,
     /// The config step will run (an untrusted file is then an error).
-    pub config_step: bool,
+    pub(crate) config_step: bool,
     /// Argument ids of the subcommand that it does not use (for example the config flags of
     /// `run --skip-config`).
-    pub unused: &'a [&'a str],
+    pub(crate) unused: &'a [&'a str],
 }
 
 /// After parsing: the notes to log, or the usage error that stops the run. `matches` are the
 /// top-level matches.
-pub fn judge(
+pub(crate) fn judge(
     prep: &Prepared,
     cmd: &clap::Command,
     matches: &ArgMatches,

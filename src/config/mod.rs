@@ -184,7 +184,7 @@ async fn fetch_and_write(
     Ok(StepResult {
         changed: outcome == WriteOutcome::Written,
         summary: summary(&details),
-        details: serde_json::to_value(&details)?,
+        details: Some(crate::report::Details::Config(Box::new(details))),
     })
 }
 

@@ -32,11 +32,13 @@ pub mod merge;
 mod persist;
 mod plan;
 pub mod rules;
+mod state;
 mod target;
 
 use crate::report::StepResult;
 use crate::sys::{CommandRunner, Deadline, Root};
-use details::{Details, Ipv6, Ipv6Reason, Said};
+pub(crate) use details::Details;
+use details::{Ipv6, Ipv6Reason, Said};
 use iptables::{Backend, Ipt, IptError};
 use persist::{How, Off, Persistence};
 use plan::Mode;
@@ -46,6 +48,7 @@ use std::time::Duration;
 use target::Distro;
 
 pub use persist::MAX_RULES_FILE;
+pub(crate) use state::{kernel as kernel_state, rules_files};
 
 /// The warning `--chain FORWARD` prints.
 pub(crate) const FORWARD_WARNING: &str = "--chain FORWARD puts the DROP rule at the top of FORWARD, as the AWS documentation does: dockerd re-inserts its own ACCEPT rules above it whenever it starts or restarts, and containers then reach instance metadata again. Use the default (--chain DOCKER-USER), or re-run block-imds after every dockerd start (the docker.service drop-in does, and moves the rule back to the top; between dockerd's start and that rerun, containers reach IMDS).";
@@ -219,7 +222,7 @@ fn choose_ipv6(opts: &Options, bin4: &Path) -> Result<Ipv6Choice, IptError> {
 /// ([`Deadline::stop`], e.g. on SIGTERM), no command starts and no file is written, so no rule
 /// changes; the step then fails with an error whose chain holds the [`crate::sys::Stopped`]
 /// (`err.downcast_ref::<Stopped>()`).
-pub fn run(
+pub(crate) fn run(
     opts: &Options,
     runner: &dyn CommandRunner,
     deadline: &Deadline,
@@ -273,7 +276,7 @@ pub fn run(
         families: fam_details,
         warnings: said.warnings,
     };
-    let details = serde_json::to_value(&details)?;
+    let details = Some(crate::report::Details::Firewall(Box::new(details)));
     if let Some(message) = v6.error {
         return Err(anyhow::Error::new(crate::report::Failure {
             message,

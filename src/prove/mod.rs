@@ -39,7 +39,8 @@ use probe::Probe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
-use verdict::{BridgeConclusion, BridgeProbes, Details, FromBridge, FromHost, HopLimit, Seen};
+use verdict::{BridgeConclusion, BridgeProbes, FromBridge, FromHost, Seen};
+pub(crate) use verdict::{Details, HopLimit};
 
 /// Whether the IPv6 path is probed too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +189,7 @@ fn conclude(
         None => Ok(StepResult {
             changed: false,
             summary,
-            details: to_value(&details),
+            details: to_value(details),
         }),
     }
 }
@@ -205,8 +206,8 @@ pub(crate) fn lock_wait(deadline: Instant) -> Option<String> {
     within(Duration::from_secs(10), deadline).map(|d| d.as_secs_f64().ceil().max(1.0).to_string())
 }
 
-fn to_value(details: &Details) -> serde_json::Value {
-    serde_json::to_value(details).expect("prove's details serialize")
+fn to_value(details: Details) -> Option<crate::report::Details> {
+    Some(crate::report::Details::Prove(Box::new(details)))
 }
 
 /// A failure that still reports what prove saw.
@@ -219,7 +220,7 @@ fn failure(
     anyhow::Error::new(Failure {
         message,
         summary,
-        details: to_value(details),
+        details: to_value(details.clone()),
         exit,
     })
 }

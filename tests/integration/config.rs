@@ -108,6 +108,8 @@ fn fetch_writes_validates_owner_sha_version_and_reports_diff() {
 }
 
 #[test]
+// Long because one sandbox for every refusal in turn, each checked against the same old file.
+#[allow(clippy::too_many_lines)]
 fn refusals_fail_at_once_and_keep_the_old_file() {
     let sb = Sandbox::up();
     sb.write_dest(OLD);

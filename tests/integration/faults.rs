@@ -996,6 +996,8 @@ fn drop_in_args() -> Vec<String> {
 /// built-in default, said as an error, and the block is asserted (exit 0): docker.service fails
 /// only when the block cannot be asserted (control: no iptables, exit 4).
 #[test]
+// Long because one table of settings cases against one sandbox, each with its control.
+#[allow(clippy::too_many_lines)]
 fn settings_bad_values_never_stop_a_command_that_does_not_need_them() {
     let sb = setup();
     let secretish = "Zm9vYmFyLXNlY3JldA";
@@ -1656,6 +1658,8 @@ fn imds_too_slow_is_not_unreachable() {
 /// FIPS and dual-stack by the standard variables, the aws-cn and aws-us-gov partitions by region,
 /// an access point ARN as the source (its own region), with no endpoint override.
 #[test]
+// Long because one table of endpoint cases behind one proxy, each with the host it must resolve.
+#[allow(clippy::too_many_lines)]
 fn s3_endpoints_resolve_the_standard_way() {
     let sb = setup();
     let proxy = fault(&sb);

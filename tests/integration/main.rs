@@ -9,6 +9,7 @@ mod harness;
 
 mod check;
 mod config;
+mod docs;
 mod e2e;
 mod faults;
 mod firewall;
@@ -20,3 +21,4 @@ mod properties;
 mod prove;
 mod readers;
 mod run_cmd;
+mod status;

@@ -1,10 +1,11 @@
 //! `run` end to end: the steps together (one IMDS token for all), skips, a failed step that does
-//! not stop the others, the boot report (text, JSON, `--report` file), log formats, the overall
-//! deadline, and `--source-from-tag`.
+//! not stop the others, the boot report (text, JSON, `--report` file, a closed stdout), log
+//! formats, the overall deadline and signals (the process's lifetime), and `--source-from-tag`.
 
 use crate::harness::sandbox::*;
 use serde_json::{Value, json};
-use std::process::Command;
+use std::io::Read as _;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -18,6 +19,7 @@ fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[track_caller]
 fn assert_report_shape(v: &Value) {
+    assert_eq!(v["schema_version"], 1, "{v}");
     assert!(v["version"].is_string(), "{v}");
     assert!(v["command"].is_string(), "{v}");
     assert!(v["ok"].is_boolean(), "{v}");
@@ -174,8 +176,14 @@ fn a_failed_step_does_not_stop_the_others_and_the_code_names_it() {
     assert_eq!(step(&file, "check")["outcome"], "ok");
     assert_eq!(mode(&report), 0o644);
     assert!(temp_files(report.parent().unwrap()).is_empty());
+}
 
-    // Firewall failing too (an unwritable persist file: its folder is a file): the code still
+#[test]
+fn the_code_names_the_first_failed_step_and_an_unreachable_imds_outranks_it() {
+    let sb = Sandbox::up();
+    let forbidden = format!("s3://{}/{}", sb.s("bucket"), sb.s("forbidden_key"));
+    let pf = sb.persist_file();
+    // Config and firewall failing (an unwritable persist file: its folder is a file): the code
     // names config, the first failed step.
     let bad_pf = sb.root.path().join("not-a-dir/iptables");
     std::fs::write(sb.root.path().join("not-a-dir"), "x").unwrap();
@@ -510,4 +518,214 @@ fn source_from_tag_reads_the_url_from_instance_tags() {
             == "/latest/meta-data/tags/instance/ecs-config"
             && q["status"] == 200)
     );
+}
+
+/// The `--report` file is written before the report is printed; a failure to write it is in
+/// the printed report, with the exit code the process returns.
+#[test]
+fn the_report_file_comes_first_and_its_failure_is_reported() {
+    let sb = Sandbox::up();
+    let report = sb.root.path().join("run/ecs-bootstrap/report.json");
+    // Whoever reads the first byte of the printed report finds the file already there.
+    let mut c = sb.cmd();
+    c.args(["check-imds", "--output", "json", "--report"])
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    let at_first_byte = std::fs::read_to_string(&report);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&[&first[..], &out.stdout[..]].concat()).unwrap();
+    let file: Value =
+        serde_json::from_str(&at_first_byte.expect("the report file exists")).unwrap();
+    assert_eq!(file, printed);
+    assert!(printed.get("report_file_error").is_none(), "{printed}");
+
+    // A report path whose folder is a regular file cannot be written.
+    let blocker = sb.root.path().join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    let bad = blocker.join("report.json");
+    let r = sb.run(&[
+        "check-imds",
+        "--output",
+        "json",
+        "--report",
+        bad.to_str().unwrap(),
+    ]);
+    r.assert_code(1);
+    let v = r.json();
+    assert_report_shape(&v);
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["exit_code"], 1, "the printed code is the process's: {v}");
+    assert_eq!(v["report_file_error"]["path"], bad.to_str().unwrap(), "{v}");
+    assert!(v["report_file_error"]["error"].is_string(), "{v}");
+    assert_eq!(
+        step(&v, "check")["outcome"],
+        "ok",
+        "the run itself succeeded: {v}"
+    );
+    // A failed run keeps its own code.
+    sb.cut_host_from_imds();
+    let r = sb.run(&[
+        "check-imds",
+        "--output",
+        "text",
+        "--deadline",
+        "2",
+        "--report",
+        bad.to_str().unwrap(),
+    ]);
+    r.assert_code(7).assert_contains("was not written");
+}
+
+/// A reader that goes away (`| head -c1`) is not a failure of the run: no abort, the report
+/// file is written, the exit code stands.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let sb = Sandbox::up();
+    let report = sb.root.path().join("report.json");
+    for output in ["json", "text"] {
+        let _ = std::fs::remove_file(&report);
+        let mut c = sb.cmd();
+        c.args(["check-imds", "--output", output, "--report"])
+            .arg(&report)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{output}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(file["ok"], true);
+    }
+    // Control: a failing run through a closed stdout keeps its code.
+    sb.cut_host_from_imds();
+    let mut c = sb.cmd();
+    c.args(["check-imds", "--output", "json", "--deadline", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+}
+
+/// Holds the firewall step's lock (under `--root`) as another run would.
+fn hold_firewall_lock(sb: &Sandbox) -> nix::fcntl::Flock<std::fs::File> {
+    let path = sb.root.path().join("run/ecs-bootstrap/firewall.lock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&path).unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
+/// `--deadline` bounds the process, not only the report: with the firewall lock held by
+/// another run, the process ends about when the deadline passes, and no rule appears later.
+#[test]
+fn the_deadline_bounds_the_process_with_a_held_lock() {
+    let sb = Sandbox::up();
+    let pf = sb.persist_file();
+    let args = [
+        "block-imds",
+        "--persist-file",
+        pf.to_str().unwrap(),
+        "--deadline",
+        "2",
+        "--output",
+        "json",
+    ];
+    let lock = hold_firewall_lock(&sb);
+    let t = Instant::now();
+    let r = sb.run(&args);
+    let lived = t.elapsed();
+    r.assert_code(4);
+    let v = r.json();
+    let err = step(&v, "firewall")["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("deadline"), "{err}");
+    assert!(
+        lived < Duration::from_millis(3500),
+        "lived {lived:?} past a 2 s deadline"
+    );
+    drop(lock);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sb.drop_rules("iptables"), 0, "{}", sb.rules("iptables"));
+    // Control: with the lock free, the same command asserts the block.
+    sb.run(&args).assert_code(0);
+    assert_eq!(sb.drop_rules("iptables"), 1, "{}", sb.rules("iptables"));
+}
+
+/// SIGHUP (an ssh session that drops) ends a run as SIGTERM does: at once, exit 129, and the
+/// report lists the steps that had finished.
+#[test]
+fn sighup_ends_the_run_at_once_and_the_report_lists_the_finished_steps() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let sb = Sandbox::up();
+    let src = sb.source();
+    let pf = sb.persist_file();
+    let lock = hold_firewall_lock(&sb);
+    let mut c = sb.cmd();
+    c.args([
+        "run",
+        "--source",
+        &src,
+        "--persist-file",
+        pf.to_str().unwrap(),
+    ])
+    .args(["--deadline", "60", "--output", "json"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    // The config step is done once ecs.config is there; the firewall step waits for the lock.
+    wait_for("ecs.config", Duration::from_secs(20), || sb.dest().exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    // `ip netns exec` execs the binary, so the child's PID is the binary's.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(129),
+        "signal {:?}: {stderr}",
+        out.status.signal()
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?} after SIGHUP"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_report_shape(&v);
+    assert_eq!(v["interrupted_by"], "SIGHUP", "{v}");
+    assert_eq!(v["exit_code"], 129);
+    let names: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["config"], "{v}");
+    assert_eq!(step(&v, "config")["outcome"], "ok");
+    drop(lock);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sb.drop_rules("iptables"), 0, "{}", sb.rules("iptables"));
 }
