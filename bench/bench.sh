@@ -107,7 +107,8 @@ verify() { # checks that a run did the work
     got=$(sha256sum "$work/root/etc/ecs/ecs.config" | cut -d' ' -f1)
     [[ $got == "$object_sha" ]] || { echo "FAILED: ecs.config differs from the object" >&2; exit 1; }
     [[ -s $work/root/etc/sysconfig/iptables ]] || { echo "FAILED: no rules file" >&2; exit 1; }
-    ip netns exec "$host" iptables-save | grep -q -- '-d 169.254.169.254/32 -i docker+ -m comment --comment ecs-bootstrap -j DROP' ||
+    # Ours carries its comment; the documented procedure's rule has none.
+    ip netns exec "$host" iptables-save | grep -qE -- '-d 169\.254\.169\.254/32 -i docker\+ (-m comment --comment ecs-bootstrap )?-j DROP' ||
         { echo "FAILED: no DROP rule" >&2; exit 1; }
 }
 
