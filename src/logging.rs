@@ -156,9 +156,18 @@ fn redact(line: &str) -> String {
     out
 }
 
+/// Writes an error that comes before logging is set up (clap's usage errors: they are printed
+/// before the command line is known) to the journal stream, every line at priority err, as
+/// the log lines that follow it would be. For stderr that [`stderr_is_journal`].
+pub(crate) fn journal_error(text: &str) {
+    use std::io::Write as _;
+    let text = prefix_lines(text, syslog_prefix(Level::ERROR));
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
 /// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` (`DEVICE:INODE`)
 /// names stderr's device and inode.
-fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Some(named) = std::env::var("JOURNAL_STREAM")
         .ok()
         .and_then(|v| parse_journal_stream(&v))

@@ -96,7 +96,12 @@ impl Parsed {
                         .unwrap_or(e),
                     _ => e,
                 };
-                let _ = e.print();
+                // Under the journal, clap's own error lines get priority err too.
+                if e.use_stderr() && crate::logging::stderr_is_journal() {
+                    crate::logging::journal_error(&e.render().to_string());
+                } else {
+                    let _ = e.print();
+                }
                 Err(if e.use_stderr() {
                     Exit::Usage.code()
                 } else {

@@ -103,7 +103,8 @@ fn under_systemd_each_line_on_stderr_carries_its_priority() {
     let dir = tempfile::tempdir().unwrap();
     let argv = scenario(dir.path());
     let (code, err) = run_stderr(&argv, &["-vv"], Stream::Stderr);
-    assert_eq!(code, Some(7), "IMDS unreachable: exit 7\n{err}");
+    // 3 (the fetch failed) or 7 (IMDS out of reach), as the time left decides: a failure.
+    assert!(matches!(code, Some(3 | 7)), "a failed run: {code:?}\n{err}");
     for (needle, prefix) in [
         (WARNING, "<4>WARN "),
         (INFO, "<6>INFO "),
@@ -135,7 +136,7 @@ fn under_systemd_each_line_on_stderr_carries_its_priority() {
     // from the journal): the same lines, no prefix.
     let dir = tempfile::tempdir().unwrap();
     let (code, err) = run_stderr(&scenario(dir.path()), &[], Stream::Elsewhere);
-    assert_eq!(code, Some(7), "{err}");
+    assert!(matches!(code, Some(3 | 7)), "{code:?}\n{err}");
     for needle in [WARNING, INFO, ERROR] {
         assert!(!lines_with(&err, needle).is_empty(), "{needle:?}:\n{err}");
     }
@@ -148,7 +149,7 @@ fn under_systemd_each_line_on_stderr_carries_its_priority() {
         &["--log-format", "json"],
         Stream::Stderr,
     );
-    assert_eq!(code, Some(7), "{err}");
+    assert!(matches!(code, Some(3 | 7)), "{code:?}\n{err}");
     let levels: Vec<String> = err
         .lines()
         .map(|l| {
@@ -363,7 +364,7 @@ fn the_console_shows_the_report_and_not_the_log_lines() {
     assert!(line("config    FAILED"), "the step's outcome:\n{text}");
     assert!(line("error: nothing was written"), "the reason:\n{text}");
     assert!(
-        line("failed in") && line("(exit 7)"),
+        line("failed in") && (line("(exit 3)") || line("(exit 7)")),
         "the run's outcome:\n{text}"
     );
     for log in [WARNING, INFO] {
