@@ -33,6 +33,10 @@ pub struct Merged {
     pub notes: Vec<String>,
     /// Problems in the file we leave alone but the operator should know about.
     pub warnings: Vec<String>,
+    /// The file was left as it was because its restore already yields the block, though it is
+    /// not in our rendering (an `iptables-save` of a blocked host): nothing of ours checked
+    /// that it loads, so the caller tests it before reporting it as holding the block.
+    pub held_as_is: bool,
 }
 
 impl Merged {
@@ -42,6 +46,7 @@ impl Merged {
             text,
             notes,
             warnings: vec![],
+            held_as_is: false,
         }
     }
 }
@@ -174,6 +179,7 @@ pub(crate) fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged,
             text,
             notes,
             warnings: forward_warnings(&lines, &tables),
+            held_as_is: true,
         });
     }
     let Some(&(last_start, _)) = tables.last() else {
@@ -228,6 +234,7 @@ pub(crate) fn merge_mode(old: &str, set: &RuleSet, mode: Mode) -> Result<Merged,
         text: new_text,
         notes,
         warnings,
+        held_as_is: false,
     })
 }
 
@@ -989,6 +996,9 @@ COMMIT
         let m = merge(&saved, &v4()).unwrap();
         assert_eq!(m.text, saved);
         assert!(m.notes.is_empty(), "{:?}", m.notes);
+        assert!(m.held_as_is);
+        // Our own rendering is a fixed point of the merge, not a file judged as is.
+        assert!(!merge(&minimal(&v4()), &v4()).unwrap().held_as_is);
         holds_after_restore(&saved, &v4());
         // Quoted comment, as iptables-nft-save may print it.
         let quoted = saved.replace("--comment ecs-bootstrap", "--comment \"ecs-bootstrap\"");
@@ -1026,6 +1036,7 @@ COMMIT
             let m = merge(old, &v4()).unwrap();
             assert_ne!(&m.text, old, "left alone:\n{old}");
             assert!(!m.notes.is_empty(), "{old}");
+            assert!(!m.held_as_is, "{old}");
             holds_after_restore(&m.text, &v4());
         }
     }

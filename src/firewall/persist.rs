@@ -270,6 +270,8 @@ fn write(ipt: &Ipt, path: &Path, text: &str, mode: u32) -> anyhow::Result<WriteO
 /// What the merge makes of the file, before it is tested and written.
 struct Draft {
     text: String,
+    /// See [`merge::Merged::held_as_is`].
+    held_as_is: bool,
     notes: Vec<String>,
     warnings: Vec<String>,
     backup: Option<PathBuf>,
@@ -287,6 +289,16 @@ fn merge_into(
     let mode = mode_of(path);
     let draft = draft(ipt, path, &old, set, run_mode, loader, mode)?;
     let ours_only = draft.text == minimal(set);
+    if draft.held_as_is
+        && let Err(e) = ipt.restore_test(&old)
+    {
+        // Judged by its replay to hold the block, but it does not load: restored at boot it
+        // would block nothing.
+        anyhow::bail!(
+            "the existing rules file {} does not pass iptables-restore --test ({e}); fix or remove it (it was left as it was)",
+            path.display()
+        );
+    }
     let outcome = validate_and_write(ipt, path, &draft.text, &old, mode, ours_only)?;
     Ok(Persisted {
         file: path.to_owned(),
@@ -334,6 +346,7 @@ fn draft(
             b.display()
         );
         return Ok(Draft {
+            held_as_is: false,
             text: minimal(set),
             notes: vec!["replaced the iptables-services sample file".to_owned()],
             warnings: vec![warning],
@@ -352,6 +365,8 @@ fn draft(
         )];
         notes.extend(m.notes);
         return Ok(Draft {
+            // The REJECT commented out: a new text, tested before it is written.
+            held_as_is: false,
             text: m.text,
             notes,
             warnings: vec![warning],
@@ -360,6 +375,7 @@ fn draft(
     }
     let m = merged(old)?;
     Ok(Draft {
+        held_as_is: m.held_as_is,
         text: m.text,
         notes: m.notes,
         warnings: m

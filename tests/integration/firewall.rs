@@ -1926,6 +1926,37 @@ fn drift_check_accepts_a_file_the_operator_saved_with_iptables_save() {
     assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
 }
 
+/// A saved file that would hold the block by its rules but does not load (an unknown option
+/// added by hand) is not reported as holding it: left alone, it is tested like any file that
+/// is not ours, and the run fails with exit 4 naming it. The control: the same file without
+/// the line is accepted (`drift_check_accepts_a_file_the_operator_saved_with_iptables_save`).
+#[test]
+fn a_saved_file_that_holds_the_block_but_does_not_load_is_an_error() {
+    let t = Topo::new();
+    let root = tempdir();
+    let (f4, _) = files(root.path());
+    let args = ["--persist-file", &f4, "--ipv6", "off"];
+    let r = block(&t.host, root.path(), NFT, &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let saved = t.host.exec_ok("/usr/sbin/iptables-nft-save", &[]);
+    let at = saved.find("*filter").unwrap();
+    let commit = at + saved[at..].find("\nCOMMIT\n").unwrap();
+    let broken = format!(
+        "{}\n-A INPUT --no-such-option -j ACCEPT{}",
+        &saved[..commit],
+        &saved[commit..]
+    );
+    std::fs::write(&f4, &broken).unwrap();
+    let r = block(&t.host, root.path(), NFT, &args);
+    assert_eq!(r.code, 4, "{}", r.text());
+    assert!(
+        r.stdout.contains("does not pass iptables-restore --test") && r.stdout.contains(&f4),
+        "{}",
+        r.text()
+    );
+    assert_eq!(std::fs::read_to_string(&f4).unwrap(), broken);
+}
+
 /// Red team: SIGHUP (the operator's ssh session drops) while `iptables-restore` hangs ends the
 /// run as SIGTERM does: within a second, a report that says so, the hung command killed (no
 /// rule changed after it would have gone on). (The wrapper's own child, left running, is
