@@ -1926,6 +1926,52 @@ fn drift_check_accepts_a_file_the_operator_saved_with_iptables_save() {
     assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
 }
 
+/// SIGQUIT (a terminal's quit key), which no longer reaches the command directly (each command
+/// leads a process group of its own), ends the run as SIGTERM does: within a second, exit
+/// 128+3, a report that says so, and the hung command killed with its own children (the
+/// wrapper's `sleep`). The control: the `sleep` ran when the signal went.
+#[test]
+fn sigquit_kills_a_hung_iptables_with_its_children_and_reports() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let ipt = restore_hanging_unread(root.path(), "7.875");
+    let child = spawn_bounded(&host, root.path(), &ipt, "60");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !pids_running(&["sleep", "7.875"]).is_empty(),
+        "the restore did not hang"
+    );
+    let quit = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGQUIT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lived = quit.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let left = pids_running(&["sleep", "7.875"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(lived < Duration::from_secs(1), "{lived:?}\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(131),
+        "SIGQUIT: exit 128+3\n{stderr}"
+    );
+    assert!(
+        left.is_empty(),
+        "the hung command's child still runs: {left:?}"
+    );
+    let r = parse_run(out);
+    assert_eq!(r.json["interrupted_by"], "SIGQUIT", "{}", r.text());
+}
+
 /// A saved file that would hold the block by its rules but does not load (an unknown option
 /// added by hand) is not reported as holding it: left alone, it is tested like any file that
 /// is not ours, and the run fails with exit 4 naming it. The control: the same file without
