@@ -318,13 +318,16 @@ block_checks "boot 2" iptables
 # the checks (which found the block in place) logged no drift.
 drift=$(vm_ssh 'echo "timer: $(systemctl is-enabled ecs-bootstrap-drift.timer) $(systemctl is-active ecs-bootstrap-drift.timer)"
     echo "drift lines before: $(journalctl -b -q -o cat -p err -u ecs-bootstrap-drift.service | grep -c "drift:")"
+    ecs-bootstrap status >/dev/null 2>&1; echo "status before: $?"
     iptables -F DOCKER-USER; t0=$(date +%s)
+    ecs-bootstrap status >/dev/null 2>&1; echo "status after the flush: $?"
     for _ in $(seq 1 30); do sleep 5; iptables -S DOCKER-USER | grep -q "comment ecs-bootstrap" && break; done
     echo "repaired after $(($(date +%s) - t0)) s: $(iptables -S DOCKER-USER | grep -c "comment ecs-bootstrap") rules"
     sleep 2
     journalctl -b -q -o cat -p err -u ecs-bootstrap-drift.service | grep "drift:" | tail -n 3' || true)
-check "boot 2: the drift timer (enabled by the package) repairs a flushed DOCKER-USER within its period and logs the drift at priority err" "$drift" \
+check "boot 2: ecs-bootstrap status says protected (0), and not (4) right after DOCKER-USER is flushed; the drift timer (enabled by the package) repairs it within its period and logs the drift at priority err" "$drift" \
     bash -c 'grep -qx "timer: enabled active" <<<"$1" && grep -qx "drift lines before: 0" <<<"$1" &&
+        grep -qx "status before: 0" <<<"$1" && grep -qx "status after the flush: 4" <<<"$1" &&
         grep -qE "^repaired after [0-9]+ s: [2-9] rules" <<<"$1" && grep -q "drift: IPv4: " <<<"$1"' _ "$drift"
 block_checks "boot 2 after drift" iptables
 
