@@ -335,6 +335,25 @@ pub(crate) fn exit_for(steps: &[StepReport]) -> Exit {
         .unwrap_or(Exit::Success)
 }
 
+/// Asserts that the schema committed at `file` (relative to the repository) is `T`'s;
+/// `UPDATE_SCHEMA=1` rewrites it (to review as a diff: fields may only be added).
+#[cfg(test)]
+pub(crate) fn assert_committed_schema<T: schemars::JsonSchema>(file: &str, tests: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let schema = schemars::schema_for!(T);
+    let generated = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{file} differs from its types' schema; regenerate it with \
+         `UPDATE_SCHEMA=1 cargo test --locked --lib {tests}` and review the diff (fields may \
+         only be added; anything else needs a new SCHEMA_VERSION)"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,19 +363,7 @@ mod tests {
     /// fields.
     #[test]
     fn the_committed_schema_is_the_report_types_schema() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/report.schema.json");
-        let schema = schemars::schema_for!(Report);
-        let generated = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
-        if std::env::var_os("UPDATE_SCHEMA").is_some() {
-            std::fs::write(path, &generated).unwrap();
-        }
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            committed == generated,
-            "docs/report.schema.json differs from the report types' schema; regenerate it with \
-             `UPDATE_SCHEMA=1 cargo test --locked --lib report::` and review the diff (fields may \
-             only be added; anything else needs a new SCHEMA_VERSION)"
-        );
+        assert_committed_schema::<Report>("docs/report.schema.json", "report::");
     }
 
     /// Every key a report holds is in the schema, with the schema's version.

@@ -479,18 +479,6 @@ mod tests {
     /// The committed schema of the status document is the types' schema (as for the report).
     #[test]
     fn the_committed_schema_is_the_status_types_schema() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status.schema.json");
-        let schema = schemars::schema_for!(Status);
-        let generated = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
-        if std::env::var_os("UPDATE_SCHEMA").is_some() {
-            std::fs::write(path, &generated).unwrap();
-        }
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            committed == generated,
-            "docs/status.schema.json differs from the status types' schema; regenerate it with \
-             `UPDATE_SCHEMA=1 cargo test --locked --lib status::` and review the diff (fields may \
-             only be added; anything else needs a new SCHEMA_VERSION)"
-        );
+        crate::report::assert_committed_schema::<Status>("docs/status.schema.json", "status::");
     }
 }
