@@ -439,7 +439,7 @@ fn persist_family(
         Family::V6 => opts.persist_file6.as_deref(),
     };
     match target::choose(explicit, &opts.root, distro, set.family) {
-        Ok(t) => persist::persist(how, t, ipt, set, opts.mode()),
+        Ok(t) => persist::persist(how, t, ipt, set, opts.mode(), !opts.drift),
         Err(e) => Ok(Persistence::NoFile(e)),
     }
 }

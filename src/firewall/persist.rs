@@ -139,13 +139,16 @@ pub(crate) struct Persisted {
 
 /// Persists one family's rules to `target`. A link to anything but a regular file of root's is
 /// not followed and persistence is skipped (the kernel rule is in place, so the step does not
-/// fail at every boot).
+/// fail at every boot). `test_kept`: whether a file kept as it is (it already holds the block)
+/// is tested with `iptables-restore --test`; a drift check does not, every minute, what the
+/// boot run and every dockerd start already do.
 pub(crate) fn persist(
     how: How,
     target: RulesTarget,
     ipt: &Ipt,
     set: &RuleSet,
     mode: Mode,
+    test_kept: bool,
 ) -> anyhow::Result<Persistence> {
     let file = match resolve_link(&target.path) {
         Ok(f) => f,
@@ -157,7 +160,7 @@ pub(crate) fn persist(
         }
     };
     let persisted = match how {
-        How::Merge => merge_into(ipt, &file, set, mode, &target.loader)?,
+        How::Merge => merge_into(ipt, &file, set, mode, &target.loader, test_kept)?,
         How::FullSave => full_save_into(ipt, &file)?,
     };
     Ok(Persistence::Done {
@@ -284,12 +287,14 @@ fn merge_into(
     set: &RuleSet,
     run_mode: Mode,
     loader: &Loader,
+    test_kept: bool,
 ) -> anyhow::Result<Persisted> {
     let old = read_existing(path)?;
     let mode = mode_of(path);
     let draft = draft(ipt, path, &old, set, run_mode, loader, mode)?;
     let ours_only = draft.text == minimal(set);
     if draft.held_as_is
+        && test_kept
         && let Err(e) = ipt.restore_test(&old)
     {
         // Judged by its replay to hold the block, but it does not load: restored at boot it

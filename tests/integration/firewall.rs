@@ -1744,6 +1744,20 @@ fn drift_check_costs_one_listing_per_family_and_repairs_with_an_error() {
     assert!(!r.changed(), "{}", r.text());
     assert_eq!(execs.len(), 2, "{execs:#?}");
 
+    // A rules file the operator saved with iptables-save holds the block and is left as it
+    // is; the drift check does not test it again every minute either (the boot run does).
+    let saved = t.host.exec_ok("iptables-nft-save", &[]);
+    std::fs::write(&f4, &saved).unwrap();
+    let (r, execs) = traced_drift(&t.host, root.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(!r.changed(), "{}", r.text());
+    assert_eq!(
+        std::fs::read_to_string(&f4).unwrap(),
+        saved,
+        "left as it is"
+    );
+    assert_eq!(execs.len(), 2, "{execs:#?}");
+
     let ours: Vec<&str> = RULE4.split_whitespace().skip(2).collect();
     let mut del = vec!["-w", "10", "-D", "DOCKER-USER"];
     del.extend(&ours);
