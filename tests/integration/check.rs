@@ -319,7 +319,7 @@ fn an_invalidated_token_is_replaced_once() {
     assert_eq!(sb.token_puts() - before, 2, "{}", r.stderr);
 }
 
-/// Red team: no command falls back to IMDSv1 by itself, whatever the token PUT gets back: an
+/// No command falls back to IMDSv1 by itself, whatever the token PUT gets back: an
 /// IMDSv1-only service (token PUTs 404, tokenless GETs served), a token PUT answered with a
 /// proxy's page, IMDS answering 503 at first. For each of check-imds, fetch-config, prove and
 /// run, the emulator logs no GET without a token. Control: `--probe-imdsv1` is seen as one.

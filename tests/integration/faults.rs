@@ -1795,7 +1795,7 @@ fn s3_403_on_a_kms_object_names_the_key() {
     assert!(!r.all().contains("kms:Decrypt on that key"), "{}", r.all());
 }
 
-/// Red team: credentials IMDS serves but the SDK cannot use (an expiry that is not a date, a
+/// Credentials IMDS serves but the SDK cannot use (an expiry that is not a date, a
 /// secret key of the wrong type, a failure code, a key id in the Token field) make the error
 /// lines that quote or describe the document: at `-vv`, in text and JSON, none of the role's
 /// secret key or session token shows, nor a secret key shorter than the redaction's 16

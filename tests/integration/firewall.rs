@@ -1814,7 +1814,7 @@ fn pids_running(argv: &[&str]) -> Vec<i32> {
         .collect()
 }
 
-/// Red team: `--deadline 3`, `--persist merge` of an existing rules file larger than a pipe's
+/// `--deadline 3`, `--persist merge` of an existing rules file larger than a pipe's
 /// buffer (another tool's 4000 rules), and an `iptables-restore` that hangs without reading
 /// its input. The input is written to the child before the runner starts watching the
 /// deadline, so the write blocks: the process must still end within a second of the deadline
@@ -1874,7 +1874,7 @@ fn deadline_bounds_a_hung_iptables_restore_that_does_not_read_a_large_input() {
     assert_eq!(count(&host.rules(NFT), RULE4), 0, "{stderr}");
 }
 
-/// Red team: a command killed at the deadline takes its children with it. The hung
+/// A command killed at the deadline takes its children with it. The hung
 /// `iptables-restore` here is a shell running `sleep`; killing the shell alone leaves the
 /// `sleep` running after ecs-bootstrap has exited (under a timer, every minute, another).
 #[test]
@@ -1905,7 +1905,7 @@ fn a_command_killed_at_the_deadline_leaves_no_process_behind() {
     );
 }
 
-/// Red team: the operator saves the tables the way the AWS documentation says
+/// The operator saves the tables the way the AWS documentation says
 /// (`iptables-save > /etc/sysconfig/iptables`, or `service iptables save`) after the boot run.
 /// The saved file holds the block (our DROP first in DOCKER-USER, the jump first in FORWARD),
 /// and restoring it in a fresh namespace blocks (the control). A drift check must then find no
@@ -1940,37 +1940,52 @@ fn drift_check_accepts_a_file_the_operator_saved_with_iptables_save() {
     assert_eq!(std::fs::read_to_string(&f4).unwrap(), saved);
 }
 
-/// SIGQUIT (a terminal's quit key), which no longer reaches the command directly (each command
-/// leads a process group of its own), ends the run as SIGTERM does: within a second, exit
-/// 128+3, a report that says so, and the hung command killed with its own children (the
-/// wrapper's `sleep`). The control: the `sleep` ran when the signal went.
-#[test]
-fn sigquit_kills_a_hung_iptables_with_its_children_and_reports() {
-    let host = Ns::new("h");
-    let root = tempdir();
-    let ipt = restore_hanging_unread(root.path(), "7.875");
-    let child = spawn_bounded(&host, root.path(), &ipt, "60");
+/// What a signal sent while `iptables-restore` hangs (its wrapper's `sleep SECS` running) leaves:
+/// the run's output, how long the process lived after the signal, and the `sleep`s still
+/// running 200 ms later (killed here, after being counted). The control: the `sleep` ran when
+/// the signal went.
+fn signal_during_a_hung_restore(
+    host: &Ns,
+    root: &Path,
+    secs: &str,
+    signal: nix::sys::signal::Signal,
+) -> (std::process::Output, Duration, Vec<i32>) {
+    let ipt = restore_hanging_unread(root, secs);
+    let child = spawn_bounded(host, root, &ipt, "60");
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        !pids_running(&["sleep", "7.875"]).is_empty(),
+        !pids_running(&["sleep", secs]).is_empty(),
         "the restore did not hang"
     );
-    let quit = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGQUIT,
-    )
-    .unwrap();
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     let out = child.wait_with_output().unwrap();
-    let lived = quit.elapsed();
+    let lived = sent.elapsed();
     std::thread::sleep(Duration::from_millis(200));
-    let left = pids_running(&["sleep", "7.875"]);
+    let left = pids_running(&["sleep", secs]);
     for pid in &left {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    (out, lived, left)
+}
+
+/// SIGQUIT (a terminal's quit key), which does not reach the command directly (each command
+/// leads a process group of its own), ends the run as SIGTERM does: within a second, exit
+/// 128+3, a report that says so, and the hung command killed with its own children (the
+/// wrapper's `sleep`).
+#[test]
+fn sigquit_kills_a_hung_iptables_with_its_children_and_reports() {
+    let host = Ns::new("h");
+    let root = tempdir();
+    let (out, lived, left) = signal_during_a_hung_restore(
+        &host,
+        root.path(),
+        "7.875",
+        nix::sys::signal::Signal::SIGQUIT,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(lived < Duration::from_secs(1), "{lived:?}\n{stderr}");
     assert_eq!(
@@ -2017,38 +2032,20 @@ fn a_saved_file_that_holds_the_block_but_does_not_load_is_an_error() {
     assert_eq!(std::fs::read_to_string(&f4).unwrap(), broken);
 }
 
-/// Red team: SIGHUP (the operator's ssh session drops) while `iptables-restore` hangs ends the
-/// run as SIGTERM does: within a second, a report that says so, the hung command killed (no
-/// rule changed after it would have gone on). (The wrapper's own child, left running, is
-/// `a_command_killed_at_the_deadline_leaves_no_process_behind`'s finding.)
+/// SIGHUP (the operator's ssh session drops) while `iptables-restore` hangs ends the run as
+/// SIGTERM does: within a second, a report that says so, the hung command killed (no rule
+/// changed after it would have gone on).
 #[test]
 fn sighup_kills_a_hung_iptables_and_reports() {
     let host = Ns::new("h");
     let root = tempdir();
-    let ipt = restore_hanging_unread(root.path(), "7.625");
     let start = std::time::Instant::now();
-    let child = spawn_bounded(&host, root.path(), &ipt, "60");
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        !pids_running(&["sleep", "7.625"]).is_empty(),
-        "the restore did not hang"
-    );
-    let hup = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+    let (out, lived, _) = signal_during_a_hung_restore(
+        &host,
+        root.path(),
+        "7.625",
         nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lived = hup.elapsed();
-    std::thread::sleep(Duration::from_millis(200));
-    let left = pids_running(&["sleep", "7.625"]);
-    for pid in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(lived < Duration::from_secs(1), "{lived:?}\n{stderr}");
     assert_eq!(out.status.code(), Some(129), "SIGHUP: exit 128+1\n{stderr}");

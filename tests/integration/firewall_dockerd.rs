@@ -204,7 +204,7 @@ fn foreign(ns: &Ns) -> Vec<String> {
         .collect()
 }
 
-/// Red team: the drift timer fires while dockerd starts and restarts (each rewrites FORWARD and
+/// The drift timer fires while dockerd starts and restarts (each rewrites FORWARD and
 /// re-inserts its jump to DOCKER-USER). Drift checks back to back through both: none fails,
 /// none removes one of dockerd's rules, and once dockerd is up they stop finding anything
 /// (no fight); the block holds and dockerd's forwarding still works.

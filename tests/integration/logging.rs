@@ -378,7 +378,7 @@ fn the_console_shows_the_report_and_not_the_log_lines() {
     );
 }
 
-/// Red team: a command line the parser rejects (an operator's drop-in with `--deadline 1m`, an
+/// A command line the parser rejects (an operator's drop-in with `--deadline 1m`, an
 /// unknown flag) under systemd: the error reaches the journal at err like every other error,
 /// not at the stream's default (info), where `journalctl -p err` misses it. Control: the same
 /// error from a setting (the environment) is at `<3>`.
@@ -434,7 +434,7 @@ fn a_rejected_command_line_is_an_error_in_the_journal() {
     );
 }
 
-/// Red team: journald ends a stream's line at a NUL byte as at a newline, and reads a
+/// Journald ends a stream's line at a NUL byte as at a newline, and reads a
 /// priority prefix at the start of each. Text from outside (here an iptables whose error
 /// output holds `\0<3>...`) must not start an entry of its own: every record on stderr, split
 /// at newlines and NULs, starts with our prefix. Control: the text did reach the log line.

@@ -815,7 +815,7 @@ fn prove_takes_a_free_probe_address_and_leaves_containers_reachable() {
     containers_reached_from_host(&sb, &c, br);
 }
 
-/// Red team: SIGTERM while prove waits on a hung iptables (its counters): the process ends
+/// SIGTERM while prove waits on a hung iptables (its counters): the process ends
 /// within a second of the signal, as it does in the firewall step, not when the command's own
 /// bound (the deadline, here 20 s) kills it; the probe namespace is gone. The control: the
 /// stand-in was running when the signal went.
